@@ -15,8 +15,11 @@ def execution_mode(ctx, inputs: types.Object, default_delegated: bool = False) -
     )
 
 
-def wants_delegation(ctx, default_delegated: bool = False) -> bool:
-    return bool(ctx.params.get("delegate", default_delegated))
+def wants_delegation(ctx) -> bool | None:
+    """The form's choice, or None (no choice made: FiftyOne then honours the operator's config
+    and ``request_delegation``)."""
+    choice = ctx.params.get("delegate")
+    return None if choice is None else bool(choice)
 
 
 def progress_op(ctx, event):

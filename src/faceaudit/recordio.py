@@ -204,6 +204,7 @@ def write_recordio(
     """
     idx_path = idx_path or os.path.splitext(rec_path)[0] + ".idx"
     images = list(images)
+    os.makedirs(os.path.dirname(os.path.abspath(rec_path)), exist_ok=True)
     with open(rec_path, "wb") as rec, open(idx_path, "w", encoding="ascii") as idx:
 
         def put(key: int, payload: bytes) -> None:
