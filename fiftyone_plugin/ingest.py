@@ -9,9 +9,9 @@ our declared fields) and are written with ``insert_many`` on the dataset's sampl
 This reaches below FiftyOne's public API (``dataset._sample_collection``); the fields are declared
 through the public API first, so FiftyOne sees a normal dataset afterwards.
 
-Idempotence: before each chunk is written, the file paths already in the dataset are looked up
-(indexed ``filepath``) and left out, so loading a source twice, or re-running a load that was
-killed, adds exactly the missing samples. Each chunk is written whole or, if the process dies in
+Idempotence: before each chunk is written, the chunk's file paths already in the source are
+looked up (indexed ``filepath``) and left out, so loading a source twice, or re-running a load that
+was killed, adds exactly the missing samples. Each chunk is written whole or, if the process dies in
 ``insert_many``, partly: every written document is complete either way.
 """
 
@@ -20,12 +20,9 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections.abc import Generator, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-from bson import ObjectId
-from fiftyone.core.odm.sample import _generate_rand  # FiftyOne's own _rand distribution
-from pymongo.errors import BulkWriteError
 
 from faceaudit.images import check_image_file
 from faceaudit.presets import DOMAINS, get_preset
@@ -33,6 +30,7 @@ from faceaudit.progress import Progress, drive
 from faceaudit.readers import FaceRecord, LayoutError, Scan, scan
 
 from . import schema
+from .bulk import fiftyone_rand, new_object_ids
 
 CHUNK_SIZE = 10_000
 CHECK_THREADS = 8  # image checks are a few small reads each: I/O bound, so threads help
@@ -141,6 +139,21 @@ def load_face_dataset(path: str, progress=None, **options) -> LoadReport:
     return drive(iter_load(path, **options), progress)
 
 
+def add_records(
+    dataset, records: Iterable[FaceRecord], source: str, domain: str, check_images: bool = True
+) -> LoadReport:
+    """Write already-listed records as samples of ``source`` (no scan, no progress): the bulk
+    path that :func:`iter_load` uses, for callers that bring their own records."""
+    schema.ensure_schema(dataset)
+    report = LoadReport(dataset.name, source, domain, "records", "", "records given by the caller")
+    writer = _ChunkWriter(dataset, source, domain, check_images, report, None)
+    for record in records:
+        writer.add(record)
+    writer.flush()
+    writer.close()
+    return report
+
+
 def _check_source_compatible(dataset, source: str, domain: str, root: str) -> None:
     known = schema.sources_info(dataset).get(source)
     if known is None:
@@ -166,17 +179,25 @@ def _finish(dataset, found: Scan, report: LoadReport) -> None:
 
 
 class _ChunkWriter:
-    """Buffers records and writes them in chunks of new, complete sample documents."""
+    """Buffers records and writes them in chunks of new, complete sample documents.
+
+    Inserts run on a background thread, so that building the next chunk's documents (Python)
+    overlaps the server's work on the previous one; at most one chunk is in flight.
+    Existing file paths are looked up only when the source already has samples (a rerun, or a
+    load that was stopped): a first load of a source pays nothing for idempotence.
+    """
 
     def __init__(self, dataset, source, domain, check_images, report: LoadReport, before_first_write):
         self.collection = dataset._sample_collection
         self.dataset_id = dataset._doc.id
         self.source, self.domain = source, domain
-        self.check_images = check_images
         self.report = report
         self.pending: list[FaceRecord] = []
         self.before_first_write = before_first_write
-        self.pool = ThreadPoolExecutor(CHECK_THREADS) if check_images else None
+        self.check_pool = ThreadPoolExecutor(CHECK_THREADS) if check_images else None
+        self.insert_pool = ThreadPoolExecutor(1)
+        self.in_flight: Future | None = None
+        self.source_has_samples = self.collection.find_one({schema.SOURCE: source}, {"_id": 1}) is not None
 
     def add(self, record: FaceRecord) -> None:
         self.report.found += 1
@@ -190,64 +211,73 @@ class _ChunkWriter:
             return
         new = self._drop_existing(records)
         self.report.already_present += len(records) - len(new)
-        if new:
-            self._insert(self._documents(new))
+        if not new:
+            return
+        docs = self._documents(new)
+        self._wait()
+        if self.before_first_write is not None:
+            self.before_first_write()
+            self.before_first_write = None
+        self.in_flight = self.insert_pool.submit(self._insert, docs)
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
+        """Wait for the last insert (raising its error, if any) and stop the threads."""
+        try:
+            self._wait()
+        finally:
+            self.insert_pool.shutdown()
+            if self.check_pool is not None:
+                self.check_pool.shutdown()
+
+    def _wait(self) -> None:
+        if self.in_flight is not None:
+            self.report.added += self.in_flight.result()
+            self.in_flight = None
 
     def _drop_existing(self, records: list[FaceRecord]) -> list[FaceRecord]:
-        paths = [r.filepath for r in records]
-        existing = {
-            d["filepath"]
-            for d in self.collection.find({"filepath": {"$in": paths}}, {"_id": 0, "filepath": 1})
-        }
-        if not existing:
+        if not self.source_has_samples:
             return records
-        seen = set()  # also drops repeats inside the chunk
-        return [r for r in records if not (r.filepath in existing or r.filepath in seen or seen.add(r.filepath))]
+        paths = [r.filepath for r in records]
+        query = {schema.SOURCE: self.source, "filepath": {"$in": paths}}
+        existing = {d["filepath"] for d in self.collection.find(query, {"_id": 0, "filepath": 1})}
+        return [r for r in records if r.filepath not in existing]
 
     def _problems(self, records: list[FaceRecord]) -> Iterable[str | None]:
-        if self.pool is None:
+        if self.check_pool is None:
             return [None] * len(records)
-        return self.pool.map(check_image_file, [r.filepath for r in records], chunksize=64)
+        return self.check_pool.map(check_image_file, [r.filepath for r in records], chunksize=64)
 
     def _documents(self, records: list[FaceRecord]) -> list[dict]:
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        template = {
+            "_id": None,
+            "filepath": None,
+            "tags": None,
+            "_media_type": "image",
+            "_rand": None,
+            "_dataset_id": self.dataset_id,
+            "created_at": now,
+            "last_modified_at": now,
+            schema.SOURCE: self.source,
+            schema.DOMAIN: self.domain,
+            schema.IDENTITY: None,
+            schema.GROUP: None,
+        }
         docs = []
-        for r, problem in zip(records, self._problems(records)):
-            doc = {
-                "_id": ObjectId(),
-                "filepath": r.filepath,
-                "tags": [],
-                "_media_type": "image",
-                "_rand": _generate_rand(),
-                "_dataset_id": self.dataset_id,
-                "created_at": now,
-                "last_modified_at": now,
-                schema.SOURCE: self.source,
-                schema.DOMAIN: self.domain,
-                schema.IDENTITY: r.identity,
-                schema.GROUP: r.group,
-            }
-            if problem is not None:
+        ids, rands = new_object_ids(len(records)), fiftyone_rand(len(records))
+        for r, _id, rand, problem in zip(records, ids, rands, self._problems(records)):
+            doc = template.copy()
+            doc["_id"], doc["filepath"], doc["_rand"] = _id, r.filepath, rand
+            doc[schema.IDENTITY], doc[schema.GROUP] = r.identity, r.group
+            if problem is None:
+                doc["tags"] = []
+            else:
                 doc["tags"] = [schema.UNREADABLE_TAG]
                 doc[schema.IMAGE_ISSUE] = problem
                 self.report.unreadable += 1
             docs.append(doc)
         return docs
 
-    def _insert(self, docs: list[dict]) -> None:
-        if self.before_first_write is not None:
-            self.before_first_write()
-            self.before_first_write = None
-        try:
-            self.collection.insert_many(docs, ordered=False)
-            self.report.added += len(docs)
-        except BulkWriteError as e:  # another writer got there first: keep what was written
-            errors = e.details.get("writeErrors", [])
-            if any(err.get("code") != 11000 for err in errors):
-                raise
-            self.report.added += e.details.get("nInserted", 0)
-            self.report.already_present += len(errors)
+    def _insert(self, docs: list[dict]) -> int:
+        self.collection.insert_many(docs, ordered=False)
+        return len(docs)

@@ -163,3 +163,25 @@ def test_bad_input_names_the_problem_and_loses_nothing(tmp_path, faces, dataset_
     ds = fo.load_dataset(dataset_name)
     assert ds.values("filepath") == before
     assert set(schema.sources_info(ds)) == {"good"}
+
+
+def test_bulk_object_ids_are_distinct_and_current():
+    import datetime as dt
+
+    from fiftyone_plugin.bulk import new_object_ids
+
+    ids = new_object_ids(50_000) + new_object_ids(50_000)
+    assert len(set(ids)) == 100_000
+    age = dt.datetime.now(dt.timezone.utc) - ids[-1].generation_time
+    assert abs(age.total_seconds()) < 5
+
+
+def test_core_imports_without_fiftyone_or_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, faceaudit.readers, faceaudit.recordio, faceaudit.images, faceaudit.presets, "
+            "faceaudit.attributes, faceaudit.progress; "
+            "bad = [m for m in ('fiftyone', 'torch', 'pymongo') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
