@@ -14,7 +14,10 @@ except ImportError:  # plugin directory used without installing the package
     _root = os.path.dirname(os.path.abspath(__file__))
     sys.path[:0] = [os.path.join(_root, "src"), _root]
 
-from .operators import OPERATORS  # noqa: E402
+if __package__:  # imported by FiftyOne as fiftyone.plugins.orgs.faceaudit.face_audit
+    from .operators import OPERATORS
+else:  # imported as a plain module (pytest imports a rootdir __init__.py this way): no plugin
+    OPERATORS = ()
 
 
 def register(plugin):

@@ -85,6 +85,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_dataset(name: str):
+    _fiftyone_env()
+    from fiftyone_plugin.schema import open_dataset
+
+    return open_dataset(name, create=False)
+
+
+def cmd_import_labels(args: argparse.Namespace) -> int:
+    from fiftyone_plugin.labels import import_labels
+
+    report = import_labels(_open_dataset(args.dataset), args.source, args.file)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
+    return 0
+
+
+def cmd_export_labels(args: argparse.Namespace) -> int:
+    from fiftyone_plugin.labels import export_labels
+
+    n = export_labels(_open_dataset(args.dataset), args.file, source=args.source)
+    print(f"{n} labelled samples written to {args.file}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="faceaudit", description="Audit real and synthetic face-recognition datasets with FiftyOne."
@@ -113,6 +136,25 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--json", action="store_true", help="print the load report as JSON")
     load.add_argument("--quiet", action="store_true", help="no progress bar")
     load.set_defaults(func=cmd_load)
+
+    imp = sub.add_parser(
+        "import-labels",
+        help="label a source's samples from a MAAD-Face CSV (or CelebA list_attr_celeba.txt)",
+        description="Columns Filename, Identity, then the 47 MAAD-Face attributes (1 / -1 / 0); "
+        "Filename is relative to the folder the source was loaded from. The whole file is checked "
+        "before anything is written.",
+    )
+    imp.add_argument("file")
+    imp.add_argument("--dataset", default=DEFAULT_DATASET)
+    imp.add_argument("--source", required=True, help="the source the file's images belong to")
+    imp.add_argument("--json", action="store_true")
+    imp.set_defaults(func=cmd_import_labels)
+
+    exp = sub.add_parser("export-labels", help="write the attribute labels as a MAAD-Face CSV")
+    exp.add_argument("file")
+    exp.add_argument("--dataset", default=DEFAULT_DATASET)
+    exp.add_argument("--source", help="only this source (default: all)")
+    exp.set_defaults(func=cmd_export_labels)
 
     demo = sub.add_parser("demo", help="write real demo faces (LFW via scikit-image) and load them")
     demo.add_argument("--dir", default="demo-data", help="where to write the demo images")

@@ -1,0 +1,181 @@
+"""Attribute labels on samples: the schema, bulk writes, and MAAD-Face CSV import/export.
+
+The schema, chosen by measurement (README, "Label schema"): per sample
+
+* ``mac_<Attribute>`` (47 ``FloatField``\\ s): the *signed reliability*: the sign is the predicted
+  state (+ positive, - negative), the magnitude the reliability in [0, 1]. A label whose
+  reliability is under the run's threshold is *undefined*; labels imported without reliability
+  are +1 / -1, and 0 for undefined. In the App's sidebar each attribute is a range filter:
+  positive = ``[t, 1]``, negative = ``[-1, -t]``, undefined = ``(-t, t)``, and any reliability
+  bound is a narrower range. 47 such fields take ~1.1 KB per sample (47 ``fo.Classification``
+  fields: 5.2 KB; a string state plus a float reliability per attribute: 2.8 KB).
+* ``mac_code``: the 47 states in MAAD column order as one string of ``p`` / ``n`` / ``u``: the
+  compact form the statistics read (one projected field, counted in numpy).
+
+A sample's labels are written in one ``$set`` with all 48 fields, many samples per
+``bulk_write``: a sample is either fully labelled or not at all, which makes annotation resumable
+(``mac_code`` missing = not labelled yet).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+import fiftyone as fo
+import numpy as np
+from bson import ObjectId
+from pymongo import UpdateOne
+
+from faceaudit.attributes import ATTRIBUTES, CATEGORIES
+from faceaudit.labels_io import read_label_file, write_maad_csv
+
+from . import schema
+
+PREFIX = "mac_"
+CODE_FIELD = "mac_code"
+STATE_CHARS = {1: "p", -1: "n", 0: "u"}
+WRITE_BATCH = 1000
+
+_CODE_LUT = np.zeros(256, dtype=np.int8)  # byte of the code -> state
+_CODE_LUT[ord("p")], _CODE_LUT[ord("n")] = 1, -1
+_STATE_BYTES = np.frombuffer(b"nup", dtype=np.uint8)  # state + 1 -> byte
+
+
+def field_name(attribute: str) -> str:
+    return PREFIX + attribute
+
+
+LABEL_FIELDS = tuple(field_name(a) for a in ATTRIBUTES)
+
+
+def encode_codes(states: np.ndarray) -> list[str]:
+    """``(n, 47)`` int8 states -> n strings of ``p``/``n``/``u``."""
+    raw = _STATE_BYTES[states.astype(np.int64) + 1]
+    return [bytes(row).decode("ascii") for row in raw]
+
+
+def decode_codes(codes: list[str]) -> np.ndarray:
+    """n code strings -> ``(n, 47)`` int8 states (vectorised: one join, one lookup)."""
+    if not codes:
+        return np.zeros((0, len(ATTRIBUTES)), dtype=np.int8)
+    raw = np.frombuffer("".join(codes).encode("ascii"), dtype=np.uint8)
+    return _CODE_LUT[raw].reshape(len(codes), len(ATTRIBUTES))
+
+
+def ensure_label_schema(dataset: fo.Dataset) -> None:
+    """Declare the label fields and group them by category in the App's sidebar."""
+    existing = dataset.get_field_schema()
+    for name in LABEL_FIELDS:
+        if name not in existing:
+            dataset.add_sample_field(name, fo.FloatField)
+    if CODE_FIELD not in existing:
+        dataset.add_sample_field(CODE_FIELD, fo.StringField)
+    _set_sidebar_groups(dataset)
+
+
+def _set_sidebar_groups(dataset: fo.Dataset) -> None:
+    groups = dataset.app_config.sidebar_groups or fo.DatasetAppConfig.default_sidebar_groups(dataset)
+    ours = {f"attributes: {c.lower()}" for c in CATEGORIES} | {"faceaudit"}
+    groups = [g for g in groups if g.name not in ours]
+    for g in groups:  # our fields leave the default groups they were put in
+        g.paths = [p for p in g.paths if not p.startswith(PREFIX) and p not in schema.STRING_FIELDS]
+    groups.insert(1, fo.SidebarGroupDocument(name="faceaudit", paths=[*schema.STRING_FIELDS, CODE_FIELD]))
+    for i, (category, attrs) in enumerate(CATEGORIES.items()):
+        groups.insert(2 + i, fo.SidebarGroupDocument(
+            name=f"attributes: {category.lower()}", paths=[field_name(a) for a in attrs], expanded=False))
+    dataset.app_config.sidebar_groups = groups
+    dataset.save()
+
+
+def label_updates(ids: Iterable[ObjectId], states: np.ndarray, signed: np.ndarray) -> list[UpdateOne]:
+    """One ``$set`` of all 48 label fields per sample."""
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    codes = encode_codes(states)
+    values = np.round(signed.astype(np.float64), 4).tolist()
+    ops = []
+    for _id, code, row in zip(ids, codes, values):
+        update = dict(zip(LABEL_FIELDS, row))
+        update[CODE_FIELD] = code
+        update["last_modified_at"] = now
+        ops.append(UpdateOne({"_id": _id}, {"$set": update}))
+    return ops
+
+
+def write_labels(dataset: fo.Dataset, ids: list, states: np.ndarray, signed: np.ndarray | None = None) -> int:
+    """Write ``states`` (``(n, 47)`` int8) and the signed reliabilities (default: the states
+    themselves, for labels that come without reliability) to the samples ``ids``."""
+    if signed is None:
+        signed = states.astype(np.float64)
+    ids = [i if isinstance(i, ObjectId) else ObjectId(i) for i in ids]
+    coll = dataset._sample_collection
+    for start in range(0, len(ids), WRITE_BATCH):
+        end = start + WRITE_BATCH
+        coll.bulk_write(label_updates(ids[start:end], states[start:end], signed[start:end]), ordered=False)
+    return len(ids)
+
+
+# ----------------------------------------------------------------------------- CSV in and out
+
+
+@dataclass
+class ImportReport:
+    source: str
+    rows: int
+    labelled: int
+    unmatched: int
+    unmatched_examples: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = f"{self.source}: {self.rows} rows, {self.labelled} samples labelled"
+        if self.unmatched:
+            text += f", {self.unmatched} rows name no sample of the source (e.g. {', '.join(self.unmatched_examples)})"
+        return text
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def relative_name(filepath: str, root: str) -> str:
+    """A sample's file name as label files write it: relative to its source's root, with '/'."""
+    return os.path.relpath(filepath, root).replace(os.sep, "/")
+
+
+def import_labels(dataset: fo.Dataset, source: str, path: str) -> ImportReport:
+    """Label the samples of ``source`` from a MAAD-Face CSV (or CelebA attribute list).
+
+    The whole file is validated first: a malformed row raises with its line number and nothing
+    is written. Rows whose ``Filename`` (relative to the source's root) names no sample of the
+    source are counted and reported.
+    """
+    table = read_label_file(path)
+    root = schema.source_root(dataset, source)
+    ensure_label_schema(dataset)
+    ids, paths = dataset.match({schema.SOURCE: source}).values(["_id", "filepath"])
+    by_name = {relative_name(p, root): i for i, p in zip(ids, paths)}
+    rows = [(k, by_name.get(name)) for k, name in enumerate(table.filenames)]
+    matched = [(k, i) for k, i in rows if i is not None]
+    unmatched = [table.filenames[k] for k, i in rows if i is None]
+    if matched:
+        index = np.array([k for k, _ in matched])
+        write_labels(dataset, [i for _, i in matched], table.states[index])
+    return ImportReport(source, len(table), len(matched), len(unmatched), unmatched[:5])
+
+
+def export_labels(dataset: fo.Dataset, path: str, source: str | None = None) -> int:
+    """Write the labelled samples (of ``source``, or all) as a MAAD-Face CSV, sorted by source
+    and file name; returns the number of rows."""
+    view = dataset.exists(CODE_FIELD)
+    if source is not None:
+        schema.source_root(dataset, source)  # a clear error for an unknown source
+        view = view.match({schema.SOURCE: source})
+    roots = {s: os.path.normpath(info["root"]) for s, info in schema.sources_info(dataset).items()}
+    sources, paths, identities, codes = view.values([schema.SOURCE, "filepath", schema.IDENTITY, CODE_FIELD])
+    rows = sorted(
+        (s, relative_name(p, roots[s]), ident or "", code)
+        for s, p, ident, code in zip(sources, paths, identities, codes)
+    )
+    states = decode_codes([r[3] for r in rows])
+    return write_maad_csv(path, ((name, ident, st) for (_, name, ident, _), st in zip(rows, states)))
