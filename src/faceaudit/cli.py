@@ -108,6 +108,53 @@ def cmd_export_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_mac(args: argparse.Namespace) -> int:
+    from .progress import drive
+    from .training import iter_train
+
+    config = {}
+    if args.embedding_size:
+        config["embedding_size"] = args.embedding_size
+    if args.hidden:
+        config["hidden"] = tuple(args.hidden)
+    if args.branch_hidden:
+        config["branch_hidden"] = args.branch_hidden
+    bar = _Bar("step", args.quiet)
+    try:
+        report = drive(iter_train(
+            args.images, args.labels, args.out, backbone=args.backbone,
+            backbone_weights=args.backbone_weights, freeze_backbone=args.freeze_backbone,
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
+            device=args.device, workers=args.workers, seed=args.seed, **config,
+        ), bar)
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps(report.__dict__, indent=2))
+    else:
+        print(report.summary())
+    return 0
+
+
+def cmd_annotate(args: argparse.Namespace) -> int:
+    _fiftyone_env()
+    from fiftyone_plugin.annotate import iter_annotate
+
+    from .progress import drive
+
+    bar = _Bar("batch", args.quiet)
+    try:
+        report = drive(iter_annotate(
+            args.dataset, checkpoint=args.checkpoint, model=args.model, source=args.source,
+            device=args.device, batch_size=args.batch_size, workers=args.workers,
+            mc_passes=args.mc_passes, threshold=args.threshold,
+        ), bar)
+    finally:
+        bar.close()
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="faceaudit", description="Audit real and synthetic face-recognition datasets with FiftyOne."
@@ -156,6 +203,46 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--source", help="only this source (default: all)")
     exp.set_defaults(func=cmd_export_labels)
 
+    train = sub.add_parser(
+        "train-mac",
+        help="train a MAC (47-attribute classifier) from a MAAD-Face CSV or CelebA attribute list",
+    )
+    train.add_argument("--images", required=True, help="folder the label file's Filenames are relative to")
+    train.add_argument("--labels", required=True, help="MAAD-Face CSV or CelebA list_attr_celeba.txt")
+    train.add_argument("--out", required=True, help="checkpoint to write, e.g. mac.pt")
+    train.add_argument("--backbone", default="iresnet50",
+                       choices=["iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200", "tiny"])
+    train.add_argument("--backbone-weights", help="InsightFace backbone.pth to start from")
+    train.add_argument("--freeze-backbone", action="store_true", help="train the head only")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--val-fraction", type=float, default=0.1)
+    train.add_argument("--embedding-size", type=int, help="backbone embedding size (default 512)")
+    train.add_argument("--hidden", type=int, nargs="+", help="shared head layer sizes (default 512)")
+    train.add_argument("--branch-hidden", type=int, help="per-attribute branch width (default 64)")
+    train.add_argument("--device", default="auto")
+    train.add_argument("--workers", type=int)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--json", action="store_true")
+    train.add_argument("--quiet", action="store_true")
+    train.set_defaults(func=cmd_train_mac)
+
+    ann = sub.add_parser("annotate", help="label the dataset's faces with a MAC (resumable)")
+    ann.add_argument("--dataset", default=DEFAULT_DATASET)
+    ann.add_argument("--checkpoint", help="MAC checkpoint (path or URL)")
+    ann.add_argument("--model", default="mac", choices=["mac", "agegender"],
+                     help="mac (a checkpoint) or agegender (offline ONNX age/gender models)")
+    ann.add_argument("--source", help="only this source")
+    ann.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ann.add_argument("--batch-size", type=int, default=256)
+    ann.add_argument("--workers", type=int, help="image-reading processes (default: min(8, cores))")
+    ann.add_argument("--mc-passes", type=int, help="stochastic passes for reliability (default: the checkpoint's)")
+    ann.add_argument("--threshold", type=float, help="reliability under which a label is undefined")
+    ann.add_argument("--json", action="store_true")
+    ann.add_argument("--quiet", action="store_true")
+    ann.set_defaults(func=cmd_annotate)
+
     demo = sub.add_parser("demo", help="write real demo faces (LFW via scikit-image) and load them")
     demo.add_argument("--dir", default="demo-data", help="where to write the demo images")
     demo.add_argument("--dataset", default=DEFAULT_DATASET)
@@ -168,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError) as e:  # our errors are ValueErrors that name the path/value
+    except (ValueError, OSError, RuntimeError) as e:  # our errors name the path/value
         print(f"faceaudit {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

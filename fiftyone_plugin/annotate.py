@@ -1,0 +1,150 @@
+"""Annotating samples with a MAC: select what is missing, run the engine, write labels in bulk.
+
+Resumable by construction: a sample counts as labelled when it has ``mac_code``, and each
+sample's 48 label fields are written in one ``$set``. A run killed at any point leaves samples
+either fully labelled or untouched; the next run selects exactly the untouched ones. The MAC's
+Monte-Carlo passes use fixed dropout masks, so the labels do not depend on the batching either.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Generator
+from dataclasses import asdict, dataclass, field
+
+import fiftyone as fo
+from fiftyone import ViewField as F
+
+from faceaudit.attributes import ATTRIBUTES
+from faceaudit.progress import Progress
+
+from . import labels, schema
+
+
+class AnnotateError(ValueError):
+    """Bad input to an annotation run (empty view, unknown source, ...)."""
+
+
+@dataclass
+class AnnotateReport:
+    dataset: str
+    model: str
+    device: str
+    selected: int = 0  # samples in the view
+    already_labelled: int = 0
+    skipped_unreadable: int = 0  # tagged unreadable before this run
+    labelled: int = 0
+    failed: int = 0  # could not be decoded in this run: now tagged unreadable
+    failures: list[str] = field(default_factory=list)  # a few "path: reason"
+
+    def summary(self) -> str:
+        text = (f"{self.labelled} samples labelled with {self.model} on {self.device}; "
+                f"{self.already_labelled} already labelled")
+        if self.skipped_unreadable:
+            text += f", {self.skipped_unreadable} unreadable skipped"
+        if self.failed:
+            text += f", {self.failed} failed to decode (tagged '{schema.UNREADABLE_TAG}')"
+        return text
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def samples_to_label(view) -> tuple[list, list[str]]:
+    """Ids and file paths of the samples of ``view`` that have no labels and are readable."""
+    todo = view.exists(labels.CODE_FIELD, False).match_tags(schema.UNREADABLE_TAG, bool=False)
+    ids, paths = todo.values(["_id", "filepath"])
+    return ids, paths
+
+
+def select_view(dataset: fo.Dataset, view=None, source: str | None = None):
+    view = dataset.view() if view is None else view
+    if source is not None:
+        schema.source_root(dataset, source)  # a clear error for an unknown source
+        view = view.match(F(schema.SOURCE) == source)
+    return view
+
+
+def iter_annotate(
+    dataset_name: str = schema.DEFAULT_DATASET,
+    checkpoint: str | None = None,
+    model: str = "mac",
+    source: str | None = None,
+    view=None,
+    device: str = "auto",
+    batch_size: int = 256,
+    workers: int | None = None,
+    mc_passes: int | None = None,
+    threshold: float | None = None,
+) -> Generator[Progress, None, AnnotateReport]:
+    """Label the unlabelled samples of ``view`` (or of ``source``, or the whole dataset)."""
+    dataset = schema.open_dataset(dataset_name, create=False)
+    view = select_view(dataset, view, source)
+    selected = view.count()
+    if selected == 0:
+        raise AnnotateError(f"nothing to annotate: the view of dataset {dataset.name!r} is empty")
+    engine, model_name = _build_engine(model, checkpoint, device, batch_size, workers, mc_passes, threshold)
+    labels.ensure_label_schema(dataset)
+
+    ids, paths = samples_to_label(view)
+    already = view.exists(labels.CODE_FIELD).count()
+    report = AnnotateReport(dataset.name, model_name, str(engine.device), selected, already,
+                            selected - already - len(ids))
+    total_batches = -(-len(ids) // batch_size)
+    yield Progress(0, total_batches, f"{len(ids)} samples to label on {engine.device}")
+    for done, result in enumerate(engine.run(paths), 1):
+        if len(result.indices):
+            batch_ids = [ids[i] for i in result.indices]
+            labels.write_labels(dataset, batch_ids, result.states, result.signed)
+            report.labelled += len(batch_ids)
+        if result.failures:
+            _mark_unreadable(dataset, [(ids[i], reason) for i, reason in result.failures])
+            report.failed += len(result.failures)
+            report.failures += [f"{paths[i]}: {r}" for i, r in result.failures][: 5 - len(report.failures)]
+        yield Progress(done, total_batches, f"{report.labelled} labelled, {report.failed} failed")
+    _record_run(dataset, model_name, checkpoint, engine)
+    return report
+
+
+def _build_engine(model, checkpoint, device, batch_size, workers, mc_passes, threshold):
+    from faceaudit.inference import Engine
+
+    if model == "mac":
+        if not checkpoint:
+            raise AnnotateError("a MAC checkpoint is needed: give --checkpoint PATH (train one with faceaudit train-mac)")
+        from faceaudit.model import load_checkpoint
+
+        net = load_checkpoint(checkpoint, attributes=ATTRIBUTES)
+        name = f"mac:{checkpoint}"
+    elif model == "agegender":
+        from faceaudit.agegender import AgeGenderModel
+
+        net = AgeGenderModel()
+        name = "agegender"
+    else:
+        raise AnnotateError(f"unknown model {model!r}: use mac or agegender")
+    if batch_size <= 0:
+        raise AnnotateError(f"--batch-size must be positive, got {batch_size}")
+    return Engine(net, device, batch_size, workers, mc_passes, threshold), name
+
+
+def _mark_unreadable(dataset: fo.Dataset, failures: list[tuple[object, str]]) -> None:
+    from pymongo import UpdateOne
+
+    ops = [UpdateOne({"_id": _id}, {"$addToSet": {"tags": schema.UNREADABLE_TAG},
+                                    "$set": {schema.IMAGE_ISSUE: reason}}) for _id, reason in failures]
+    dataset._sample_collection.bulk_write(ops, ordered=False)
+
+
+def _record_run(dataset: fo.Dataset, model_name: str, checkpoint, engine) -> None:
+    cfg = engine.model.cfg
+    block = dict(dataset.info.get(schema.INFO_KEY, {}))
+    block["annotation"] = {
+        "model": model_name,
+        "checkpoint": checkpoint,
+        "mc_passes": engine.passes or cfg.mc_passes,
+        "threshold": cfg.threshold if engine.threshold is None else engine.threshold,
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    dataset.info[schema.INFO_KEY] = block
+    dataset.save()

@@ -1,0 +1,196 @@
+"""The inference engine: image files in, attribute label arrays out (torch + torchvision only).
+
+* A ``DataLoader`` with worker processes reads (and, on the CPU path, decodes and resizes) the
+  images; pinned memory and non-blocking copies feed the GPU.
+* On CUDA, JPEGs are decoded on the GPU in batches (``torchvision.io.decode_jpeg(device=...)``):
+  the workers only read bytes, so a few CPU cores keep an H100 busy. Other formats are decoded by
+  the workers.
+* bf16 autocast and channels-last on CUDA; float32 on the CPU.
+* Grayscale, RGBA, CMYK and 16-bit images are converted to 8-bit RGB; images of another size are
+  resized to the model's input (faces are expected aligned, as the datasets ship them). A file
+  that cannot be decoded is reported with its reason and skipped, never a crash.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchvision
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode
+from torchvision.transforms.v2 import functional as TF
+
+from .images import sniff_format
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> cuda if available else cpu; asking for cuda without one is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"--device {device} was asked for, but torch sees no CUDA GPU "
+            f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); use --device cpu or auto"
+        )
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise ValueError(f"unknown device {device!r}: use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def default_workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+def to_rgb_uint8(image: torch.Tensor) -> torch.Tensor:
+    """A decoded ``(C, H, W)`` image (uint8 or 16-bit) as 8-bit RGB."""
+    if image.dtype != torch.uint8:  # 16-bit PNGs decode to uint16
+        image = (image.to(torch.float32) * (255.0 / 65535.0)).round().to(torch.uint8)
+    if image.shape[0] == 1:
+        image = image.expand(3, -1, -1)
+    elif image.shape[0] == 4:
+        image = image[:3]
+    return image
+
+
+def fit(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize ``(3, H, W)`` to ``(3, size, size)`` unless it already is."""
+    if image.shape[-2:] != (size, size):
+        image = TF.resize(image, [size, size], antialias=True)
+    return image
+
+
+def decode_file_bytes(data: torch.Tensor, size: int) -> torch.Tensor:
+    """Encoded bytes -> ``(3, size, size)`` uint8 on the CPU."""
+    image = torchvision.io.decode_image(data, mode=ImageReadMode.RGB)
+    return fit(to_rgb_uint8(image), size)
+
+
+class ImageFiles(Dataset):
+    """Items ``(index, image or encoded JPEG bytes, error)`` for a list of file paths."""
+
+    def __init__(self, paths: Sequence[str], size: int, jpeg_bytes_only: bool = False):
+        self.paths, self.size, self.jpeg_bytes_only = list(paths), size, jpeg_bytes_only
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            data = torchvision.io.read_file(self.paths[i])
+            if self.jpeg_bytes_only and sniff_format(bytes(data[:16].tolist())) == "jpeg":
+                return i, data, None  # decoded on the GPU by the main process
+            return i, decode_file_bytes(data, self.size), None
+        except Exception as e:  # noqa: BLE001 - decoders raise many types; report, don't crash
+            return i, None, _reason(e)
+
+
+def _reason(e: Exception) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"cannot decode: {text[:160]}"
+
+
+def _collate(items):
+    return items  # images differ in kind (decoded or bytes): assembled in _assemble
+
+
+@dataclass
+class BatchResult:
+    """Labels for the images ``indices`` (positions in the input list) and the failures."""
+
+    indices: np.ndarray  # (b,) int64
+    states: np.ndarray  # (b, A) int8: 1 / -1 / 0
+    signed: np.ndarray  # (b, A) float32: sign = state predicted, magnitude = reliability
+    failures: list[tuple[int, str]]
+
+
+class Engine:
+    """Runs a :class:`faceaudit.model.MAC` over image files in batches."""
+
+    def __init__(self, model, device: str = "auto", batch_size: int = 256, workers: int | None = None,
+                 passes: int | None = None, threshold: float | None = None, gpu_decode: bool | None = None):
+        self.device = resolve_device(device)
+        self.cuda = self.device.type == "cuda"
+        self.batch_size, self.passes, self.threshold = batch_size, passes, threshold
+        self.workers = default_workers() if workers is None else workers
+        self.gpu_decode = self.cuda if gpu_decode is None else (gpu_decode and self.cuda)
+        self.size = model.cfg.input_size
+        self.model = model.eval().to(self.device)
+        if self.cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def loader(self, paths: Sequence[str]) -> DataLoader:
+        return DataLoader(
+            ImageFiles(paths, self.size, jpeg_bytes_only=self.gpu_decode),
+            batch_size=self.batch_size,
+            num_workers=self.workers,
+            collate_fn=_collate,
+            prefetch_factor=4 if self.workers else None,
+            persistent_workers=False,
+        )
+
+    def run(self, paths: Sequence[str]) -> Iterator[BatchResult]:
+        """Yield one :class:`BatchResult` per batch, in input order."""
+        for items in self.loader(paths):
+            yield self.predict_items(items)
+
+    def predict_items(self, items) -> BatchResult:
+        indices, images, failures = self._assemble(items)
+        if not indices:
+            empty = np.zeros((0, len(self.model.cfg.attributes)))
+            return BatchResult(np.zeros(0, np.int64), empty.astype(np.int8), empty.astype(np.float32), failures)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+            states, signed = self.model.predict(images, self.passes, self.threshold)
+        return BatchResult(np.asarray(indices, dtype=np.int64), states.cpu().numpy(),
+                           signed.float().cpu().numpy(), failures)
+
+    def _assemble(self, items):
+        """Worker-decoded images (stacked, pinned, copied) and GPU-decoded JPEGs -> one uint8
+        batch on the device, ordered by index."""
+        failures = [(i, err) for i, img, err in items if err is not None]
+        decoded = [(i, img) for i, img, err in items if err is None and img.dim() == 3]
+        encoded = [(i, img) for i, img, err in items if err is None and img.dim() == 1]
+        parts, indices = [], []
+        if decoded:
+            cpu = torch.stack([img for _, img in decoded])
+            if self.cuda:
+                cpu = cpu.pin_memory()
+            parts.append(cpu.to(self.device, non_blocking=True))
+            indices += [i for i, _ in decoded]
+        if encoded:
+            ok, bad = self._decode_on_device(encoded)
+            failures += bad
+            if ok:
+                parts.append(torch.stack([img.to(self.device) for _, img in ok]))
+                indices += [i for i, _ in ok]
+        if not parts:
+            return [], None, failures
+        batch = torch.cat(parts) if len(parts) > 1 else parts[0]
+        order = np.argsort(indices, kind="stable")
+        if len(parts) > 1:
+            batch = batch[torch.as_tensor(order, device=self.device)]
+        indices = [indices[k] for k in order]
+        if self.cuda:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return indices, batch, failures
+
+    def _decode_on_device(self, encoded):
+        datas = [d for _, d in encoded]
+        try:
+            images = torchvision.io.decode_jpeg(datas, mode=ImageReadMode.RGB, device=self.device)
+            return [(i, fit(img, self.size)) for (i, _), img in zip(encoded, images)], []
+        except Exception:  # noqa: BLE001 - one bad JPEG fails the batch: find it one by one
+            ok, bad = [], []
+            for i, data in encoded:
+                try:
+                    img = torchvision.io.decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+                    ok.append((i, fit(img, self.size)))
+                except Exception:  # noqa: BLE001
+                    try:  # the CPU decoder is more forgiving (e.g. CMYK, progressive quirks)
+                        ok.append((i, decode_file_bytes(data, self.size)))
+                    except Exception as e:  # noqa: BLE001
+                        bad.append((i, _reason(e)))
+            return ok, bad
