@@ -15,11 +15,10 @@ def execution_mode(ctx, inputs: types.Object, default_delegated: bool = False) -
     )
 
 
-def wants_delegation(ctx) -> bool | None:
-    """The form's choice, or None (no choice made: FiftyOne then honours the operator's config
-    and ``request_delegation``)."""
+def wants_delegation(ctx, default: bool | None = None) -> bool | None:
+    """The form's choice, else ``default``; None leaves it to FiftyOne (``request_delegation``)."""
     choice = ctx.params.get("delegate")
-    return None if choice is None else bool(choice)
+    return default if choice is None else bool(choice)
 
 
 def progress_op(ctx, event):

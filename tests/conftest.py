@@ -27,6 +27,17 @@ import pytest  # noqa: E402
 from facefixtures import FaceImages  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def database():
+    """Connect once for the whole run. FiftyOne's database service stops mongod when its last
+    client exits; holding a client here keeps one server up for every `faceaudit` subprocess,
+    instead of a stop/start race between two of them."""
+    import fiftyone as fo
+
+    fo.list_datasets()
+    yield
+
+
 @pytest.fixture(scope="session")
 def faces() -> FaceImages:
     """Real face images (LFW crops shipped with scikit-image) to write into fixtures."""

@@ -22,6 +22,7 @@ def test_fiftyone_lists_the_plugin_and_its_operator(cli_env):
     assert "@faceaudit/face-audit" in plugins.stdout, plugins.stdout + plugins.stderr
     operators = subprocess.run([FIFTYONE, "operators", "list"], env=cli_env, capture_output=True, text=True)
     assert LOAD_URI in operators.stdout, operators.stdout + operators.stderr
+    assert "@faceaudit/face-audit/annotate_attributes" in operators.stdout
 
 
 def test_operator_runs_immediately(tmp_path, faces, dataset_name):
