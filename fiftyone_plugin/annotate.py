@@ -9,6 +9,7 @@ Monte-Carlo passes use fixed dropout masks, so the labels do not depend on the b
 from __future__ import annotations
 
 import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 
@@ -92,16 +93,24 @@ def iter_annotate(
                             selected - already - len(ids))
     total_batches = -(-len(ids) // batch_size)
     yield Progress(0, total_batches, f"{len(ids)} samples to label on {engine.device}")
-    for done, result in enumerate(engine.run(paths), 1):
-        if len(result.indices):
-            batch_ids = [ids[i] for i in result.indices]
-            labels.write_labels(dataset, batch_ids, result.states, result.signed)
-            report.labelled += len(batch_ids)
-        if result.failures:
-            _mark_unreadable(dataset, [(ids[i], reason) for i, reason in result.failures])
-            report.failed += len(result.failures)
-            report.failures += [f"{paths[i]}: {r}" for i, r in result.failures][: 5 - len(report.failures)]
-        yield Progress(done, total_batches, f"{report.labelled} labelled, {report.failed} failed")
+    # Writes go to a background thread, so that the database works while the model does;
+    # at most one batch is in flight, and each sample's labels are one atomic $set.
+    with ThreadPoolExecutor(1) as writer:
+        in_flight = None
+        for done, result in enumerate(engine.run(paths), 1):
+            if in_flight is not None:
+                in_flight.result()
+            if len(result.indices):
+                batch_ids = [ids[i] for i in result.indices]
+                in_flight = writer.submit(labels.write_labels, dataset, batch_ids, result.states, result.signed)
+                report.labelled += len(batch_ids)
+            if result.failures:
+                _mark_unreadable(dataset, [(ids[i], reason) for i, reason in result.failures])
+                report.failed += len(result.failures)
+                report.failures += [f"{paths[i]}: {r}" for i, r in result.failures][: 5 - len(report.failures)]
+            yield Progress(done, total_batches, f"{report.labelled} labelled, {report.failed} failed")
+        if in_flight is not None:
+            in_flight.result()
     _record_run(dataset, model_name, checkpoint, engine)
     return report
 
@@ -119,7 +128,7 @@ def _build_engine(model, checkpoint, device, batch_size, workers, mc_passes, thr
     elif model == "agegender":
         from faceaudit.agegender import AgeGenderModel
 
-        net = AgeGenderModel()
+        net = AgeGenderModel(threshold=0.6 if threshold is None else threshold)
         name = "agegender"
     else:
         raise AnnotateError(f"unknown model {model!r}: use mac or agegender")

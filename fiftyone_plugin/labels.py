@@ -9,6 +9,7 @@ The schema, chosen by measurement (README, "Label schema"): per sample
   positive = ``[t, 1]``, negative = ``[-1, -t]``, undefined = ``(-t, t)``, and any reliability
   bound is a narrower range. 47 such fields take ~1.1 KB per sample (47 ``fo.Classification``
   fields: 5.2 KB; a string state plus a float reliability per attribute: 2.8 KB).
+  Attributes a model does not label (e.g. the ``agegender`` backend's 43 others) are None.
 * ``mac_code``: the 47 states in MAAD column order as one string of ``p`` / ``n`` / ``u``: the
   compact form the statistics read (one projected field, counted in numpy).
 
@@ -94,9 +95,11 @@ def label_updates(ids: Iterable[ObjectId], states: np.ndarray, signed: np.ndarra
     """One ``$set`` of all 48 label fields per sample."""
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     codes = encode_codes(states)
-    values = np.round(signed.astype(np.float64), 4).tolist()
+    rounded = np.round(signed.astype(np.float64), 4)
+    values = rounded.astype(object)
+    values[np.isnan(rounded)] = None  # an attribute the model does not label: no value
     ops = []
-    for _id, code, row in zip(ids, codes, values):
+    for _id, code, row in zip(ids, codes, values.tolist()):
         update = dict(zip(LABEL_FIELDS, row))
         update[CODE_FIELD] = code
         update["last_modified_at"] = now

