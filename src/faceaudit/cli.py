@@ -155,6 +155,35 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fiftyone_plugin.compare import compute_comparison, store_comparison
+
+    from . import report
+
+    dataset = _open_dataset(args.dataset)
+    _, result = compute_comparison(dataset, states=args.states, alpha=args.alpha,
+                                   bootstrap=args.bootstrap, seed=args.seed, attributes=args.attributes)
+    store_comparison(dataset, result)
+    written = []
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
+        written.append(args.json)
+    if args.html:
+        with open(args.html, "w", encoding="utf-8") as f:
+            f.write(report.to_html(result))
+        written.append(args.html)
+    if args.csv:
+        with open(args.csv, "w", encoding="utf-8", newline="") as f:
+            f.write(report.to_csv(result))
+        written.append(args.csv)
+    if not args.json:
+        print(report.text_table(result))
+    if written:
+        print("written: " + ", ".join(written), file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="faceaudit", description="Audit real and synthetic face-recognition datasets with FiftyOne."
@@ -242,6 +271,23 @@ def build_parser() -> argparse.ArgumentParser:
     ann.add_argument("--json", action="store_true")
     ann.add_argument("--quiet", action="store_true")
     ann.set_defaults(func=cmd_annotate)
+
+    cmp = sub.add_parser(
+        "compare",
+        help="per-attribute distributions and real vs synthetic KL divergence (both directions)",
+    )
+    cmp.add_argument("--dataset", default=DEFAULT_DATASET)
+    cmp.add_argument("--states", choices=["three", "binary"], default="three",
+                     help="three: positive/negative/undefined; binary: positive/negative")
+    cmp.add_argument("--alpha", type=float, default=0.5, help="pseudo-count per state (default 0.5)")
+    cmp.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                     help="N bootstrap resamples (identities where known) for KL intervals")
+    cmp.add_argument("--seed", type=int, default=0)
+    cmp.add_argument("--attributes", nargs="+", metavar="ATTR", help="only these attributes")
+    cmp.add_argument("--json", metavar="FILE", help="write the result as JSON")
+    cmp.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
+    cmp.add_argument("--csv", metavar="FILE", help="write a CSV (one row per attribute)")
+    cmp.set_defaults(func=cmd_compare)
 
     demo = sub.add_parser("demo", help="write real demo faces (LFW via scikit-image) and load them")
     demo.add_argument("--dir", default="demo-data", help="where to write the demo images")

@@ -1,0 +1,195 @@
+"""`faceaudit compare` against scipy on labels the test brought in with `faceaudit import-labels`."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import fiftyone as fo
+import numpy as np
+import pytest
+from scipy.stats import entropy
+
+from faceaudit.attributes import ATTRIBUTES
+from test_labels import write_csv
+
+FACEAUDIT = str(Path(sys.executable).with_name("faceaudit"))
+SOURCES = {"real-a": ("real", 30), "real-b": ("real", 20), "syn-a": ("synthetic", 25), "syn-b": ("synthetic", 15)}
+STATE_VALUE = {"positive": "1", "negative": "-1", "undefined": "0"}
+
+
+def run(args, env, check=True):
+    proc = subprocess.run([FACEAUDIT, *args], env=env, capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory, faces):
+    """Four sources with random labels; synthetic sources never have 'undefined' Male or
+    'positive' Bald, so alpha=0 gives empty synthetic bins. Returns (dataset, env, rows per source)."""
+    import os
+    import uuid
+
+    from fiftyone_plugin.ingest import load_face_dataset
+
+    root = tmp_path_factory.mktemp("compare")
+    name = f"test-compare-{uuid.uuid4().hex[:8]}"
+    env = dict(os.environ)
+    rng = np.random.default_rng(42)
+    rows_by_source = {}
+    for source, (domain, n) in SOURCES.items():
+        layout = {f"{source}-id{k}": 5 for k in range(n // 5)}
+        faces.identity_tree(root / source, layout)
+        names = sorted(f"{p.parent.name}/{p.name}" for p in (root / source).rglob("*.jpg"))
+        load_face_dataset(str(root / source), source=source, domain=domain, dataset_name=name)
+        rows = []
+        for fname in names:
+            values = rng.choice(["1", "-1", "0"], size=47, p=[0.3, 0.5, 0.2])
+            if domain == "synthetic":
+                values[ATTRIBUTES.index("Male")] = rng.choice(["1", "-1"])
+                values[ATTRIBUTES.index("Bald")] = rng.choice(["-1", "0"])
+            rows.append([fname, fname.split("/")[0], *values])
+        run(["import-labels", "--dataset", name, "--source", source, str(write_csv(root / f"{source}.csv", rows))], env)
+        rows_by_source[source] = rows
+    yield name, env, rows_by_source, root
+    fo.delete_dataset(name)
+
+
+def expected_counts(rows):
+    values = np.array([r[2:] for r in rows])
+    return {a: {st: int((values[:, j] == v).sum()) for st, v in STATE_VALUE.items()} for j, a in enumerate(ATTRIBUTES)}
+
+
+def smoothed(counts: dict, states, alpha):
+    c = np.array([counts[s] for s in states], dtype=float) + alpha
+    return c / c.sum()
+
+
+def scipy_kl(p, q):
+    value = entropy(p, q)  # scipy's reference KL, in nats
+    return None if np.isinf(value) else value
+
+
+def scipy_js(p, q):
+    m = (p + q) / 2
+    return 0.5 * entropy(p, m) + 0.5 * entropy(q, m)
+
+
+@pytest.mark.parametrize("states", ["three", "binary"])
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 2.0])
+def test_counts_and_divergences_equal_scipy(labelled, tmp_path, states, alpha):
+    name, env, rows_by_source, _ = labelled
+    out = tmp_path / "cmp.json"
+    run(["compare", "--dataset", name, "--states", states, "--alpha", str(alpha), "--json", str(out)], env)
+    result = json.loads(out.read_text())
+    state_names = ["positive", "negative", "undefined"] if states == "three" else ["positive", "negative"]
+    assert result["states"] == state_names and result["alpha"] == alpha
+    assert result["sources"] == {s: {"domain": d, "count": n, "labelled": n} for s, (d, n) in SOURCES.items()}
+
+    truth = {s: expected_counts(rows) for s, rows in rows_by_source.items()}
+    real = {a: {st: sum(truth[s][a][st] for s in ("real-a", "real-b")) for st in STATE_VALUE} for a in ATTRIBUTES}
+    synth = {a: {st: sum(truth[s][a][st] for s in ("syn-a", "syn-b")) for st in STATE_VALUE} for a in ATTRIBUTES}
+    infinite_seen = 0
+    for attr in ATTRIBUTES:
+        entry = result["attributes"][attr]
+        assert entry["counts"] == {s: truth[s][attr] for s in SOURCES}
+        for s in SOURCES:
+            want = smoothed(truth[s][attr], state_names, alpha)
+            assert [entry["distributions"][s][st] for st in state_names] == pytest.approx(want, abs=1e-12)
+        p, q = smoothed(real[attr], state_names, alpha), smoothed(synth[attr], state_names, alpha)
+        rvs = entry["real_vs_synthetic"]
+        for key, want in (("kl_real_synth", scipy_kl(p, q)), ("kl_synth_real", scipy_kl(q, p)), ("js", scipy_js(p, q))):
+            if want is None:
+                assert rvs[key] is None and "infinite" in rvs[key + "_reason"]
+                infinite_seen += 1
+            else:
+                assert rvs[key] == pytest.approx(want, abs=1e-9)
+        for a in SOURCES:
+            for b in SOURCES:
+                want = scipy_kl(smoothed(truth[a][attr], state_names, alpha), smoothed(truth[b][attr], state_names, alpha))
+                got = entry["pairwise"][a][b]
+                assert (got is None and want is None) or got == pytest.approx(want, abs=1e-9)
+    if alpha == 0:  # the planted empty synthetic bins: Bald positive always; Male undefined (three states)
+        assert result["attributes"]["Bald"]["real_vs_synthetic"]["kl_real_synth"] is None
+        assert infinite_seen >= (2 if states == "three" else 1)
+    else:
+        assert infinite_seen == 0
+
+
+def test_table_html_and_csv_show_the_json_numbers(labelled, tmp_path):
+    name, env, _, _ = labelled
+    paths = {k: tmp_path / f"r.{k}" for k in ("json", "html", "csv")}
+    table = run(["compare", "--dataset", name, "--html", str(paths["html"]), "--csv", str(paths["csv"]),
+                 "--json", str(paths["json"])], env)
+    result = json.loads(paths["json"].read_text())
+    page = paths["html"].read_text()
+    assert "<script src=" not in page and "Plotly" in page  # self-contained: plotly.js inlined
+    cells = re.findall(r"<tr><td>([\w]+)</td><td>[^<]*</td><td>([^<]+)</td><td>([^<]+)</td>", page)
+    assert len(cells) == 47
+    for attr, kl_rs, kl_sr in cells:
+        rvs = result["attributes"][attr]["real_vs_synthetic"]
+        assert kl_rs == f"{rvs['kl_real_synth']:.4f}" and kl_sr == f"{rvs['kl_synth_real']:.4f}"
+    csv_lines = paths["csv"].read_text().splitlines()
+    assert len(csv_lines) == 48 and csv_lines[0].startswith("attribute,category,kl_real_synth")
+    male = next(line for line in csv_lines if line.startswith("Male,"))
+    assert float(male.split(",")[2]) == result["attributes"]["Male"]["real_vs_synthetic"]["kl_real_synth"]
+    printed = run(["compare", "--dataset", name], env).stdout.splitlines()
+    kls = [float(line.split()[-3]) for line in printed[3:]]
+    assert kls == sorted(kls, reverse=True) and len(kls) == 47  # sorted by KL(real || synth)
+
+
+def test_bootstrap_interval_contains_the_estimate(labelled, tmp_path):
+    name, env, _, _ = labelled
+    out = tmp_path / "b.json"
+    run(["compare", "--dataset", name, "--bootstrap", "50", "--json", str(out)], env)
+    result = json.loads(out.read_text())
+    assert result["bootstrap"]["iterations"] == 50
+    inside = 0
+    for attr in ATTRIBUTES:
+        rvs = result["attributes"][attr]["real_vs_synthetic"]
+        lo, hi = rvs["bootstrap"]["kl_real_synth"]
+        assert lo <= hi
+        inside += lo <= rvs["kl_real_synth"] <= hi
+    assert inside >= 40  # a percentile interval usually covers the plug-in estimate
+
+
+def test_the_view_decides_what_is_counted(labelled):
+    from fiftyone_plugin.compare import compute_comparison
+
+    name, _, rows_by_source, _ = labelled
+    ds = fo.load_dataset(name)
+    view = ds.match(fo.ViewField("source").is_in(["real-a", "syn-a"]))
+    _, result = compute_comparison(view)
+    assert set(result["sources"]) == {"real-a", "syn-a"}
+    assert result["attributes"]["Male"]["counts"]["syn-a"] == expected_counts(rows_by_source["syn-a"])["Male"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--alpha", "-1"], "alpha must be a finite number >= 0, got -1.0"),
+    (["--attributes", "Blurry"], "unknown attribute 'Blurry'"),
+])
+def test_bad_parameters(labelled, args, message):
+    name, env, _, _ = labelled
+    proc = run(["compare", "--dataset", name, *args], env, check=False)
+    assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_bad_views(labelled, tmp_path, faces, dataset_name):
+    from fiftyone_plugin.compare import CompareError, compute_comparison
+    from fiftyone_plugin.ingest import load_face_dataset
+
+    name, _, _, _ = labelled
+    ds = fo.load_dataset(name)
+    with pytest.raises(CompareError, match="no synthetic source to compare with"):
+        compute_comparison(ds.match(fo.ViewField("domain") == "real"))
+    with pytest.raises(CompareError, match="no samples with a source"):
+        compute_comparison(ds.match(fo.ViewField("source") == "nope"))
+    faces.identity_tree(tmp_path / "x", {"a": 2})
+    load_face_dataset(str(tmp_path / "x"), source="x", domain="real", dataset_name=dataset_name)
+    with pytest.raises(CompareError, match="has no mac_\\* labels yet"):
+        compute_comparison(fo.load_dataset(dataset_name))
