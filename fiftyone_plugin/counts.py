@@ -1,10 +1,10 @@
 """Counting the 47 attributes' states per source for any view, in one pass, cached.
 
-Only the compact ``mac_code`` is read. The view's own pipeline (so sidebar filters count) is
-followed by ``$project: {_id: 0, mac_code: 1}`` and fetched with ``aggregate_raw_batches``: every
-projected document then has the same 67-byte BSON layout (``int32 size``, ``0x02``,
-``"mac_code\\0"``, ``int32 48``, 47 code bytes, ``\\0``, ``\\0``), so a whole batch becomes one numpy
-array without decoding documents in Python. Measured against ``values()`` and per-attribute
+Only the compact ``mac_code`` (and the source) is read. The view's own pipeline (so sidebar
+filters count) is followed by one ``$project`` to ``{s: <source index>, c: <code>}`` and fetched
+with ``aggregate_raw_batches``: every projected document has the same 67-byte BSON layout, so a
+whole batch becomes one numpy array without decoding documents in Python, and one ``bincount``
+counts every source, attribute and state. Measured against ``values()`` and per-attribute
 ``count_values`` in ``bench/compare.py``. This reaches below FiftyOne's public API
 (``view._pipeline()``, ``dataset._sample_collection``).
 
@@ -22,13 +22,26 @@ from dataclasses import dataclass
 
 import numpy as np
 from fiftyone import ViewField as F
+from pymongo import CursorType
 
 from faceaudit.attributes import ATTRIBUTES
 
 from . import labels, schema
 
-_DOC_SIZE = 4 + 1 + len(labels.CODE_FIELD) + 1 + 4 + len(ATTRIBUTES) + 1 + 1
-_CODE_OFFSET = 4 + 1 + len(labels.CODE_FIELD) + 1 + 4
+# The projected document {s: int32, c: 47-character string}, byte by byte.
+_HEAD = np.frombuffer(b"C\x00\x00\x00\x10s\x00", np.uint8)  # size 67, int32 element "s"
+_HEAD_SIZE = len(_HEAD)
+_S_OFFSET = _HEAD_SIZE
+_C_OFFSET = _S_OFFSET + 4 + 3 + 4  # after the int32, 0x02 "c\0", the string length
+_DOC_SIZE = _C_OFFSET + len(ATTRIBUTES) + 1 + 1
+assert _DOC_SIZE == 67
+_UNLABELLED = "x" * len(ATTRIBUTES)
+# The covered projection {mac_code: <47 characters>}, byte by byte.
+_CODE_HEAD = np.frombuffer(b"C\x00\x00\x00\x02" + labels.CODE_FIELD.encode() + b"\x00\x30\x00\x00\x00", np.uint8)
+_CODE_HEAD_SIZE = len(_CODE_HEAD)
+_CODE_DOC_SIZE = _CODE_HEAD_SIZE + len(ATTRIBUTES) + 2
+assert _CODE_DOC_SIZE == 67
+_BAD_CODES = f"some samples have a mac_code that is not {len(ATTRIBUTES)} characters of p, n, u"
 _STATE_INDEX = np.full(256, -1, dtype=np.int64)  # code byte -> 0 positive, 1 negative, 2 undefined
 _STATE_INDEX[ord("p")], _STATE_INDEX[ord("n")], _STATE_INDEX[ord("u")] = 0, 1, 2
 
@@ -45,46 +58,103 @@ class StateCounts:
 
 def count_codes(codes: np.ndarray) -> np.ndarray:
     """``(n, 47)`` code bytes -> ``(47, 3)`` state counts (one bincount)."""
-    states = _STATE_INDEX[codes]
-    if (states < 0).any():
-        raise ValueError("mac_code holds characters other than p, n, u")
-    flat = states + 3 * np.arange(codes.shape[1])
-    return np.bincount(flat.ravel(), minlength=3 * codes.shape[1]).reshape(-1, 3)
+    counts = np.stack([(codes == ord(c)).sum(axis=0) for c in "pnu"], axis=1).astype(np.int64)
+    if counts.sum() != codes.size:
+        raise ValueError(_BAD_CODES)
+    return counts
 
 
-def fetch_codes(view, match: dict | None = None) -> np.ndarray:
-    """The ``mac_code`` bytes ``(n, 47)`` of the labelled samples of ``view`` (and ``match``)."""
-    pipeline = list(view._pipeline())
-    pipeline.append({"$match": {**(match or {}), labels.CODE_FIELD: {"$type": "string"}}})
-    pipeline.append({"$project": {"_id": 0, labels.CODE_FIELD: 1}})
+def scan_view(view, sources: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """One pass over ``view``: each sample's source (as an index into ``sources``, -1 for
+    another) and its code bytes (``x`` * 47 when unlabelled). Returns ``(source_idx, codes)``.
+
+    The projection makes every document the same 67 bytes (``int32 size``, an int32 field ``s``,
+    the string field ``c`` of 47 characters), so each raw batch is read as one numpy array.
+    """
+    pipeline = list(view._pipeline()) + [{"$project": {
+        "_id": 0,
+        "s": {"$indexOfArray": [sources, "$" + schema.SOURCE]},
+        "c": {"$ifNull": ["$" + labels.CODE_FIELD, _UNLABELLED]},
+    }}]
     coll = view._dataset._sample_collection
-    chunks = [np.frombuffer(batch, dtype=np.uint8) for batch in coll.aggregate_raw_batches(pipeline)]
+    chunks = [np.frombuffer(b, dtype=np.uint8) for b in coll.aggregate_raw_batches(pipeline, batchSize=50_000)]
     raw = np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
-    if raw.size % _DOC_SIZE == 0:
-        docs = raw.reshape(-1, _DOC_SIZE)
-        sizes = docs[:, :4].copy().view("<i4").ravel()
-        if (sizes == _DOC_SIZE).all():
-            return docs[:, _CODE_OFFSET:_CODE_OFFSET + len(ATTRIBUTES)]
-    # a code of another length somewhere: decode documents one by one (slow, but never wrong)
-    codes = [c for c in view.match(F(labels.CODE_FIELD).exists()).match(match or {}).values(labels.CODE_FIELD)]
-    bad = [c for c in codes if len(c) != len(ATTRIBUTES)]
-    if bad:
-        raise ValueError(f"{len(bad)} samples have a mac_code that is not {len(ATTRIBUTES)} characters long")
-    return np.frombuffer("".join(codes).encode("ascii"), np.uint8).reshape(-1, len(ATTRIBUTES))
+    if raw.size % _DOC_SIZE:
+        raise ValueError(_BAD_CODES)
+    docs = raw.reshape(-1, _DOC_SIZE)
+    if len(docs) and not (docs[:, :_HEAD_SIZE] == _HEAD).all():
+        raise ValueError(_BAD_CODES)
+    source_idx = docs[:, _S_OFFSET:_S_OFFSET + 4].copy().view("<i4").ravel()
+    return source_idx, docs[:, _C_OFFSET:_C_OFFSET + len(ATTRIBUTES)]
+
+
+def _covered_codes(dataset, source: str) -> np.ndarray:
+    """The code bytes ``(n, 47)`` of one source's labelled samples, read from the
+    ``(source, mac_code)`` index alone (a covered query: no document is fetched) through an
+    exhaust cursor (the server streams batches without waiting for getMore requests)."""
+    coll = dataset._sample_collection
+    query = {schema.SOURCE: source, labels.CODE_FIELD: {"$type": "string"}}
+    cursor_type = CursorType.NON_TAILABLE if coll.database.client.is_mongos else CursorType.EXHAUST
+    cursor = coll.find_raw_batches(query, {"_id": 0, labels.CODE_FIELD: 1}, batch_size=50_000,
+                                   cursor_type=cursor_type).hint(labels.COUNTS_INDEX_SPEC)
+    raw = np.concatenate([np.frombuffer(b, np.uint8) for b in cursor] or [np.zeros(0, np.uint8)])
+    if raw.size % _CODE_DOC_SIZE:
+        raise ValueError(_BAD_CODES)
+    docs = raw.reshape(-1, _CODE_DOC_SIZE)
+    if len(docs) and not (docs[:, :_CODE_HEAD_SIZE] == _CODE_HEAD).all():
+        raise ValueError(_BAD_CODES)
+    return docs[:, _CODE_HEAD_SIZE:_CODE_HEAD_SIZE + len(ATTRIBUTES)]
+
+
+def _count_whole_dataset(dataset) -> StateCounts:
+    """The unfiltered dataset: per-source covered index scans (see ``bench/compare.py``)."""
+    info = schema.sources_info(dataset)
+    coll = dataset._sample_collection
+    sources, domains, samples, counts = [], [], [], []
+    for source in sorted(info):
+        codes = _covered_codes(dataset, source)
+        # unlabelled samples sit under mac_code = null in the same index: counting them touches
+        # only their own index keys, not the labelled ones
+        unlabelled = coll.count_documents({schema.SOURCE: source, labels.CODE_FIELD: None},
+                                          hint=labels.COUNTS_INDEX_SPEC)
+        if len(codes) + unlabelled:
+            sources.append(source)
+            domains.append(info[source].get("domain"))
+            samples.append(len(codes) + unlabelled)
+            counts.append(count_codes(codes))
+    shape = (0, len(ATTRIBUTES), 3)
+    return StateCounts(sources, domains, np.array(samples, np.int64),
+                       np.array(counts, np.int64) if counts else np.zeros(shape, np.int64))
 
 
 def count_states(view) -> StateCounts:
-    """State counts of all 47 attributes for every source of ``view``."""
+    """State counts of all 47 attributes for every source of ``view``.
+
+    The whole dataset is counted from the ``(source, mac_code)`` index; a filtered view in one
+    pass over its documents."""
     dataset = view._dataset
     info = schema.sources_info(dataset)
-    per_source = view.count_values(schema.SOURCE)
-    sources = sorted(s for s in per_source if s is not None)
-    counts = np.zeros((len(sources), len(ATTRIBUTES), 3), dtype=np.int64)
-    for i, source in enumerate(sources):
-        counts[i] = count_codes(fetch_codes(view, {schema.SOURCE: source}))
+    if not view._serialize() and labels.has_counts_index(dataset) and _sources_all_known(dataset, info):
+        return _count_whole_dataset(dataset)
+    known = sorted(info)
+    source_idx, codes = scan_view(view, known)
+    if (source_idx < 0).any():  # samples of a source the dataset's info does not list
+        known = sorted(s for s in view.distinct(schema.SOURCE) if s is not None)
+        source_idx, codes = scan_view(view, known)
+    samples = np.bincount(source_idx[source_idx >= 0], minlength=len(known))
+    present = np.flatnonzero(samples)
+    counts = np.zeros((len(present), len(ATTRIBUTES), 3), np.int64)
+    for k, i in enumerate(present):
+        mine = codes[source_idx == i]
+        counts[k] = count_codes(mine[mine[:, 0] != ord("x")])  # labelled samples only
+    sources = [known[i] for i in present]
     domains = [info.get(s, {}).get("domain") or _domain_of(view, s) for s in sources]
-    samples = np.array([per_source[s] for s in sources], dtype=np.int64)
-    return StateCounts(sources, domains, samples, counts)
+    return StateCounts(sources, domains, samples[present], counts)
+
+
+def _sources_all_known(dataset, info: dict) -> bool:
+    """Every sample's source is listed in the dataset's info (as every load records it)."""
+    return dataset._sample_collection.count_documents({schema.SOURCE: {"$nin": sorted(info)}}) == 0
 
 
 def _domain_of(view, source: str) -> str | None:

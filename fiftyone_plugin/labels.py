@@ -39,6 +39,8 @@ PREFIX = "mac_"
 CODE_FIELD = "mac_code"
 STATE_CHARS = {1: "p", -1: "n", 0: "u"}
 WRITE_BATCH = 1000
+# (source, mac_code): whole-dataset counts read the codes from this index alone (covered query)
+COUNTS_INDEX_SPEC = [(schema.SOURCE, 1), (CODE_FIELD, 1)]
 
 _CODE_LUT = np.zeros(256, dtype=np.int8)  # byte of the code -> state
 _CODE_LUT[ord("p")], _CODE_LUT[ord("n")] = 1, -1
@@ -74,7 +76,12 @@ def ensure_label_schema(dataset: fo.Dataset) -> None:
             dataset.add_sample_field(name, fo.FloatField)
     if CODE_FIELD not in existing:
         dataset.add_sample_field(CODE_FIELD, fo.StringField)
+    dataset.create_index(COUNTS_INDEX_SPEC)
     _set_sidebar_groups(dataset)
+
+
+def has_counts_index(dataset: fo.Dataset) -> bool:
+    return any(info["key"] == COUNTS_INDEX_SPEC for info in dataset.get_index_information().values())
 
 
 def _set_sidebar_groups(dataset: fo.Dataset) -> None:
