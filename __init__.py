@@ -16,10 +16,11 @@ except ImportError:  # plugin directory used without installing the package
 
 if __package__:  # imported by FiftyOne as fiftyone.plugins.orgs.faceaudit.face_audit
     from .operators import OPERATORS
+    from .panels import PANELS
 else:  # imported as a plain module (pytest imports a rootdir __init__.py this way): no plugin
-    OPERATORS = ()
+    OPERATORS, PANELS = (), ()
 
 
 def register(plugin):
-    for operator in OPERATORS:
+    for operator in (*OPERATORS, *PANELS):
         plugin.register(operator)

@@ -1,6 +1,7 @@
 """Thin operators: a form, progress and placement around one core function each."""
 
 from .annotate import AnnotateAttributes
+from .compare import ComputeAttributeComparison
 from .load import LoadFaceDataset
 
-OPERATORS = (LoadFaceDataset, AnnotateAttributes)
+OPERATORS = (LoadFaceDataset, AnnotateAttributes, ComputeAttributeComparison)

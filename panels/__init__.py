@@ -1,1 +1,5 @@
-"""Python panels of the faceaudit plugin (the attribute comparison panel comes with issue 4)."""
+"""Python panels of the faceaudit plugin."""
+
+from .attribute_comparison import AttributeComparisonPanel
+
+PANELS = (AttributeComparisonPanel,)

@@ -193,3 +193,42 @@ def test_bad_views(labelled, tmp_path, faces, dataset_name):
     load_face_dataset(str(tmp_path / "x"), source="x", domain="real", dataset_name=dataset_name)
     with pytest.raises(CompareError, match="has no mac_\\* labels yet"):
         compute_comparison(fo.load_dataset(dataset_name))
+
+
+def test_operator_stores_the_comparison_on_the_dataset(labelled):
+    import fiftyone.operators as foo
+
+    from fiftyone_plugin.compare import stored_comparison
+
+    name, _, _, _ = labelled
+    ds = fo.load_dataset(name)
+    result = foo.execute_operator("@faceaudit/face-audit/compute_attribute_comparison",
+                                  ctx={"dataset": ds, "params": {"states": "binary", "alpha": 1.0,
+                                                                 "open_panel": False}})
+    assert result.error is None and result.result["sources"] == 4
+    ds.reload()
+    stored = stored_comparison(ds)
+    assert stored["states"] == ["positive", "negative"] and stored["alpha"] == 1.0
+    assert set(stored["attributes"]) == set(ATTRIBUTES)
+
+
+def test_counts_cache_follows_label_changes(labelled, tmp_path):
+    from fiftyone_plugin import counts, labels
+
+    name, _, rows_by_source, root = labelled
+    ds = fo.load_dataset(name)
+    before = counts.cached_counts(ds.view())
+    assert counts.cached_counts(ds.view()) is before  # cached
+    rows = [list(r) for r in rows_by_source["syn-b"]]
+    col = 2 + ATTRIBUTES.index("Smiling")
+    flipped = sum(r[col] != "1" for r in rows)
+    for r in rows:
+        r[col] = "1"
+    try:
+        labels.import_labels(ds, "syn-b", str(write_csv(tmp_path / "flip.csv", rows)))
+        after = counts.cached_counts(ds.view())
+        i, j = after.sources.index("syn-b"), ATTRIBUTES.index("Smiling")
+        assert after is not before
+        assert after.counts[i, j, 0] == before.counts[i, j, 0] + flipped
+    finally:  # put the module fixture's labels back
+        labels.import_labels(ds, "syn-b", str(write_csv(tmp_path / "back.csv", rows_by_source["syn-b"])))

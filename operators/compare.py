@@ -1,0 +1,54 @@
+"""``compute_attribute_comparison``: compute and store the comparison of the target view (the
+App's door to :func:`fiftyone_plugin.compare.compute_comparison`, as ``faceaudit compare``)."""
+
+from __future__ import annotations
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from .common import execution_mode, wants_delegation
+
+
+class ComputeAttributeComparison(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="compute_attribute_comparison",
+            label="faceaudit: compare attributes (real vs synthetic KL)",
+            icon="/assets/icon.svg",
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.view_target(ctx)
+        inputs.enum("states", ["three", "binary"], default="three", label="States")
+        inputs.float("alpha", default=0.5, min=0.0, label="Smoothing alpha (pseudo-count per state)")
+        inputs.int("bootstrap", default=0, min=0, label="Bootstrap resamples (0: none)")
+        inputs.bool("open_panel", default=True, label="Open the comparison panel")
+        execution_mode(ctx, inputs)
+        return types.Property(inputs, view=types.View(label="Compare attributes"))
+
+    def resolve_delegation(self, ctx):
+        return wants_delegation(ctx)
+
+    def execute(self, ctx):
+        from fiftyone_plugin.compare import compute_comparison, store_comparison
+
+        p = ctx.params
+        _, result = compute_comparison(ctx.target_view(), states=p.get("states", "three"),
+                                       alpha=float(p.get("alpha", 0.5)), bootstrap=int(p.get("bootstrap") or 0))
+        store_comparison(ctx.dataset, result)
+        if p.get("open_panel", True) and not ctx.delegated:
+            ctx.ops.open_panel("attribute_comparison", layout="horizontal", is_active=True)
+        top = max(result["attributes"].items(),
+                  key=lambda kv: kv[1]["real_vs_synthetic"]["kl_real_synth"] or float("inf"))
+        return {"sources": len(result["sources"]), "largest_kl_real_synth": top[0]}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("sources", label="Sources compared")
+        outputs.str("largest_kl_real_synth", label="Attribute with the largest KL(real || synthetic)")
+        return types.Property(outputs)

@@ -1,0 +1,194 @@
+"""The ``attribute_comparison`` panel: distributions, both KL directions, pairwise heatmap.
+
+Thin glue over :func:`fiftyone_plugin.compare.compute_comparison` (cached counts) and the figure
+builders of :mod:`faceaudit.report` (the same charts as the HTML report). Only aggregates reach
+the browser. It follows the App's view: a sidebar filter changes the numbers. A click on a bar
+sets the App's view to the samples of that source with that attribute state.
+"""
+
+from __future__ import annotations
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+CATEGORY_ALL = "all"
+SORT_KEYS = {"kl_real_synth": "KL(real || synth)", "kl_synth_real": "KL(synth || real)",
+             "js": "JS", "attribute": "attribute"}
+DEFAULTS = {"states": "three", "alpha": 0.5, "category": CATEGORY_ALL, "shown_state": "positive",
+            "attribute": "Male", "sort": "kl_real_synth"}
+
+HELP = """For each of the 47 MAAD-Face attributes: its distribution per source, and the real vs
+synthetic KL divergence in both directions (nats). D_KL(real || synthetic) large with
+D_KL(synthetic || real) small means the synthetic data covers only part of what real faces show.
+Click a bar to see the faces behind it. The numbers follow the App's current view."""
+
+
+class AttributeComparisonPanel(foo.Panel):
+    @property
+    def config(self):
+        return foo.PanelConfig(
+            name="attribute_comparison",
+            label="faceaudit: attribute comparison",
+            surfaces="grid",
+            help_markdown=HELP,
+            icon="/assets/icon.svg",
+        )
+
+    def on_load(self, ctx):
+        for key, value in DEFAULTS.items():
+            if ctx.panel.state.get(key) is None:
+                ctx.panel.state.set(key, value)
+        self.refresh(ctx)
+
+    def on_change_view(self, ctx):
+        if _stages(ctx.view) == ctx.panel.state.drilldown_view:
+            return  # our own click set this view: keep the charts of the view it came from
+        self.refresh(ctx)
+
+    def on_change_dataset(self, ctx):
+        self.refresh(ctx)
+
+    # ------------------------------------------------------------------ data
+
+    def refresh(self, ctx):
+        """Recompute (counts are cached per view) and ship the aggregates to the browser."""
+        from faceaudit import report
+        from fiftyone_plugin.compare import compute_comparison
+
+        state = ctx.panel.state
+        state.set("drilldown_view", None)
+        state.set("drilldown", None)
+        state.set("base_view", ctx.view._serialize())
+        try:
+            _, result = compute_comparison(ctx.view, states=state.states, alpha=float(state.alpha))
+        except ValueError as e:
+            state.set("error", str(e))
+            return
+        state.set("error", None)
+        category = None if state.category == CATEGORY_ALL else state.category
+        attribute = state.attribute if state.attribute in result["attributes"] else "Male"
+        state.set("sources", list(result["sources"]))
+        state.set("overview_attributes", report.attributes_of(result, category))
+        state.set("state_names", result["states"])
+        state.set("summary", _summary(result))
+        state.set("kl_table", [
+            {**row, **{k: report.fmt(row[k]) for k in ("kl_real_synth", "kl_synth_real", "js")}}
+            for row in report.kl_rows(result, category, state.sort)
+        ])
+        shown = state.shown_state if state.shown_state in result["states"] else "positive"
+        ctx.panel.data.set("overview", report.overview_figure(result, shown, category)["data"])
+        ctx.panel.data.set("attribute_plot", report.attribute_figure(result, attribute)["data"])
+        ctx.panel.data.set("kl_plot", report.kl_figure(result, category)["data"])
+        ctx.panel.data.set("pairwise", report.pairwise_figure(result)["data"])
+
+    def on_control_change(self, ctx):
+        path, value = ctx.params.get("path"), ctx.params.get("value")
+        if path in DEFAULTS and value is not None:
+            ctx.panel.state.set(path, value)
+        self.refresh(ctx)
+
+    # ------------------------------------------------------------------ clicks
+
+    def on_overview_click(self, ctx):
+        """A bar of the overview: (source = trace, attribute = x, state shown)."""
+        source = _source_of_trace(ctx)
+        attribute, state = ctx.params.get("x"), ctx.panel.state.shown_state
+        self._show_faces(ctx, source, attribute, state)
+
+    def on_attribute_click(self, ctx):
+        """A bar of the one-attribute chart: (source = trace, state = x)."""
+        self._show_faces(ctx, _source_of_trace(ctx), ctx.panel.state.attribute, ctx.params.get("x"))
+
+    def _show_faces(self, ctx, source, attribute, state):
+        """Set the App's view to the faces behind a bar (within the view the charts show)."""
+        from fiftyone.core.view import DatasetView
+        from fiftyone_plugin.views import attribute_state_view
+
+        if source is None or attribute is None or state is None:
+            return
+        base = DatasetView._build(ctx.dataset, ctx.panel.state.base_view or [])
+        view = attribute_state_view(base, source, attribute, state)
+        ctx.panel.state.set("attribute", attribute)
+        ctx.panel.state.set("drilldown_view", _stages(view))
+        ctx.panel.state.set("drilldown", f"Showing the {view.count()} faces of **{source}** with "
+                                         f"**{attribute} = {state}**; *Back* returns to the compared view.")
+        ctx.ops.set_view(view)
+
+    def back_to_compared_view(self, ctx):
+        """Return the App to the view the charts describe."""
+        from fiftyone.core.view import DatasetView
+
+        base = DatasetView._build(ctx.dataset, ctx.panel.state.base_view or [])
+        ctx.panel.state.set("drilldown_view", None)
+        ctx.panel.state.set("drilldown", None)
+        ctx.ops.set_view(base)
+
+    # ------------------------------------------------------------------ layout
+
+    def render(self, ctx):
+        from faceaudit.attributes import ATTRIBUTES, CATEGORIES
+
+        state = ctx.panel.state
+        panel = types.Object()
+        panel.md("**Real vs synthetic face attributes** (MAAD-Face, 47)", name="title")
+        if state.error:
+            panel.md(f"**Nothing to compare:** {state.error}", name="error")
+            return types.Property(panel, view=types.GridView(orientation="vertical"))
+        panel.md(state.summary or "", name="summary")
+        if state.drilldown:
+            panel.md(state.drilldown, name="drilldown")
+
+        controls = panel.h_stack("controls", gap=2)
+        controls.enum("states", ["three", "binary"], default=state.states, label="States",
+                      view=types.DropdownView(), on_change=self.on_control_change)
+        controls.float("alpha", default=state.alpha, min=0.0, label="Smoothing alpha",
+                       on_change=self.on_control_change)
+        controls.enum("category", [CATEGORY_ALL, *CATEGORIES], default=state.category, label="Category",
+                      view=types.DropdownView(), on_change=self.on_control_change)
+        controls.enum("shown_state", list(state.state_names or ["positive"]), default=state.shown_state,
+                      label="Bars show", view=types.DropdownView(), on_change=self.on_control_change)
+        controls.btn("back", label="Back", on_click=self.back_to_compared_view)
+
+        layout = {"barmode": "group", "xaxis": {"tickangle": -45}, "legend": {"orientation": "h"},
+                  "margin": {"t": 30, "b": 110}, "height": 380,
+                  "title": {"text": f"share {state.shown_state} per attribute: click a bar for its faces"}}
+        panel.plot("overview", layout=layout, on_click=self.on_overview_click, height=50)
+
+        picked = panel.h_stack("picked", gap=2)
+        picked.enum("attribute", list(ATTRIBUTES), default=state.attribute, label="Attribute",
+                    view=types.DropdownView(), on_change=self.on_control_change)
+        panel.plot("attribute_plot", on_click=self.on_attribute_click, height=40,
+                   layout={"barmode": "group", "height": 300, "margin": {"t": 30},
+                           "title": {"text": f"{state.attribute}: state shares per source"}})
+
+        panel.enum("sort", list(SORT_KEYS), default=state.sort, label="Sort KL table by",
+                   view=types.DropdownView(), on_change=self.on_control_change)
+        table = types.TableView()
+        for key, label in (("attribute", "attribute"), ("category", "category"),
+                           ("kl_real_synth", "KL(real || synth)"), ("kl_synth_real", "KL(synth || real)"),
+                           ("js", "JS")):
+            table.add_column(key, label=label)
+        panel.list("kl_table", types.Object(), view=table, label="KL divergence per attribute (nats)")
+        panel.plot("kl_plot", height=40, layout={"barmode": "group", "height": 320, "margin": {"t": 30, "b": 110},
+                                                "xaxis": {"tickangle": -45}, "title": {"text": "KL, both directions"}})
+        panel.plot("pairwise", height=40, layout={"height": 320, "margin": {"t": 30},
+                                                 "yaxis": {"autorange": "reversed"},
+                                                 "title": {"text": "pairwise KL(row || column), mean over attributes"}})
+        return types.Property(panel, view=types.GridView(orientation="vertical", gap=2))
+
+
+def _stages(view) -> list:
+    """A view's stages without their ids, for comparing views across a round trip to the App."""
+    return [{k: v for k, v in stage.items() if k != "_uuid"} for stage in view._serialize()]
+
+
+def _source_of_trace(ctx) -> str | None:
+    sources = ctx.panel.state.sources or []
+    idx = ctx.params.get("trace_idx")
+    return sources[idx] if isinstance(idx, int) and 0 <= idx < len(sources) else None
+
+
+def _summary(result: dict) -> str:
+    parts = [f"**{s}** ({i['domain']}, {i['labelled']:,} labelled)" for s, i in result["sources"].items()]
+    return (f"{' · '.join(parts)}  \nstates: {'/'.join(result['states'])}, alpha {result['alpha']}; "
+            "KL in nats, `inf` where alpha = 0 meets an empty state")

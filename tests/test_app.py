@@ -1,0 +1,103 @@
+"""The comparison panel in the real App, driven in headless Chromium (Debian's chromium +
+Playwright): it opens on a labelled fixture, shows the bars and the KL table, and a click on a
+bar sets the grid to the matching faces. Saves screenshots under test-artifacts/."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import fiftyone as fo
+import numpy as np
+import pytest
+from fiftyone import ViewField as F
+
+from fiftyone_plugin import labels
+from fiftyone_plugin.ingest import load_face_dataset
+from test_labels import write_csv
+
+pytestmark = pytest.mark.browser
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def app(tmp_path, faces, dataset_name):
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it as root)")
+    pytest.importorskip("playwright")
+    rng = np.random.default_rng(5)
+    for source, domain, ids in (("real-faces", "real", 4), ("synth-faces", "synthetic", 3)):
+        root = tmp_path / source
+        faces.identity_tree(root, {f"{source}-{k}": 4 for k in range(ids)}, start=ids * 7)
+        load_face_dataset(str(root), source=source, domain=domain, dataset_name=dataset_name)
+        names = sorted(f"{p.parent.name}/{p.name}" for p in root.rglob("*.jpg"))
+        rows = [[n, n.split("/")[0], *rng.choice(["1", "-1", "0"], 47)] for n in names]
+        labels.import_labels(fo.load_dataset(dataset_name), source, str(write_csv(tmp_path / f"{source}.csv", rows)))
+    ds = fo.load_dataset(dataset_name)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    session = fo.launch_app(ds, remote=True, port=port)
+    yield ds, session, f"http://127.0.0.1:{port}/datasets/{dataset_name}"
+    session.close()
+
+
+def _dismiss(page, text):
+    button = page.get_by_text(text, exact=True)
+    if button.count():
+        button.first.click()
+
+
+def test_panel_shows_bars_and_kl_table_and_a_click_filters_the_grid(app):
+    from playwright.sync_api import sync_playwright
+
+    ds, session, url = app
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.goto(url)
+        page.get_by_text("28 samples").wait_for(timeout=60_000)
+        for text in ("Dismiss", "Disable"):  # the Enterprise pop-up and the analytics banner
+            _dismiss(page, text)
+
+        page.locator("[data-cy='new-panel-btn']").or_(page.get_by_title("New panel")).first.click()
+        page.get_by_text("faceaudit: attribute comparison").first.click()
+        page.get_by_text("KL divergence per attribute").wait_for(timeout=60_000)
+        overview = page.locator(".js-plotly-plot").first
+        overview.locator("g.point path").first.wait_for(timeout=60_000)
+        assert overview.locator("g.point path").count() == 2 * 47  # two sources x 47 attributes
+        text = page.inner_text("body")
+        assert "real-faces (real, 16 labelled)" in text and "synth-faces (synthetic, 12 labelled)" in text
+        page.screenshot(path=str(ARTIFACTS / "panel.png"))
+        page.get_by_text("KL divergence per attribute").scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / "panel-kl-table.png"))
+
+        # the KL table's top row is the attribute with the largest KL(real || synth), as compare says
+        from fiftyone_plugin.compare import compute_comparison
+
+        _, result = compute_comparison(ds)
+        top = max(result["attributes"], key=lambda a: result["attributes"][a]["real_vs_synthetic"]["kl_real_synth"])
+        value = result["attributes"][top]["real_vs_synthetic"]["kl_real_synth"]
+        assert re.search(rf"{top}\s+\S+[^\n]*\s{value:.4f}", text), f"{top} {value:.4f} not in the table"
+
+        # click the first bar: source real-faces, attribute Male, state positive
+        overview.locator("g.point path").first.click(force=True)
+        expected = ds.match((F("source") == "real-faces")
+                            & (F(labels.CODE_FIELD).substr(start=0, count=1) == "p")).count()
+        page.get_by_text(f"{expected} samples", exact=True).wait_for(timeout=60_000)
+        page.get_by_text("Male = positive").wait_for(timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "panel-after-click.png"))
+        deadline = time.time() + 30
+        while (session.view is None or session.view.count() != expected) and time.time() < deadline:
+            time.sleep(0.2)
+        assert session.view is not None and session.view.count() == expected
+        assert set(session.view.values("source")) == {"real-faces"}
+        assert {c[0] for c in session.view.values(labels.CODE_FIELD)} == {"p"}
+        browser.close()
