@@ -20,9 +20,10 @@ class CompareError(ValueError):
 
 
 def compute_comparison(view, states: str = "three", alpha: float = 0.5, bootstrap: int = 0,
-                       seed: int = 0, attributes: list[str] | None = None) -> tuple[stats.Comparison, dict]:
+                       seed: int = 0, attributes: list[str] | None = None,
+                       identities: bool = True) -> tuple[stats.Comparison, dict]:
     """Compare every source of ``view``; returns the numbers and their JSON form (limited to
-    ``attributes`` if given)."""
+    ``attributes`` if given; with ``identities``, the identity consistency per source too)."""
     stats.check_parameters(states, alpha)
     unknown = [a for a in attributes or [] if a not in ATTRIBUTES]
     if unknown:
@@ -48,6 +49,10 @@ def compute_comparison(view, states: str = "three", alpha: float = 0.5, bootstra
     result["view"] = view._serialize()  # [] for the whole dataset
     if attributes:
         result["attributes"] = {a: result["attributes"][a] for a in attributes}
+    if identities:
+        from .outliers import identity_consistency
+
+        result["identity_consistency"] = identity_consistency(view)
     return comparison, result
 
 

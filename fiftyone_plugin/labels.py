@@ -89,8 +89,10 @@ def _set_sidebar_groups(dataset: fo.Dataset) -> None:
     ours = {f"attributes: {c.lower()}" for c in CATEGORIES} | {"faceaudit"}
     groups = [g for g in groups if g.name not in ours]
     for g in groups:  # our fields leave the default groups they were put in
-        g.paths = [p for p in g.paths if not p.startswith(PREFIX) and p not in schema.STRING_FIELDS]
-    groups.insert(1, fo.SidebarGroupDocument(name="faceaudit", paths=[*schema.STRING_FIELDS, CODE_FIELD]))
+        g.paths = [p for p in g.paths if not p.startswith(PREFIX) and p not in schema.STRING_FIELDS
+                   and p not in ("realness_nll", "identity_disagreement")]
+    scores = [f for f in ("realness_nll", "identity_disagreement") if f in dataset.get_field_schema()]
+    groups.insert(1, fo.SidebarGroupDocument(name="faceaudit", paths=[*schema.STRING_FIELDS, CODE_FIELD, *scores]))
     for i, (category, attrs) in enumerate(CATEGORIES.items()):
         groups.insert(2 + i, fo.SidebarGroupDocument(
             name=f"attributes: {category.lower()}", paths=[field_name(a) for a in attrs], expanded=False))

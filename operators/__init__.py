@@ -3,5 +3,6 @@
 from .annotate import AnnotateAttributes
 from .compare import ComputeAttributeComparison
 from .load import LoadFaceDataset
+from .outliers import FlagSyntheticOutliers
 
-OPERATORS = (LoadFaceDataset, AnnotateAttributes, ComputeAttributeComparison)
+OPERATORS = (LoadFaceDataset, AnnotateAttributes, ComputeAttributeComparison, FlagSyntheticOutliers)

@@ -62,42 +62,52 @@ def test_panel_shows_bars_and_kl_table_and_a_click_filters_the_grid(app):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        page.goto(url)
-        page.get_by_text("28 samples").wait_for(timeout=60_000)
-        for text in ("Dismiss", "Disable"):  # the Enterprise pop-up and the analytics banner
-            _dismiss(page, text)
+        try:
+            _drive(page, ds, session, url)
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "failure.png"))  # what the browser showed
+            raise
+        finally:
+            browser.close()
 
-        page.locator("[data-cy='new-panel-btn']").or_(page.get_by_title("New panel")).first.click()
-        page.get_by_text("faceaudit: attribute comparison").first.click()
-        page.get_by_text("KL divergence per attribute").wait_for(timeout=60_000)
-        overview = page.locator(".js-plotly-plot").first
-        overview.locator("g.point path").first.wait_for(timeout=60_000)
-        assert overview.locator("g.point path").count() == 2 * 47  # two sources x 47 attributes
-        text = page.inner_text("body")
-        assert "real-faces (real, 16 labelled)" in text and "synth-faces (synthetic, 12 labelled)" in text
-        page.screenshot(path=str(ARTIFACTS / "panel.png"))
-        page.get_by_text("KL divergence per attribute").scroll_into_view_if_needed()
-        page.screenshot(path=str(ARTIFACTS / "panel-kl-table.png"))
 
-        # the KL table's top row is the attribute with the largest KL(real || synth), as compare says
-        from fiftyone_plugin.compare import compute_comparison
+def _drive(page, ds, session, url):
+    """Open the panel, check what it shows, click a bar, check the grid."""
+    page.goto(url)
+    page.get_by_text("28 samples").wait_for(timeout=60_000)
+    for text in ("Dismiss", "Disable"):  # the Enterprise pop-up and the analytics banner
+        _dismiss(page, text)
 
-        _, result = compute_comparison(ds)
-        top = max(result["attributes"], key=lambda a: result["attributes"][a]["real_vs_synthetic"]["kl_real_synth"])
-        value = result["attributes"][top]["real_vs_synthetic"]["kl_real_synth"]
-        assert re.search(rf"{top}\s+\S+[^\n]*\s{value:.4f}", text), f"{top} {value:.4f} not in the table"
+    page.locator("[data-cy='new-panel-btn']").or_(page.get_by_title("New panel")).first.click()
+    page.get_by_text("faceaudit: attribute comparison").first.click()
+    page.get_by_text("KL divergence per attribute").wait_for(timeout=60_000)
+    overview = page.locator(".js-plotly-plot").first
+    overview.locator("g.point path").first.wait_for(state="attached", timeout=60_000)
+    assert overview.locator("g.point path").count() == 2 * 47  # two sources x 47 attributes
+    text = page.inner_text("body")
+    assert "real-faces (real, 16 labelled)" in text and "synth-faces (synthetic, 12 labelled)" in text
+    page.screenshot(path=str(ARTIFACTS / "panel.png"))
+    page.get_by_text("KL divergence per attribute").scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "panel-kl-table.png"))
 
-        # click the first bar: source real-faces, attribute Male, state positive
-        overview.locator("g.point path").first.click(force=True)
-        expected = ds.match((F("source") == "real-faces")
-                            & (F(labels.CODE_FIELD).substr(start=0, count=1) == "p")).count()
-        page.get_by_text(f"{expected} samples", exact=True).wait_for(timeout=60_000)
-        page.get_by_text("Male = positive").wait_for(timeout=30_000)
-        page.screenshot(path=str(ARTIFACTS / "panel-after-click.png"))
-        deadline = time.time() + 30
-        while (session.view is None or session.view.count() != expected) and time.time() < deadline:
-            time.sleep(0.2)
-        assert session.view is not None and session.view.count() == expected
-        assert set(session.view.values("source")) == {"real-faces"}
-        assert {c[0] for c in session.view.values(labels.CODE_FIELD)} == {"p"}
-        browser.close()
+    # the KL table's top row is the attribute with the largest KL(real || synth), as compare says
+    from fiftyone_plugin.compare import compute_comparison
+
+    _, result = compute_comparison(ds)
+    top = max(result["attributes"], key=lambda a: result["attributes"][a]["real_vs_synthetic"]["kl_real_synth"])
+    value = result["attributes"][top]["real_vs_synthetic"]["kl_real_synth"]
+    assert re.search(rf"{top}\s+\S+[^\n]*\s{value:.4f}", text), f"{top} {value:.4f} not in the table"
+
+    # click the first bar: source real-faces, attribute Male, state positive
+    overview.locator("g.point path").first.click(force=True)
+    expected = ds.match((F("source") == "real-faces")
+                        & (F(labels.CODE_FIELD).substr(start=0, count=1) == "p")).count()
+    page.get_by_text(f"{expected} samples", exact=True).wait_for(timeout=60_000)
+    page.get_by_text("Male = positive").wait_for(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "panel-after-click.png"))
+    deadline = time.time() + 30
+    while (session.view is None or session.view.count() != expected) and time.time() < deadline:
+        time.sleep(0.2)
+    assert session.view is not None and session.view.count() == expected
+    assert set(session.view.values("source")) == {"real-faces"}
+    assert {c[0] for c in session.view.values(labels.CODE_FIELD)} == {"p"}

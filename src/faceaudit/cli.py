@@ -184,6 +184,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_outliers(args: argparse.Namespace) -> int:
+    from fiftyone_plugin import outliers
+
+    dataset = _open_dataset(args.dataset)
+    if args.clear:
+        n = outliers.clear_outliers(dataset, args.tag)
+        print(f"tag '{args.tag}' removed from {n} samples")
+        return 0
+    scored = outliers.score_realness(dataset, states=args.states, alpha=args.alpha, joint=tuple(args.joint or ()))
+    consistency = outliers.identity_consistency(dataset.view(), write=True)
+    n = outliers.flag_outliers(dataset, top=args.top, threshold=args.threshold, tag=args.tag)
+    print(f"{scored['scored']} samples scored ({outliers.SCORE_FIELD}); {n} synthetic samples tagged "
+          f"'{args.tag}'; saved view '{outliers.OUTLIERS_VIEW}'")
+    for source, c in consistency.items():
+        if c["applicable"]:
+            print(f"  {source}: identity disagreement {c['mean_disagreement']:.4f} over {c['identities']} identities")
+        else:
+            print(f"  {source}: identity consistency not applicable ({c['reason']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="faceaudit", description="Audit real and synthetic face-recognition datasets with FiftyOne."
@@ -288,6 +309,22 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
     cmp.add_argument("--csv", metavar="FILE", help="write a CSV (one row per attribute)")
     cmp.set_defaults(func=cmd_compare)
+
+    out = sub.add_parser(
+        "outliers",
+        help="score realness_nll, tag the synthetic faces real data explains least, measure identity consistency",
+    )
+    out.add_argument("--dataset", default=DEFAULT_DATASET)
+    pick = out.add_mutually_exclusive_group(required=True)
+    pick.add_argument("--top", type=int, metavar="K", help="tag the K synthetic samples with the highest score")
+    pick.add_argument("--threshold", type=float, metavar="T", help="tag synthetic samples with score >= T")
+    pick.add_argument("--clear", action="store_true", help="remove the tag from every sample")
+    out.add_argument("--tag", default="outlier")
+    out.add_argument("--states", choices=["three", "binary"], default="three")
+    out.add_argument("--alpha", type=float, default=0.5)
+    out.add_argument("--joint", nargs="+", metavar="ATTR",
+                     help="score these attributes' combination jointly (at most 10), e.g. Male Bald Bangs")
+    out.set_defaults(func=cmd_outliers)
 
     demo = sub.add_parser("demo", help="write real demo faces (LFW via scikit-image) and load them")
     demo.add_argument("--dir", default="demo-data", help="where to write the demo images")

@@ -1,0 +1,220 @@
+"""Realness scores, outlier tags and identity consistency on the dataset, in bulk.
+
+``realness_nll`` depends only on a sample's code and the real distribution, so it is computed by
+the server in one pipeline ``update_many``: the NLL table (47 x 3 numbers, plus the joint table if
+any) travels inside the update, and each document's score is a sum of table lookups on its
+``mac_code``. No sample travels to Python and back. Tagging is one ``update_many`` too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from fiftyone import ViewField as F
+
+from faceaudit import outliers as core
+from faceaudit.attributes import ATTRIBUTES
+
+from . import counts, labels, schema
+
+SCORE_FIELD = "realness_nll"
+DISAGREEMENT_FIELD = "identity_disagreement"
+OUTLIER_TAG = "outlier"
+OUTLIERS_VIEW = "synthetic_outliers"
+
+
+class OutlierError(ValueError):
+    """Bad input to scoring or flagging; the message says why."""
+
+
+def _now():
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _state_index_expr(j: int) -> dict:
+    """MQL: the state index (0 p, 1 n, 2 u) of attribute ``j`` of ``mac_code``."""
+    return {"$indexOfBytes": ["pnu", {"$substrBytes": ["$" + labels.CODE_FIELD, j, 1]}]}
+
+
+def _require_labels(dataset) -> None:
+    if labels.CODE_FIELD not in dataset.get_field_schema():
+        raise OutlierError(f"dataset {dataset.name!r} has no mac_* labels yet: run faceaudit annotate "
+                           "or import-labels first")
+
+
+def ensure_fields(dataset) -> None:
+    import fiftyone as fo
+
+    schema_ = dataset.get_field_schema()
+    for name in (SCORE_FIELD, DISAGREEMENT_FIELD):
+        if name not in schema_:
+            dataset.add_sample_field(name, fo.FloatField)
+    dataset.create_index(SCORE_FIELD)
+    labels.ensure_label_schema(dataset)  # puts the new fields in the sidebar's faceaudit group
+
+
+def score_realness(dataset, states: str = "three", alpha: float = 0.5, joint: tuple[str, ...] = ()) -> dict:
+    """Write ``realness_nll`` for every labelled sample; returns a summary per domain."""
+    _require_labels(dataset)
+    c = counts.cached_counts(dataset.view())
+    real = [i for i, d in enumerate(c.domains) if d == "real"]
+    if not real:
+        raise OutlierError(f"dataset {dataset.name!r} has no real source with labels to score against "
+                           f"(sources: {', '.join(c.sources) or 'none'})")
+    table = core.nll_table(c.counts[real].sum(0), states, alpha)
+    terms = []
+    for j in range(len(ATTRIBUTES)):
+        if ATTRIBUTES[j] in joint:
+            continue
+        terms.append({"$arrayElemAt": [table[j].tolist(), _state_index_expr(j)]})
+    if joint:
+        terms.append(_joint_term(dataset, joint, alpha))
+    ensure_fields(dataset)
+    coll = dataset._sample_collection
+    result = coll.update_many({labels.CODE_FIELD: {"$type": "string"}},
+                              [{"$set": {SCORE_FIELD: {"$add": terms}, "last_modified_at": _now()}}])
+    _remember(dataset, "realness", {"states": states, "alpha": alpha, "joint": list(joint),
+                                    "scored": result.modified_count})
+    return {"scored": result.matched_count}
+
+
+def _joint_term(dataset, joint, alpha) -> dict:
+    """MQL: the joint NLL of the ``joint`` attributes' combination (base-3 number) by lookup."""
+    unknown = [a for a in joint if a not in ATTRIBUTES]
+    if unknown:
+        raise OutlierError(f"unknown attribute {unknown[0]!r} in --joint")
+    cols = [ATTRIBUTES.index(a) for a in joint]
+    real_view = dataset.match((F(schema.DOMAIN) == "real") & F(labels.CODE_FIELD).exists())
+    codes = real_view.values(labels.CODE_FIELD)
+    real_states = _state_indices(codes)[:, cols]
+    k = len(cols)
+    every = np.array(np.unravel_index(np.arange(3 ** k), (3,) * k)[::-1]).T  # combination -> states
+    table = core.joint_nll(real_states, every, alpha)
+    index = {"$add": [{"$multiply": [3 ** i, _state_index_expr(j)]} for i, j in enumerate(cols)]}
+    return {"$arrayElemAt": [table.tolist(), index]}
+
+
+def _state_indices(codes: list[str]) -> np.ndarray:
+    raw = np.frombuffer("".join(codes).encode("ascii"), np.uint8).reshape(len(codes), len(ATTRIBUTES))
+    return np.select([raw == ord("p"), raw == ord("n")], [0, 1], 2)
+
+
+def flag_outliers(dataset, top: int | None = None, threshold: float | None = None,
+                  tag: str = OUTLIER_TAG) -> int:
+    """Tag the synthetic samples with the ``top`` highest scores, or those at or above
+    ``threshold`` (replacing the previous set with this tag), and save the view
+    ``synthetic_outliers``. Returns the number tagged."""
+    if (top is None) == (threshold is None):
+        raise OutlierError("give exactly one of --top K or --threshold T")
+    if top is not None and top <= 0:
+        raise OutlierError(f"--top must be positive, got {top}")
+    if SCORE_FIELD not in dataset.get_field_schema():
+        raise OutlierError(f"dataset {dataset.name!r} has no {SCORE_FIELD} yet: score it first")
+    coll = dataset._sample_collection
+    clear_outliers(dataset, tag, keep_view=True)
+    scored = {schema.DOMAIN: "synthetic", SCORE_FIELD: {"$type": "double"}}
+    if top is not None:
+        ids = [d["_id"] for d in coll.find(scored, {"_id": 1}).sort(SCORE_FIELD, -1).limit(top)]
+        query = {"_id": {"$in": ids}}
+    else:
+        query = {**scored, SCORE_FIELD: {"$gte": threshold}}
+    n = coll.update_many(query, {"$addToSet": {"tags": tag}, "$set": {"last_modified_at": _now()}}).modified_count
+    dataset.save_view(OUTLIERS_VIEW, dataset.match_tags(tag).sort_by(SCORE_FIELD, reverse=True), overwrite=True)
+    return n
+
+
+def clear_outliers(dataset, tag: str = OUTLIER_TAG, keep_view: bool = False) -> int:
+    """Remove ``tag`` from every sample (and nothing else); returns how many had it."""
+    n = dataset._sample_collection.update_many(
+        {"tags": tag}, {"$pull": {"tags": tag}, "$set": {"last_modified_at": _now()}}).modified_count
+    if not keep_view and dataset.has_saved_view(OUTLIERS_VIEW):
+        dataset.delete_saved_view(OUTLIERS_VIEW)
+    return n
+
+
+# ----------------------------------------------------------------------------- identities
+
+
+@dataclass
+class SourceConsistency:
+    applicable: bool
+    identities: int = 0
+    mean_disagreement: float | None = None
+    per_attribute: dict[str, float | None] = field(default_factory=dict)
+    worst: list[dict] = field(default_factory=list)  # a few identities with the most disagreement
+    reason: str | None = None
+
+
+def identity_consistency(view, attributes: tuple[str, ...] = core.STABLE_ATTRIBUTES,
+                         write: bool = False) -> dict[str, dict]:
+    """Per source: mean share of an identity's images that disagree with its majority state on
+    ``attributes``. Sources without identities: not applicable. With ``write``, each sample gets
+    its identity's disagreement in ``identity_disagreement``."""
+    unknown = [a for a in attributes if a not in ATTRIBUTES]
+    if unknown:
+        raise OutlierError(f"unknown attribute {unknown[0]!r}")
+    cols = [ATTRIBUTES.index(a) for a in attributes]
+    group = {"_id": {"s": "$" + schema.SOURCE, "i": "$" + schema.IDENTITY}}
+    for k, j in enumerate(cols):
+        for char in "pn":
+            group[f"{char}{k}"] = {"$sum": {"$cond": [{"$eq": [{"$substrBytes": ["$" + labels.CODE_FIELD, j, 1]},
+                                                               char]}, 1, 0]}}
+    pipeline = list(view._pipeline()) + [
+        {"$match": {labels.CODE_FIELD: {"$type": "string"}}},
+        {"$group": group},
+    ]
+    rows = list(view._dataset._sample_collection.aggregate(pipeline, allowDiskUse=True))
+    by_source: dict[str, list] = {}
+    for r in rows:
+        by_source.setdefault(r["_id"]["s"], []).append(r)
+    result = {}
+    updates = []
+    for source, groups in sorted(by_source.items()):
+        with_id = [g for g in groups if g["_id"]["i"] is not None]
+        if not with_id:
+            result[source] = asdict(SourceConsistency(False, reason="the source has no identities"))
+            continue
+        pos = np.array([[g[f"p{k}"] for k in range(len(cols))] for g in with_id], dtype=float)
+        neg = np.array([[g[f"n{k}"] for k in range(len(cols))] for g in with_id], dtype=float)
+        share = core.identity_disagreement(pos, neg)
+        score = core.identity_scores(share)
+        order = np.argsort(-np.nan_to_num(score, nan=-1))[:5]
+        result[source] = asdict(SourceConsistency(
+            True, len(with_id), _num(_nanmean(score)),
+            {a: _num(_nanmean(share[:, k])) for k, a in enumerate(attributes)},
+            [{"identity": with_id[i]["_id"]["i"], "disagreement": _num(score[i])} for i in order],
+        ))
+        updates += [(source, g["_id"]["i"], _num(v)) for g, v in zip(with_id, score)]
+    if write:
+        _write_disagreement(view._dataset, updates)
+    return result
+
+
+def _nanmean(values: np.ndarray) -> float | None:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else None
+
+
+def _num(x) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+def _write_disagreement(dataset, updates) -> None:
+    from pymongo import UpdateMany
+
+    ensure_fields(dataset)
+    now = _now()
+    ops = [UpdateMany({schema.SOURCE: s, schema.IDENTITY: i}, {"$set": {DISAGREEMENT_FIELD: v, "last_modified_at": now}})
+           for s, i, v in updates]
+    coll = dataset._sample_collection
+    for start in range(0, len(ops), 1000):
+        coll.bulk_write(ops[start:start + 1000], ordered=False)
+
+
+def _remember(dataset, key: str, info: dict) -> None:
+    block = dict(dataset.info.get(schema.INFO_KEY, {}))
+    block[key] = {**info, "at": _now().isoformat(timespec="seconds")}
+    dataset.info[schema.INFO_KEY] = block
+    dataset.save()

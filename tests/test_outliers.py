@@ -1,0 +1,178 @@
+"""Realness outliers and identity consistency on labels brought in with `faceaudit import-labels`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import fiftyone as fo
+import numpy as np
+import pytest
+
+from faceaudit import outliers as core
+from faceaudit.attributes import ATTRIBUTES
+from fiftyone_plugin import outliers
+from fiftyone_plugin.ingest import load_face_dataset
+from test_labels import write_csv
+
+FACEAUDIT = str(Path(sys.executable).with_name("faceaudit"))
+COL = {a: ATTRIBUTES.index(a) for a in ATTRIBUTES}
+# never positive in real data (nor in typical synthetic rows): the planted images have them all
+PLANTED_STATES = {a: "1" for a in ("Bald", "Wearing_Hat", "Eyeglasses", "Goatee", "Gray_Hair",
+                                   "Double_Chin", "Wearing_Necktie", "Heavy_Makeup")}
+
+
+def run(args, env, check=True):
+    proc = subprocess.run([FACEAUDIT, *args], env=env, capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def typical_row(rng, name, identity):
+    values = rng.choice(["1", "-1", "0"], size=47, p=[0.3, 0.6, 0.1])
+    for attr in PLANTED_STATES:
+        values[COL[attr]] = "-1"
+    return [name, identity, *values]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, faces):
+    """real (identities), synth (identities; 4 planted outlier images, 2 planted inconsistent
+    identities) and flatgan (no identities)."""
+    import os
+    import uuid
+
+    root = tmp_path_factory.mktemp("outliers")
+    name = f"test-outliers-{uuid.uuid4().hex[:8]}"
+    env = dict(os.environ)
+    rng = np.random.default_rng(11)
+    layouts = {"real": {f"r{k}": 5 for k in range(8)}, "synth": {f"s{k}": 5 for k in range(8)}}
+    planted_images, inconsistent = set(), {"s2", "s5"}
+    for source, layout in layouts.items():
+        faces.identity_tree(root / source, layout)
+        load_face_dataset(str(root / source), source=source, domain="real" if source == "real" else "synthetic",
+                          dataset_name=name)
+        rows = []
+        for identity, n in layout.items():
+            stable = {a: rng.choice(["1", "-1"]) for a in core.STABLE_ATTRIBUTES}
+            for k in range(n):
+                row = typical_row(rng, f"{identity}/{k:04d}.jpg", identity)
+                for a, v in stable.items():
+                    row[2 + COL[a]] = v
+                if identity in inconsistent:  # Male and Asian flip within the identity
+                    row[2 + COL["Male"]] = "1" if k % 2 else "-1"
+                    row[2 + COL["Asian"]] = "-1" if k % 2 else "1"
+                if source == "synth" and identity in ("s1", "s6") and k < 2:
+                    for a, v in PLANTED_STATES.items():
+                        row[2 + COL[a]] = v
+                    planted_images.add(str(root / source / row[0]))
+                rows.append(row)
+        run(["import-labels", "--dataset", name, "--source", source, str(write_csv(root / f"{source}.csv", rows))], env)
+    for i in range(6):
+        faces.write(root / "flat" / f"{i}.jpg", i)
+    load_face_dataset(str(root / "flat"), source="flatgan", domain="synthetic", dataset_name=name)
+    flat_rows = [typical_row(rng, f"{i}.jpg", "") for i in range(6)]
+    run(["import-labels", "--dataset", name, "--source", "flatgan", str(write_csv(root / "flat.csv", flat_rows))], env)
+    yield name, env, planted_images, inconsistent
+    fo.delete_dataset(name)
+
+
+def test_planted_outliers_rank_first_get_tagged_and_clear_cleanly(world):
+    name, env, planted, _ = world
+    ds = fo.load_dataset(name)
+    ds.match(fo.ViewField("source") == "real").limit(3).tag_samples("keep-me")  # other tags stay
+    out = run(["outliers", "--dataset", name, "--top", str(len(planted))], env)
+    assert f"{len(planted)} synthetic samples tagged 'outlier'" in out.stdout
+    ds.reload()
+    ranked = ds.match(fo.ViewField("domain") == "synthetic").sort_by(outliers.SCORE_FIELD, reverse=True)
+    assert set(ranked.limit(len(planted)).values("filepath")) == planted
+    assert set(ds.match_tags("outlier").values("filepath")) == planted
+    saved = ds.load_saved_view(outliers.OUTLIERS_VIEW)
+    assert set(saved.values("filepath")) == planted
+
+    # the server-side scores equal the numpy reference
+    from fiftyone_plugin.counts import cached_counts
+
+    c = cached_counts(ds.view())
+    real_counts = c.counts[[i for i, d in enumerate(c.domains) if d == "real"]].sum(0)
+    codes, scores = ds.exists("mac_code").values(["mac_code", outliers.SCORE_FIELD])
+    want = core.realness_nll(outliers._state_indices(codes), real_counts)
+    assert np.allclose(scores, want, atol=1e-9)
+
+    before = {f: (tags, code) for f, tags, code in zip(*ds.values(["filepath", "tags", "mac_code"]))}
+    out = run(["outliers", "--dataset", name, "--clear"], env)
+    assert f"removed from {len(planted)} samples" in out.stdout
+    ds.reload()
+    after = {f: (tags, code) for f, tags, code in zip(*ds.values(["filepath", "tags", "mac_code"]))}
+    assert ds.count_sample_tags() == {"keep-me": 3}
+    for f, (tags, code) in before.items():
+        assert after[f] == ([t for t in tags if t != "outlier"], code)
+
+
+def test_threshold_and_joint_model(world):
+    name, _, planted, _ = world
+    ds = fo.load_dataset(name)
+    outliers.score_realness(ds, joint=("Bald", "Wearing_Hat", "Eyeglasses"))
+    ds.reload()
+    planted_scores = ds.match(fo.ViewField("filepath").is_in(list(planted))).values(outliers.SCORE_FIELD)
+    threshold = min(planted_scores)
+    n = outliers.flag_outliers(ds, threshold=threshold)
+    assert n == len(planted)  # the unseen combination alone sets them apart
+    outliers.clear_outliers(ds)
+
+
+def test_identity_consistency(world, tmp_path):
+    name, env, _, inconsistent = world
+    run(["outliers", "--dataset", name, "--top", "1"], env)
+    ds = fo.load_dataset(name)
+    ds.reload()
+    synth = ds.match(fo.ViewField("source") == "synth")
+    per_identity = dict(zip(*synth.values(["identity", outliers.DISAGREEMENT_FIELD])))
+    top = sorted(per_identity, key=per_identity.get, reverse=True)[:2]
+    assert set(top) == inconsistent and all(per_identity[i] > 0 for i in inconsistent)
+    assert all(v == 0 for i, v in per_identity.items() if i not in inconsistent)
+
+    out = tmp_path / "cmp.json"
+    run(["compare", "--dataset", name, "--json", str(out)], env)
+    ic = json.loads(out.read_text())["identity_consistency"]
+    assert ic["real"]["applicable"] and ic["real"]["mean_disagreement"] == 0
+    assert ic["synth"]["mean_disagreement"] == pytest.approx(np.mean([per_identity[i] for i in per_identity]))
+    assert {w["identity"] for w in ic["synth"]["worst"][:2]} == inconsistent
+    assert ic["flatgan"] == {"applicable": False, "identities": 0, "mean_disagreement": None,
+                             "per_attribute": {}, "worst": [], "reason": "the source has no identities"}
+    assert fo.load_dataset(name).match(fo.ViewField("source") == "flatgan").exists(
+        outliers.DISAGREEMENT_FIELD).count() == 0  # not applicable is not zero
+    outliers.clear_outliers(ds)
+
+
+def test_operator_in_the_grid_actions(world):
+    import fiftyone.operators as foo
+
+    name, _, planted, _ = world
+    ds = fo.load_dataset(name)
+    result = foo.execute_operator("@faceaudit/face-audit/flag_synthetic_outliers",
+                                  ctx={"dataset": ds, "params": {"mode": "top", "top": len(planted)}})
+    assert result.error is None and result.result["tagged"] == len(planted)
+    result = foo.execute_operator("@faceaudit/face-audit/flag_synthetic_outliers",
+                                  ctx={"dataset": ds, "params": {"mode": "clear"}})
+    assert result.result["cleared"] == len(planted)
+
+
+def test_bad_input(tmp_path, faces, dataset_name, world):
+    faces.identity_tree(tmp_path / "a", {"x": 2})
+    load_face_dataset(str(tmp_path / "a"), source="a", domain="synthetic", dataset_name=dataset_name)
+    ds = fo.load_dataset(dataset_name)
+    with pytest.raises(outliers.OutlierError, match="no mac_\\* labels yet"):
+        outliers.score_realness(ds)
+    rows = [[f"x/{k:04d}.jpg", "x", *["1"] * 47] for k in range(2)]
+    from fiftyone_plugin.labels import import_labels
+
+    import_labels(ds, "a", str(write_csv(tmp_path / "a.csv", rows)))
+    with pytest.raises(outliers.OutlierError, match="no real source with labels to score against"):
+        outliers.score_realness(ds)
+    name, env, _, _ = world
+    proc = run(["outliers", "--dataset", name, "--top", "0"], env, check=False)
+    assert proc.returncode == 2 and "--top must be positive" in proc.stderr
