@@ -22,3 +22,25 @@ def attribute_state_view(view, source: str, attribute: str, state: str):
         (F(schema.SOURCE) == source)
         & (F(labels.CODE_FIELD).substr(start=j, count=1) == STATE_CHARS[state])
     )
+
+
+def score_range_view(view, source: str, field: str, low: float, high: float):
+    """The samples of ``view`` from ``source`` with ``low <= field < high``."""
+    return view.match((F(schema.SOURCE) == source) & (F(field) >= low) & (F(field) < high))
+
+
+def score_histograms(view, field: str, bins: int = 30) -> dict | None:
+    """Per-source histograms of ``field`` on shared bins: ``{"edges": [...], "counts": {source:
+    [...]}}``, or None when no sample has the field."""
+    import numpy as np
+
+    low, high = view.bounds(field)
+    if low is None:
+        return None
+    high = (high if high > low else low + 1.0) + 1e-9 * max(1.0, abs(high))  # the maximum in the last bin
+    edges = np.linspace(low, high, bins + 1).tolist()
+    result = {}
+    for source in sorted(s for s in view.distinct(schema.SOURCE) if s is not None):
+        counts, _, _ = view.match(F(schema.SOURCE) == source).histogram_values(field, bins=bins, range=[low, high])
+        result[source] = list(counts)
+    return {"edges": edges, "counts": result}

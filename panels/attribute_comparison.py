@@ -35,9 +35,6 @@ class AttributeComparisonPanel(foo.Panel):
         )
 
     def on_load(self, ctx):
-        for key, value in DEFAULTS.items():
-            if ctx.panel.state.get(key) is None:
-                ctx.panel.state.set(key, value)
         self.refresh(ctx)
 
     def on_change_view(self, ctx):
@@ -56,6 +53,9 @@ class AttributeComparisonPanel(foo.Panel):
         from fiftyone_plugin.compare import compute_comparison
 
         state = ctx.panel.state
+        for key, value in DEFAULTS.items():  # on_change_view can come before on_load
+            if state.get(key) is None:
+                state.set(key, value)
         state.set("drilldown_view", None)
         state.set("drilldown", None)
         state.set("base_view", ctx.view._serialize())
@@ -80,6 +80,42 @@ class AttributeComparisonPanel(foo.Panel):
         ctx.panel.data.set("attribute_plot", report.attribute_figure(result, attribute)["data"])
         ctx.panel.data.set("kl_plot", report.kl_figure(result, category)["data"])
         ctx.panel.data.set("pairwise", report.pairwise_figure(result)["data"])
+        self._realness(ctx)
+
+    def _realness(self, ctx):
+        """Histogram of realness_nll per source (when the dataset has been scored)."""
+        from fiftyone_plugin.outliers import SCORE_FIELD
+        from fiftyone_plugin.views import score_histograms
+
+        hist = score_histograms(ctx.view, SCORE_FIELD) if SCORE_FIELD in ctx.dataset.get_field_schema() else None
+        ctx.panel.state.set("realness_edges", hist["edges"] if hist else None)
+        ctx.panel.state.set("realness_sources", list(hist["counts"]) if hist else [])
+        if hist:
+            edges = hist["edges"]
+            centers = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
+            ctx.panel.data.set("realness", [
+                {"type": "bar", "name": source, "x": centers, "y": counts, "opacity": 0.7,
+                 "hovertemplate": f"{source}<br>" + "realness_nll ~%{x:.2f}: %{y}<extra></extra>"}
+                for source, counts in hist["counts"].items()])
+
+    def on_realness_click(self, ctx):
+        """A histogram bar: that source's samples whose realness_nll falls in the bar's bin."""
+        from fiftyone.core.view import DatasetView
+        from fiftyone_plugin.outliers import SCORE_FIELD
+        from fiftyone_plugin.views import score_range_view
+
+        state = ctx.panel.state
+        edges, sources, idx = state.realness_edges, state.realness_sources or [], ctx.params.get("trace_idx")
+        x = ctx.params.get("x")
+        if not edges or x is None or not isinstance(idx, int) or not 0 <= idx < len(sources):
+            return
+        k = min(range(len(edges) - 1), key=lambda i: abs((edges[i] + edges[i + 1]) / 2 - x))
+        base = DatasetView._build(ctx.dataset, state.base_view or [])
+        view = score_range_view(base, sources[idx], SCORE_FIELD, edges[k], edges[k + 1])
+        state.set("drilldown_view", _stages(view))
+        state.set("drilldown", f"Showing the {view.count()} faces of **{sources[idx]}** with realness_nll in "
+                               f"[{edges[k]:.2f}, {edges[k + 1]:.2f}); *Back* returns to the compared view.")
+        ctx.ops.set_view(view)
 
     def on_control_change(self, ctx):
         path, value = ctx.params.get("path"), ctx.params.get("value")
@@ -174,6 +210,11 @@ class AttributeComparisonPanel(foo.Panel):
         panel.plot("pairwise", height=40, layout={"height": 320, "margin": {"t": 30},
                                                  "yaxis": {"autorange": "reversed"},
                                                  "title": {"text": "pairwise KL(row || column), mean over attributes"}})
+        if state.realness_edges:
+            panel.plot("realness", on_click=self.on_realness_click, height=40,
+                       layout={"barmode": "overlay", "height": 300, "margin": {"t": 30},
+                               "xaxis": {"title": {"text": "realness_nll (higher: less explained by real data)"}},
+                               "title": {"text": "realness_nll per source: click a bar for its faces"}})
         return types.Property(panel, view=types.GridView(orientation="vertical", gap=2))
 
 

@@ -48,10 +48,18 @@ def app(tmp_path, faces, dataset_name):
     session.close()
 
 
-def _dismiss(page, text):
-    button = page.get_by_text(text, exact=True)
-    if button.count():
-        button.first.click()
+def _open(page, url: str, samples: int) -> None:
+    """Load the App; pop-ups (the Enterprise offer, the analytics banner) are dismissed whenever
+    they show up in the way of an action."""
+    for text in ("Dismiss", "Disable"):
+        page.add_locator_handler(page.get_by_text(text, exact=True), lambda button: button.click())
+    page.goto(url)
+    page.get_by_text(f"{samples} samples", exact=True).wait_for(timeout=60_000)
+
+
+def _open_panel(page) -> None:
+    page.locator("[data-cy='new-panel-btn']").or_(page.get_by_title("New panel")).first.click()
+    page.get_by_text("faceaudit: attribute comparison").first.click()
 
 
 def test_panel_shows_bars_and_kl_table_and_a_click_filters_the_grid(app):
@@ -73,13 +81,8 @@ def test_panel_shows_bars_and_kl_table_and_a_click_filters_the_grid(app):
 
 def _drive(page, ds, session, url):
     """Open the panel, check what it shows, click a bar, check the grid."""
-    page.goto(url)
-    page.get_by_text("28 samples").wait_for(timeout=60_000)
-    for text in ("Dismiss", "Disable"):  # the Enterprise pop-up and the analytics banner
-        _dismiss(page, text)
-
-    page.locator("[data-cy='new-panel-btn']").or_(page.get_by_title("New panel")).first.click()
-    page.get_by_text("faceaudit: attribute comparison").first.click()
+    _open(page, url, 28)
+    _open_panel(page)
     page.get_by_text("KL divergence per attribute").wait_for(timeout=60_000)
     overview = page.locator(".js-plotly-plot").first
     overview.locator("g.point path").first.wait_for(state="attached", timeout=60_000)
@@ -111,3 +114,43 @@ def _drive(page, ds, session, url):
     assert session.view is not None and session.view.count() == expected
     assert set(session.view.values("source")) == {"real-faces"}
     assert {c[0] for c in session.view.values(labels.CODE_FIELD)} == {"p"}
+
+
+def test_saved_outlier_view_opens_and_the_realness_histogram_filters(app):
+    from playwright.sync_api import sync_playwright
+
+    from fiftyone_plugin import outliers
+
+    ds, session, url = app
+    outliers.score_realness(ds)
+    outliers.flag_outliers(ds, top=3)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        try:
+            _open(page, url, 28)
+            page.get_by_text("Unsaved view").click()  # the saved-view selector
+            page.get_by_text(outliers.OUTLIERS_VIEW).first.click()
+            page.get_by_text("3 samples", exact=True).wait_for(timeout=60_000)
+            page.screenshot(path=str(ARTIFACTS / "outliers-view.png"))
+            session.clear_view()  # back to the whole dataset
+            page.get_by_text("28 samples", exact=True).wait_for(timeout=60_000)
+            _open_panel(page)
+            title = page.get_by_text("realness_nll per source: click a bar for its faces")
+            title.wait_for(timeout=60_000)
+            histogram = page.locator(".js-plotly-plot").last
+            bar = histogram.locator("g.point path").last
+            bar.wait_for(state="attached", timeout=30_000)
+            bar.click(force=True)
+            page.get_by_text("realness_nll in [").wait_for(timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "realness-click.png"))
+            deadline = time.time() + 30
+            while (session.view is None or not len(session.view)) and time.time() < deadline:
+                time.sleep(0.2)
+            low, high = session.view.bounds(outliers.SCORE_FIELD)
+            assert len(set(session.view.values("source"))) == 1 and high - low < 1e9
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "failure-outliers.png"))
+            raise
+        finally:
+            browser.close()

@@ -176,3 +176,19 @@ def test_bad_input(tmp_path, faces, dataset_name, world):
     name, env, _, _ = world
     proc = run(["outliers", "--dataset", name, "--top", "0"], env, check=False)
     assert proc.returncode == 2 and "--top must be positive" in proc.stderr
+
+
+def test_realness_histograms_share_bins_and_count_every_scored_sample(world):
+    from fiftyone_plugin.views import score_histograms, score_range_view
+
+    name, _, _, _ = world
+    ds = fo.load_dataset(name)
+    outliers.score_realness(ds)
+    ds.reload()
+    hist = score_histograms(ds.view(), outliers.SCORE_FIELD, bins=12)
+    assert len(hist["edges"]) == 13 and set(hist["counts"]) == {"real", "synth", "flatgan"}
+    for source, counts in hist["counts"].items():
+        assert sum(counts) == ds.match(fo.ViewField("source") == source).exists(outliers.SCORE_FIELD).count()
+        k = int(np.argmax(counts))
+        view = score_range_view(ds.view(), source, outliers.SCORE_FIELD, hist["edges"][k], hist["edges"][k + 1])
+        assert view.count() == counts[k]
