@@ -7,7 +7,9 @@ measures in one run:
 * faceaudit cold: ``compute_comparison`` with an empty cache (counts from ``mac_code`` + stats);
 * faceaudit cached: the same call again (labels unchanged);
 * ``count_values`` once per attribute (on the attribute's state: one character of the code);
-* ``values()`` of source and code, counted in numpy.
+* ``values()`` of source and code, counted in numpy;
+* then scoring ``realness_nll`` for every sample, tagging the top 1000 synthetic ones, identity
+  consistency (written per sample) and clearing the tag.
 
 Target on a 2-core machine: under 3 s cold and 0.3 s cached at 1,000,000 samples.
 Usage: .venv/bin/python bench/compare.py [--n 1000000] [--keep]
@@ -94,18 +96,31 @@ def main() -> None:
         print(f"built {args.n} labelled samples in {build_s:.1f} s")
 
     counts.CACHE.clear()
-    cold, (_, result) = timed(lambda: compute_comparison(ds))
-    cached, _ = timed(lambda: compute_comparison(ds))
+    cold, (_, result) = timed(lambda: compute_comparison(ds, identities=False))
+    cached, _ = timed(lambda: compute_comparison(ds, identities=False))
+    identities_cold, _ = timed(lambda: compute_comparison(ds))  # + identity consistency (issue 5)
     per_attr, cv = timed(lambda: count_values_per_attribute(ds))
     vals, vn = timed(lambda: values_and_numpy(ds))
     # all three ways count the same thing
     assert sum(result["attributes"]["Male"]["counts"][s]["positive"] for s in result["sources"]) == cv[0].get("p", 0)
     assert int(vn["syn-a"][0, 0]) == result["attributes"]["Male"]["counts"]["syn-a"]["positive"]
+    from fiftyone_plugin import outliers
+
+    score_s, _ = timed(lambda: outliers.score_realness(ds))
+    tag_s, tagged = timed(lambda: outliers.flag_outliers(ds, top=1000))
+    consistency_s, _ = timed(lambda: outliers.identity_consistency(ds.view(), write=True))
+    clear_s, _ = timed(lambda: outliers.clear_outliers(ds))
+    assert tagged == 1000
     if not args.keep:
         ds.delete()
     print(f"samples: {args.n}, 4 sources, 47 attributes")
+    print(f"realness_nll for all samples:      {score_s:7.2f} s")
+    print(f"tag top 1000 + saved view:         {tag_s:7.2f} s")
+    print(f"identity consistency (+ write):    {consistency_s:7.2f} s")
+    print(f"clear the tag:                     {clear_s:7.2f} s")
     print(f"faceaudit cold (counts + stats):   {cold:7.2f} s  (target < 3)")
     print(f"faceaudit cached:                  {cached:7.3f} s  (target < 0.3)")
+    print(f"faceaudit + identity consistency:  {identities_cold:7.2f} s  (counts cached)")
     print(f"count_values x 47:                 {per_attr:7.2f} s")
     print(f"values() + numpy:                  {vals:7.2f} s")
     print(f"count_values / faceaudit cold:     {per_attr / cold:7.1f}x")

@@ -52,7 +52,7 @@ def compute_comparison(view, states: str = "three", alpha: float = 0.5, bootstra
     if identities:
         from .outliers import identity_consistency
 
-        result["identity_consistency"] = identity_consistency(view)
+        result["identity_consistency"] = counts.CACHE.get(view, identity_consistency, "identity_consistency")
     return comparison, result
 
 

@@ -171,24 +171,26 @@ def labels_version(dataset) -> tuple:
 
 
 class CountsCache:
-    """A small LRU of :class:`StateCounts` keyed on the view and the labels version."""
+    """A small LRU of per-view results (state counts, identity consistency) keyed on what was
+    computed, the view and the labels version."""
 
     def __init__(self, size: int = 32):
         self.size = size
         self.entries: OrderedDict = OrderedDict()
         self.lock = threading.Lock()
 
-    def key(self, view) -> tuple:
+    def key(self, view, what: str) -> tuple:
         stages = json.dumps(view._serialize(), sort_keys=True, default=str)
-        return view._dataset.name, stages, labels_version(view._dataset)
+        return what, view._dataset.name, stages, labels_version(view._dataset)
 
-    def get(self, view) -> StateCounts:
-        key = self.key(view)
+    def get(self, view, compute=None, what: str = "counts"):
+        """``compute(view)`` (default: :func:`count_states`), or its cached result."""
+        key = self.key(view, what)
         with self.lock:
             if key in self.entries:
                 self.entries.move_to_end(key)
                 return self.entries[key]
-        result = count_states(view)
+        result = (compute or count_states)(view)
         with self.lock:
             self.entries[key] = result
             while len(self.entries) > self.size:

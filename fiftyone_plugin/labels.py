@@ -76,7 +76,8 @@ def ensure_label_schema(dataset: fo.Dataset) -> None:
             dataset.add_sample_field(name, fo.FloatField)
     if CODE_FIELD not in existing:
         dataset.add_sample_field(CODE_FIELD, fo.StringField)
-    dataset.create_index(COUNTS_INDEX_SPEC)
+    if not has_counts_index(dataset):  # an equal index under another name would conflict
+        dataset.create_index(COUNTS_INDEX_SPEC)
     _set_sidebar_groups(dataset)
 
 

@@ -73,8 +73,10 @@ def score_realness(dataset, states: str = "three", alpha: float = 0.5, joint: tu
         terms.append(_joint_term(dataset, joint, alpha))
     ensure_fields(dataset)
     coll = dataset._sample_collection
+    # last_modified_at is left alone: the score is derived from the labels (recomputed at will),
+    # and stamping it doubles the time of this write (bench/compare.py)
     result = coll.update_many({labels.CODE_FIELD: {"$type": "string"}},
-                              [{"$set": {SCORE_FIELD: {"$add": terms}, "last_modified_at": _now()}}])
+                              [{"$set": {SCORE_FIELD: {"$add": terms}}}])
     _remember(dataset, "realness", {"states": states, "alpha": alpha, "joint": list(joint),
                                     "scored": result.modified_count})
     return {"scored": result.matched_count}
@@ -96,9 +98,12 @@ def _joint_term(dataset, joint, alpha) -> dict:
     return {"$arrayElemAt": [table.tolist(), index]}
 
 
+_INDEX_OF_STATE = np.array([1, 2, 0])  # state -1 / 0 / 1 -> index 1 (negative) / 2 / 0 (positive)
+
+
 def _state_indices(codes: list[str]) -> np.ndarray:
-    raw = np.frombuffer("".join(codes).encode("ascii"), np.uint8).reshape(len(codes), len(ATTRIBUTES))
-    return np.select([raw == ord("p"), raw == ord("n")], [0, 1], 2)
+    """Codes -> ``(n, 47)`` state indices in the order of the NLL table (p, n, u)."""
+    return _INDEX_OF_STATE[labels.decode_codes(codes) + 1]
 
 
 def flag_outliers(dataset, top: int | None = None, threshold: float | None = None,

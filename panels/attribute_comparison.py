@@ -100,7 +100,6 @@ class AttributeComparisonPanel(foo.Panel):
 
     def on_realness_click(self, ctx):
         """A histogram bar: that source's samples whose realness_nll falls in the bar's bin."""
-        from fiftyone.core.view import DatasetView
         from fiftyone_plugin.outliers import SCORE_FIELD
         from fiftyone_plugin.views import score_range_view
 
@@ -110,8 +109,7 @@ class AttributeComparisonPanel(foo.Panel):
         if not edges or x is None or not isinstance(idx, int) or not 0 <= idx < len(sources):
             return
         k = min(range(len(edges) - 1), key=lambda i: abs((edges[i] + edges[i + 1]) / 2 - x))
-        base = DatasetView._build(ctx.dataset, state.base_view or [])
-        view = score_range_view(base, sources[idx], SCORE_FIELD, edges[k], edges[k + 1])
+        view = score_range_view(_compared_view(ctx), sources[idx], SCORE_FIELD, edges[k], edges[k + 1])
         state.set("drilldown_view", _stages(view))
         state.set("drilldown", f"Showing the {view.count()} faces of **{sources[idx]}** with realness_nll in "
                                f"[{edges[k]:.2f}, {edges[k + 1]:.2f}); *Back* returns to the compared view.")
@@ -137,13 +135,11 @@ class AttributeComparisonPanel(foo.Panel):
 
     def _show_faces(self, ctx, source, attribute, state):
         """Set the App's view to the faces behind a bar (within the view the charts show)."""
-        from fiftyone.core.view import DatasetView
         from fiftyone_plugin.views import attribute_state_view
 
         if source is None or attribute is None or state is None:
             return
-        base = DatasetView._build(ctx.dataset, ctx.panel.state.base_view or [])
-        view = attribute_state_view(base, source, attribute, state)
+        view = attribute_state_view(_compared_view(ctx), source, attribute, state)
         ctx.panel.state.set("attribute", attribute)
         ctx.panel.state.set("drilldown_view", _stages(view))
         ctx.panel.state.set("drilldown", f"Showing the {view.count()} faces of **{source}** with "
@@ -152,12 +148,9 @@ class AttributeComparisonPanel(foo.Panel):
 
     def back_to_compared_view(self, ctx):
         """Return the App to the view the charts describe."""
-        from fiftyone.core.view import DatasetView
-
-        base = DatasetView._build(ctx.dataset, ctx.panel.state.base_view or [])
         ctx.panel.state.set("drilldown_view", None)
         ctx.panel.state.set("drilldown", None)
-        ctx.ops.set_view(base)
+        ctx.ops.set_view(_compared_view(ctx))
 
     # ------------------------------------------------------------------ layout
 
@@ -218,6 +211,13 @@ class AttributeComparisonPanel(foo.Panel):
         return types.Property(panel, view=types.GridView(orientation="vertical", gap=2))
 
 
+def _compared_view(ctx):
+    """The view the charts were computed on (kept in the panel state as its stages)."""
+    from fiftyone.core.view import DatasetView
+
+    return DatasetView._build(ctx.dataset, ctx.panel.state.base_view or [])
+
+
 def _stages(view) -> list:
     """A view's stages without their ids, for comparing views across a round trip to the App."""
     return [{k: v for k, v in stage.items() if k != "_uuid"} for stage in view._serialize()]
@@ -231,5 +231,11 @@ def _source_of_trace(ctx) -> str | None:
 
 def _summary(result: dict) -> str:
     parts = [f"**{s}** ({i['domain']}, {i['labelled']:,} labelled)" for s, i in result["sources"].items()]
-    return (f"{' · '.join(parts)}  \nstates: {'/'.join(result['states'])}, alpha {result['alpha']}; "
+    text = (f"{' · '.join(parts)}  \nstates: {'/'.join(result['states'])}, alpha {result['alpha']}; "
             "KL in nats, `inf` where alpha = 0 meets an empty state")
+    consistency = result.get("identity_consistency") or {}
+    if consistency:
+        cells = [f"{s}: {c['mean_disagreement']:.3f} ({c['identities']} ids)" if c["applicable"]
+                 and c["mean_disagreement"] is not None else f"{s}: n/a" for s, c in consistency.items()]
+        text += "  \nidentity disagreement (Male, Asian, White, Black): " + " · ".join(cells)
+    return text

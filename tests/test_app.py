@@ -154,3 +154,38 @@ def test_saved_outlier_view_opens_and_the_realness_histogram_filters(app):
             raise
         finally:
             browser.close()
+
+
+def test_html_report_opens_offline_with_the_json_numbers(tmp_path, faces, dataset_name):
+    """The report from `faceaudit compare --html`, opened from disk with the network cut off."""
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed")
+    from playwright.sync_api import sync_playwright
+
+    from faceaudit import report
+    from fiftyone_plugin.compare import compute_comparison
+
+    rng = np.random.default_rng(9)
+    for source, domain in (("r", "real"), ("s", "synthetic")):
+        faces.identity_tree(tmp_path / source, {f"{source}{k}": 3 for k in range(2)})
+        load_face_dataset(str(tmp_path / source), source=source, domain=domain, dataset_name=dataset_name)
+        names = sorted(f"{p.parent.name}/{p.name}" for p in (tmp_path / source).rglob("*.jpg"))
+        rows = [[n, n.split("/")[0], *rng.choice(["1", "-1", "0"], 47)] for n in names]
+        labels.import_labels(fo.load_dataset(dataset_name), source, str(write_csv(tmp_path / f"{source}.csv", rows)))
+    _, result = compute_comparison(fo.load_dataset(dataset_name))
+    html = tmp_path / "report.html"
+    html.write_text(report.to_html(result))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        context = browser.new_context(offline=True)
+        page = context.new_page()
+        page.goto(html.as_uri())
+        page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)  # plotly.js ran from the file
+        assert page.locator(".js-plotly-plot").count() == 3
+        cells = page.locator("#kl tr").all_inner_texts()[1:]
+        shown = {c.split("\t")[0]: c.split("\t")[2] for c in cells}
+        assert len(shown) == 47
+        for attr, entry in result["attributes"].items():
+            assert shown[attr] == report.fmt(entry["real_vs_synthetic"]["kl_real_synth"])
+        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=False)
+        browser.close()
