@@ -11,8 +11,10 @@ import os
 import numpy as np
 from PIL import Image
 
-#: (source, domain) of each folder that :func:`write_demo_faces` returns, in order.
-DEMO_SOURCES = (("lfw-demo", "real"),)
+#: (source, domain) of each folder that :func:`write_demo_faces` returns, in order. No synthetic
+#: face set installs offline, so the demo's "synthetic" source is a stand-in: the same real faces
+#: mirrored and darkened, which is enough to run the whole pipeline end to end.
+DEMO_SOURCES = (("lfw-demo", "real"), ("lfw-altered-demo", "synthetic"))
 FACE_SIZE = 112
 
 
@@ -41,14 +43,19 @@ def to_rgb_crop(image: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
 
 
 def write_demo_faces(directory: str) -> list[str]:
-    """Write the demo faces as a flat folder of JPEGs; returns the folders, one per demo source."""
-    folder = os.path.join(os.path.abspath(directory), "lfw-demo")
+    """Write the demo faces as flat folders of JPEGs; returns the folders, one per demo source."""
+    real = os.path.join(os.path.abspath(directory), "lfw-demo")
+    altered = os.path.join(os.path.abspath(directory), "lfw-altered-demo")
+    faces = lfw_faces()
+    _write_all(real, {f"lfw_{i:03d}.jpg": f for i, f in enumerate(faces)} | {"astronaut.jpg": astronaut_face()})
+    darker = (faces[:, :, ::-1].astype(np.float32) * 0.75).astype(np.uint8)  # mirrored, darker
+    _write_all(altered, {f"altered_{i:03d}.jpg": f for i, f in enumerate(darker)})
+    return [real, altered]
+
+
+def _write_all(folder: str, images: dict[str, np.ndarray]) -> None:
     os.makedirs(folder, exist_ok=True)
-    for i, face in enumerate(lfw_faces()):
-        path = os.path.join(folder, f"lfw_{i:03d}.jpg")
+    for name, image in images.items():
+        path = os.path.join(folder, name)
         if not os.path.exists(path):
-            Image.fromarray(face).save(path, quality=95)
-    astro = os.path.join(folder, "astronaut.jpg")
-    if not os.path.exists(astro):
-        Image.fromarray(astronaut_face()).save(astro, quality=95)
-    return [folder]
+            Image.fromarray(image).save(path, quality=95)
