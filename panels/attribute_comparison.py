@@ -38,7 +38,9 @@ class AttributeComparisonPanel(foo.Panel):
         self.refresh(ctx)
 
     def on_change_view(self, ctx):
-        if _stages(ctx.view) == ctx.panel.state.drilldown_view:
+        state = ctx.panel.state
+        if state.drilldown_pending or _stages(ctx.view) == state.drilldown_view:
+            state.set("drilldown_pending", False)
             return  # our own click set this view: keep the charts of the view it came from
         self.refresh(ctx)
 
@@ -57,6 +59,7 @@ class AttributeComparisonPanel(foo.Panel):
             if state.get(key) is None:
                 state.set(key, value)
         state.set("drilldown_view", None)
+        state.set("drilldown_pending", False)
         state.set("drilldown", None)
         state.set("base_view", ctx.view._serialize())
         try:
@@ -111,6 +114,7 @@ class AttributeComparisonPanel(foo.Panel):
         k = min(range(len(edges) - 1), key=lambda i: abs((edges[i] + edges[i + 1]) / 2 - x))
         view = score_range_view(_compared_view(ctx), sources[idx], SCORE_FIELD, edges[k], edges[k + 1])
         state.set("drilldown_view", _stages(view))
+        state.set("drilldown_pending", True)
         state.set("drilldown", f"Showing the {view.count()} faces of **{sources[idx]}** with realness_nll in "
                                f"[{edges[k]:.2f}, {edges[k + 1]:.2f}); *Back* returns to the compared view.")
         ctx.ops.set_view(view)
@@ -142,6 +146,7 @@ class AttributeComparisonPanel(foo.Panel):
         view = attribute_state_view(_compared_view(ctx), source, attribute, state)
         ctx.panel.state.set("attribute", attribute)
         ctx.panel.state.set("drilldown_view", _stages(view))
+        ctx.panel.state.set("drilldown_pending", True)
         ctx.panel.state.set("drilldown", f"Showing the {view.count()} faces of **{source}** with "
                                          f"**{attribute} = {state}**; *Back* returns to the compared view.")
         ctx.ops.set_view(view)

@@ -106,7 +106,7 @@ def _drive(page, ds, session, url):
     expected = ds.match((F("source") == "real-faces")
                         & (F(labels.CODE_FIELD).substr(start=0, count=1) == "p")).count()
     page.get_by_text(f"{expected} samples", exact=True).wait_for(timeout=60_000)
-    page.get_by_text("Male = positive").wait_for(timeout=30_000)
+    page.get_by_text("Male = positive").wait_for(timeout=60_000)
     page.screenshot(path=str(ARTIFACTS / "panel-after-click.png"))
     deadline = time.time() + 30
     while (session.view is None or session.view.count() != expected) and time.time() < deadline:
@@ -142,7 +142,7 @@ def test_saved_outlier_view_opens_and_the_realness_histogram_filters(app):
             bar = histogram.locator("g.point path").last
             bar.wait_for(state="attached", timeout=30_000)
             bar.click(force=True)
-            page.get_by_text("realness_nll in [").wait_for(timeout=30_000)
+            page.get_by_text("realness_nll in [").wait_for(timeout=60_000)
             page.screenshot(path=str(ARTIFACTS / "realness-click.png"))
             deadline = time.time() + 30
             while (session.view is None or not len(session.view)) and time.time() < deadline:
