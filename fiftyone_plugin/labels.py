@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
@@ -39,6 +40,7 @@ PREFIX = "mac_"
 CODE_FIELD = "mac_code"
 STATE_CHARS = {1: "p", -1: "n", 0: "u"}
 WRITE_BATCH = 1000
+WRITE_THREADS = 2
 # (source, mac_code): whole-dataset counts read the codes from this index alone (covered query)
 COUNTS_INDEX_SPEC = [(schema.SOURCE, 1), (CODE_FIELD, 1)]
 
@@ -119,14 +121,29 @@ def label_updates(ids: Iterable[ObjectId], states: np.ndarray, signed: np.ndarra
 
 def write_labels(dataset: fo.Dataset, ids: list, states: np.ndarray, signed: np.ndarray | None = None) -> int:
     """Write ``states`` (``(n, 47)`` int8) and the signed reliabilities (default: the states
-    themselves, for labels that come without reliability) to the samples ``ids``."""
+    themselves, for labels that come without reliability) to the samples ``ids``.
+
+    Batches of ``WRITE_BATCH`` samples go to the server from ``WRITE_THREADS`` threads: the
+    server applies two bulk writes at once, and the next batch is built while they run."""
     if signed is None:
         signed = states.astype(np.float64)
     ids = [i if isinstance(i, ObjectId) else ObjectId(i) for i in ids]
     coll = dataset._sample_collection
-    for start in range(0, len(ids), WRITE_BATCH):
-        end = start + WRITE_BATCH
-        coll.bulk_write(label_updates(ids[start:end], states[start:end], signed[start:end]), ordered=False)
+    starts = range(0, len(ids), WRITE_BATCH)
+    if len(starts) <= 1:
+        for start in starts:
+            coll.bulk_write(label_updates(ids, states, signed), ordered=False)
+        return len(ids)
+    with ThreadPoolExecutor(WRITE_THREADS) as pool:
+        pending = []
+        for start in starts:
+            end = start + WRITE_BATCH
+            ops = label_updates(ids[start:end], states[start:end], signed[start:end])
+            pending.append(pool.submit(coll.bulk_write, ops, ordered=False))
+            if len(pending) > WRITE_THREADS:  # bound the memory held by queued batches
+                pending.pop(0).result()
+        for future in pending:
+            future.result()
     return len(ids)
 
 
