@@ -8,7 +8,6 @@ Monte-Carlo passes use fixed dropout masks, so the labels do not depend on the b
 
 from __future__ import annotations
 
-import datetime as dt
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
@@ -147,13 +146,9 @@ def _mark_unreadable(dataset: fo.Dataset, failures: list[tuple[object, str]]) ->
 
 def _record_run(dataset: fo.Dataset, model_name: str, checkpoint, engine) -> None:
     cfg = engine.model.cfg
-    block = dict(dataset.info.get(schema.INFO_KEY, {}))
-    block["annotation"] = {
+    schema.set_info(dataset, "annotation", {
         "model": model_name,
         "checkpoint": checkpoint,
         "mc_passes": engine.passes or cfg.mc_passes,
         "threshold": cfg.threshold if engine.threshold is None else engine.threshold,
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    dataset.info[schema.INFO_KEY] = block
-    dataset.save()
+    }, stamp="finished_at")

@@ -7,7 +7,6 @@ One function behind the ``compute_attribute_comparison`` operator, the panel and
 
 from __future__ import annotations
 
-import datetime as dt
 
 from faceaudit import stats
 from faceaudit.attributes import ATTRIBUTES
@@ -57,11 +56,8 @@ def compute_comparison(view, states: str = "three", alpha: float = 0.5, bootstra
 
 
 def store_comparison(dataset, result: dict) -> None:
-    block = dict(dataset.info.get(schema.INFO_KEY, {}))
-    block["comparison"] = {**result, "computed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    dataset.info[schema.INFO_KEY] = block
-    dataset.save()
+    schema.set_info(dataset, "comparison", result, stamp="computed_at")
 
 
 def stored_comparison(dataset) -> dict | None:
-    return dataset.info.get(schema.INFO_KEY, {}).get("comparison")
+    return schema.get_info(dataset, "comparison")

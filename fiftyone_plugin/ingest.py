@@ -17,7 +17,6 @@ was killed, adds exactly the missing samples. Each chunk is written whole or, if
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from collections.abc import Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -117,19 +116,18 @@ def iter_load(
     def register_source() -> None:  # before the first write, so a killed load knows its root
         schema.record_source(dataset, source, root=found.root, domain=domain, format=found.format)
 
-    writer = _ChunkWriter(dataset, source, domain, check_images, report, register_source)
     yield Progress(0, len(found.units), found.description)
-    for done, unit in enumerate(found.units, 1):
-        for record in found.iter_records(unit):
-            writer.add(record)
+    with _ChunkWriter(dataset, source, domain, check_images, report, register_source) as writer:
+        for done, unit in enumerate(found.units, 1):
+            for record in found.iter_records(unit):
+                writer.add(record)
+                if limit is not None and report.found >= limit:
+                    break
+            report.skipped_non_image = found.stats.skipped_non_image
+            yield Progress(done, len(found.units), f"{report.found} images, {report.added + len(writer.pending)} new")
             if limit is not None and report.found >= limit:
                 break
-        report.skipped_non_image = found.stats.skipped_non_image
-        yield Progress(done, len(found.units), f"{report.found} images, {report.added + len(writer.pending)} new")
-        if limit is not None and report.found >= limit:
-            break
-    writer.flush()
-    writer.close()
+        writer.flush()
     _finish(dataset, found, report)
     return report
 
@@ -146,11 +144,10 @@ def add_records(
     path that :func:`iter_load` uses, for callers that bring their own records."""
     schema.ensure_schema(dataset)
     report = LoadReport(dataset.name, source, domain, "records", "", "records given by the caller")
-    writer = _ChunkWriter(dataset, source, domain, check_images, report, None)
-    for record in records:
-        writer.add(record)
-    writer.flush()
-    writer.close()
+    with _ChunkWriter(dataset, source, domain, check_images, report, None) as writer:
+        for record in records:
+            writer.add(record)
+        writer.flush()
     return report
 
 
@@ -220,6 +217,12 @@ class _ChunkWriter:
             self.before_first_write = None
         self.in_flight = self.insert_pool.submit(self._insert, docs)
 
+    def __enter__(self) -> _ChunkWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()  # also when the load fails or is stopped: the insert in flight completes
+
     def close(self) -> None:
         """Wait for the last insert (raising its error, if any) and stop the threads."""
         try:
@@ -248,7 +251,7 @@ class _ChunkWriter:
         return self.check_pool.map(check_image_file, [r.filepath for r in records], chunksize=64)
 
     def _documents(self, records: list[FaceRecord]) -> list[dict]:
-        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        now = schema.utc_now()
         template = {
             "_id": None,
             "filepath": None,

@@ -20,7 +20,6 @@ A sample's labels are written in one ``$set`` with all 48 fields, many samples p
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable
@@ -105,7 +104,7 @@ def _set_sidebar_groups(dataset: fo.Dataset) -> None:
 
 def label_updates(ids: Iterable[ObjectId], states: np.ndarray, signed: np.ndarray) -> list[UpdateOne]:
     """One ``$set`` of all 48 label fields per sample."""
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    now = schema.utc_now()
     codes = encode_codes(states)
     rounded = np.round(signed.astype(np.float64), 4)
     values = rounded.astype(object)

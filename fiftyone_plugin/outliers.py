@@ -8,7 +8,6 @@ any) travels inside the update, and each document's score is a sum of table look
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -27,10 +26,6 @@ OUTLIERS_VIEW = "synthetic_outliers"
 
 class OutlierError(ValueError):
     """Bad input to scoring or flagging; the message says why."""
-
-
-def _now():
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
 def _state_index_expr(j: int) -> dict:
@@ -77,8 +72,8 @@ def score_realness(dataset, states: str = "three", alpha: float = 0.5, joint: tu
     # and stamping it doubles the time of this write (bench/compare.py)
     result = coll.update_many({labels.CODE_FIELD: {"$type": "string"}},
                               [{"$set": {SCORE_FIELD: {"$add": terms}}}])
-    _remember(dataset, "realness", {"states": states, "alpha": alpha, "joint": list(joint),
-                                    "scored": result.modified_count})
+    schema.set_info(dataset, "realness", {"states": states, "alpha": alpha, "joint": list(joint),
+                                          "scored": result.modified_count}, stamp="at")
     return {"scored": result.matched_count}
 
 
@@ -125,7 +120,7 @@ def flag_outliers(dataset, top: int | None = None, threshold: float | None = Non
         query = {"_id": {"$in": ids}}
     else:
         query = {**scored, SCORE_FIELD: {"$gte": threshold}}
-    n = coll.update_many(query, {"$addToSet": {"tags": tag}, "$set": {"last_modified_at": _now()}}).modified_count
+    n = coll.update_many(query, {"$addToSet": {"tags": tag}, "$set": {"last_modified_at": schema.utc_now()}}).modified_count
     dataset.save_view(OUTLIERS_VIEW, dataset.match_tags(tag).sort_by(SCORE_FIELD, reverse=True), overwrite=True)
     return n
 
@@ -133,7 +128,7 @@ def flag_outliers(dataset, top: int | None = None, threshold: float | None = Non
 def clear_outliers(dataset, tag: str = OUTLIER_TAG, keep_view: bool = False) -> int:
     """Remove ``tag`` from every sample (and nothing else); returns how many had it."""
     n = dataset._sample_collection.update_many(
-        {"tags": tag}, {"$pull": {"tags": tag}, "$set": {"last_modified_at": _now()}}).modified_count
+        {"tags": tag}, {"$pull": {"tags": tag}, "$set": {"last_modified_at": schema.utc_now()}}).modified_count
     if not keep_view and dataset.has_saved_view(OUTLIERS_VIEW):
         dataset.delete_saved_view(OUTLIERS_VIEW)
     return n
@@ -210,16 +205,10 @@ def _write_disagreement(dataset, updates) -> None:
     from pymongo import UpdateMany
 
     ensure_fields(dataset)
-    now = _now()
+    now = schema.utc_now()
     ops = [UpdateMany({schema.SOURCE: s, schema.IDENTITY: i}, {"$set": {DISAGREEMENT_FIELD: v, "last_modified_at": now}})
            for s, i, v in updates]
     coll = dataset._sample_collection
     for start in range(0, len(ops), 1000):
         coll.bulk_write(ops[start:start + 1000], ordered=False)
 
-
-def _remember(dataset, key: str, info: dict) -> None:
-    block = dict(dataset.info.get(schema.INFO_KEY, {}))
-    block[key] = {**info, "at": _now().isoformat(timespec="seconds")}
-    dataset.info[schema.INFO_KEY] = block
-    dataset.save()

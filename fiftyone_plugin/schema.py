@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 
 import fiftyone as fo
@@ -44,19 +45,34 @@ def ensure_schema(dataset: fo.Dataset) -> None:
         dataset.create_index(spec)  # idempotent: an existing identical index is kept
 
 
+def utc_now() -> dt.datetime:
+    """Now, as FiftyOne stores sample timestamps (naive UTC)."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def get_info(dataset: fo.Dataset, key: str, default=None):
+    """``dataset.info["faceaudit"][key]``: what faceaudit remembers about the dataset."""
+    return dataset.info.get(INFO_KEY, {}).get(key, default)
+
+
+def set_info(dataset: fo.Dataset, key: str, value: dict, stamp: str | None = None) -> None:
+    """Store ``value`` under ``dataset.info["faceaudit"][key]`` (with the time under ``stamp``)."""
+    if stamp is not None:
+        value = {**value, stamp: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    dataset.info[INFO_KEY] = {**dataset.info.get(INFO_KEY, {}), key: value}
+    dataset.save()
+
+
 def sources_info(dataset: fo.Dataset) -> dict[str, dict]:
     """``{source: {"root", "domain", "format", ...}}`` for every source loaded into ``dataset``."""
-    return dict(dataset.info.get(INFO_KEY, {}).get("sources", {}))
+    return dict(get_info(dataset, "sources", {}))
 
 
 def record_source(dataset: fo.Dataset, source: str, **info) -> None:
     """Remember where ``source`` was loaded from (its root anchors relative file names)."""
-    block = dict(dataset.info.get(INFO_KEY, {}))
-    sources = dict(block.get("sources", {}))
+    sources = sources_info(dataset)
     sources[source] = {**sources.get(source, {}), **info}
-    block["sources"] = sources
-    dataset.info[INFO_KEY] = block
-    dataset.save()
+    set_info(dataset, "sources", sources)
 
 
 def source_root(dataset: fo.Dataset, source: str) -> str:
