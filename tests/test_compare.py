@@ -124,7 +124,7 @@ def test_counts_and_divergences_equal_scipy(labelled, tmp_path, states, alpha):
 def test_table_html_and_csv_show_the_json_numbers(labelled, tmp_path):
     name, env, _, _ = labelled
     paths = {k: tmp_path / f"r.{k}" for k in ("json", "html", "csv")}
-    table = run(["compare", "--dataset", name, "--html", str(paths["html"]), "--csv", str(paths["csv"]),
+    run(["compare", "--dataset", name, "--html", str(paths["html"]), "--csv", str(paths["csv"]),
                  "--json", str(paths["json"])], env)
     result = json.loads(paths["json"].read_text())
     page = paths["html"].read_text()

@@ -38,15 +38,22 @@ class _Bar:
         self.bar.close()
 
 
-def _load(path: str, quiet: bool, **options):
-    _fiftyone_env()
-    from fiftyone_plugin.ingest import load_face_dataset
+def _run(job, unit: str, quiet: bool):
+    """Drive a progress-yielding core job with a tqdm bar on stderr; returns its result."""
+    from .progress import drive
 
-    bar = _Bar("unit", quiet)
+    bar = _Bar(unit, quiet)
     try:
-        return load_face_dataset(path, progress=bar, **options)
+        return drive(job, bar)
     finally:
         bar.close()
+
+
+def _load(path: str, quiet: bool, **options):
+    _fiftyone_env()
+    from fiftyone_plugin.ingest import iter_load
+
+    return _run(iter_load(path, **options), "unit", quiet)
 
 
 def cmd_load(args: argparse.Namespace) -> int:
@@ -129,7 +136,6 @@ def cmd_export_labels(args: argparse.Namespace) -> int:
 
 
 def cmd_train_mac(args: argparse.Namespace) -> int:
-    from .progress import drive
     from .training import iter_train
 
     config = {}
@@ -139,16 +145,12 @@ def cmd_train_mac(args: argparse.Namespace) -> int:
         config["hidden"] = tuple(args.hidden)
     if args.branch_hidden:
         config["branch_hidden"] = args.branch_hidden
-    bar = _Bar("step", args.quiet)
-    try:
-        report = drive(iter_train(
-            args.images, args.labels, args.out, backbone=args.backbone,
-            backbone_weights=args.backbone_weights, freeze_backbone=args.freeze_backbone,
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
-            device=args.device, workers=args.workers, seed=args.seed, **config,
-        ), bar)
-    finally:
-        bar.close()
+    report = _run(iter_train(
+        args.images, args.labels, args.out, backbone=args.backbone,
+        backbone_weights=args.backbone_weights, freeze_backbone=args.freeze_backbone,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
+        device=args.device, workers=args.workers, seed=args.seed, **config,
+    ), "step", args.quiet)
     if args.json:
         print(json.dumps(report.__dict__, indent=2))
     else:
@@ -160,17 +162,11 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     _fiftyone_env()
     from fiftyone_plugin.annotate import iter_annotate
 
-    from .progress import drive
-
-    bar = _Bar("batch", args.quiet)
-    try:
-        report = drive(iter_annotate(
-            args.dataset, checkpoint=args.checkpoint, model=args.model, source=args.source,
-            device=args.device, batch_size=args.batch_size, workers=args.workers,
-            mc_passes=args.mc_passes, threshold=args.threshold,
-        ), bar)
-    finally:
-        bar.close()
+    report = _run(iter_annotate(
+        args.dataset, checkpoint=args.checkpoint, model=args.model, source=args.source,
+        device=args.device, batch_size=args.batch_size, workers=args.workers,
+        mc_passes=args.mc_passes, threshold=args.threshold,
+    ), "batch", args.quiet)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
     return 0
 

@@ -213,10 +213,3 @@ def bootstrap_pooled_kl(
         result[key] = np.stack([lo, hi], axis=1).tolist()  # (A, 2)
     comparison.bootstrap = result
     return result
-
-
-def alpha_sensitivity(comparison: Comparison, alphas=(0.0, 0.01, 0.1, 0.5, 1.0)) -> dict[float, np.ndarray]:
-    """D_KL(real || synthetic) per attribute for several alphas: how much the smoothing matters."""
-    real, synth = comparison.pooled_counts("real"), comparison.pooled_counts("synthetic")
-    return {a: kl_divergence(distributions(real, comparison.states, a), distributions(synth, comparison.states, a))
-            for a in alphas}
