@@ -42,8 +42,6 @@ _CODE_HEAD_SIZE = len(_CODE_HEAD)
 _CODE_DOC_SIZE = _CODE_HEAD_SIZE + len(ATTRIBUTES) + 2
 assert _CODE_DOC_SIZE == 67
 _BAD_CODES = f"some samples have a mac_code that is not {len(ATTRIBUTES)} characters of p, n, u"
-_STATE_INDEX = np.full(256, -1, dtype=np.int64)  # code byte -> 0 positive, 1 negative, 2 undefined
-_STATE_INDEX[ord("p")], _STATE_INDEX[ord("n")], _STATE_INDEX[ord("u")] = 0, 1, 2
 
 
 @dataclass
@@ -218,7 +216,7 @@ def identity_cluster_counts(view, domain: str) -> np.ndarray:
         return np.zeros((0, len(ATTRIBUTES), 3), np.int64)
     keys = [f"{s}\x00{i}" if i is not None else f"\x01{k}" for k, (s, i) in enumerate(zip(sources, identities))]
     _, unit = np.unique(np.array(keys, dtype=object), return_inverse=True)
-    states = _STATE_INDEX[np.frombuffer("".join(codes).encode("ascii"), np.uint8).reshape(-1, len(ATTRIBUTES))]
+    states = labels.state_indices(codes)
     flat = (unit[:, None] * len(ATTRIBUTES) + np.arange(len(ATTRIBUTES))) * 3 + states
     n_units = unit.max() + 1
     return np.bincount(flat.ravel(), minlength=n_units * len(ATTRIBUTES) * 3).reshape(n_units, len(ATTRIBUTES), 3)

@@ -69,6 +69,15 @@ def decode_codes(codes: list[str]) -> np.ndarray:
     return _CODE_LUT[raw].reshape(len(codes), len(ATTRIBUTES))
 
 
+_INDEX_OF_STATE = np.array([1, 2, 0])  # state -1 / 0 / 1 -> index 1 (negative) / 2 / 0 (positive)
+
+
+def state_indices(codes: list[str]) -> np.ndarray:
+    """n code strings -> ``(n, 47)`` state indices in the order positive, negative, undefined
+    (the column order of state counts and NLL tables)."""
+    return _INDEX_OF_STATE[decode_codes(codes) + 1]
+
+
 def ensure_label_schema(dataset: fo.Dataset) -> None:
     """Declare the label fields and group them by category in the App's sidebar."""
     existing = dataset.get_field_schema()

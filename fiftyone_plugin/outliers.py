@@ -85,20 +85,12 @@ def _joint_term(dataset, joint, alpha) -> dict:
     cols = [ATTRIBUTES.index(a) for a in joint]
     real_view = dataset.match((F(schema.DOMAIN) == "real") & F(labels.CODE_FIELD).exists())
     codes = real_view.values(labels.CODE_FIELD)
-    real_states = _state_indices(codes)[:, cols]
+    real_states = labels.state_indices(codes)[:, cols]
     k = len(cols)
     every = np.array(np.unravel_index(np.arange(3 ** k), (3,) * k)[::-1]).T  # combination -> states
     table = core.joint_nll(real_states, every, alpha)
     index = {"$add": [{"$multiply": [3 ** i, _state_index_expr(j)]} for i, j in enumerate(cols)]}
     return {"$arrayElemAt": [table.tolist(), index]}
-
-
-_INDEX_OF_STATE = np.array([1, 2, 0])  # state -1 / 0 / 1 -> index 1 (negative) / 2 / 0 (positive)
-
-
-def _state_indices(codes: list[str]) -> np.ndarray:
-    """Codes -> ``(n, 47)`` state indices in the order of the NLL table (p, n, u)."""
-    return _INDEX_OF_STATE[labels.decode_codes(codes) + 1]
 
 
 def flag_outliers(dataset, top: int | None = None, threshold: float | None = None,

@@ -13,7 +13,7 @@ import pytest
 
 from faceaudit import outliers as core
 from faceaudit.attributes import ATTRIBUTES
-from fiftyone_plugin import outliers
+from fiftyone_plugin import labels, outliers
 from fiftyone_plugin.ingest import load_face_dataset
 from test_labels import write_csv
 
@@ -99,7 +99,7 @@ def test_planted_outliers_rank_first_get_tagged_and_clear_cleanly(world):
     c = cached_counts(ds.view())
     real_counts = c.counts[[i for i, d in enumerate(c.domains) if d == "real"]].sum(0)
     codes, scores = ds.exists("mac_code").values(["mac_code", outliers.SCORE_FIELD])
-    want = core.realness_nll(outliers._state_indices(codes), real_counts)
+    want = core.realness_nll(labels.state_indices(codes), real_counts)
     assert np.allclose(scores, want, atol=1e-9)
 
     before = {f: (tags, code) for f, tags, code in zip(*ds.values(["filepath", "tags", "mac_code"]))}
