@@ -50,56 +50,44 @@ class AttributeComparisonPanel(foo.Panel):
     # ------------------------------------------------------------------ data
 
     def refresh(self, ctx):
-        """Recompute (counts are cached per view) and ship the aggregates to the browser."""
+        """Recompute (counts are cached per view) and ship the aggregates to the browser.
+
+        Each ``state.set``/``data.set`` is one message that re-renders the panel in the browser,
+        so all state goes in one patch and all chart data in another."""
         from faceaudit import report
         from fiftyone_plugin.compare import compute_comparison
 
         state = ctx.panel.state
-        for key, value in DEFAULTS.items():  # on_change_view can come before on_load
-            if state.get(key) is None:
-                state.set(key, value)
-        state.set("drilldown_view", None)
-        state.set("drilldown_pending", False)
-        state.set("drilldown", None)
-        state.set("base_view", ctx.view._serialize())
+        # on_change_view can come before on_load: fill in the controls' defaults
+        settings = {key: state.get(key) if state.get(key) is not None else value
+                    for key, value in DEFAULTS.items()}
+        patch = {**settings, "drilldown_view": None, "drilldown_pending": False, "drilldown": None,
+                 "base_view": ctx.view._serialize()}
         try:
-            _, result = compute_comparison(ctx.view, states=state.states, alpha=float(state.alpha))
+            _, result = compute_comparison(ctx.view, states=settings["states"], alpha=float(settings["alpha"]))
         except ValueError as e:
-            state.set("error", str(e))
+            state.set({**patch, "error": str(e)})
             return
-        state.set("error", None)
-        category = None if state.category == CATEGORY_ALL else state.category
-        attribute = state.attribute if state.attribute in result["attributes"] else "Male"
-        state.set("sources", list(result["sources"]))
-        state.set("overview_attributes", report.attributes_of(result, category))
-        state.set("state_names", result["states"])
-        state.set("summary", _summary(result))
-        state.set("kl_table", [
-            {**row, **{k: report.fmt(row[k]) for k in ("kl_real_synth", "kl_synth_real", "js")}}
-            for row in report.kl_rows(result, category, state.sort)
-        ])
-        shown = state.shown_state if state.shown_state in result["states"] else "positive"
-        ctx.panel.data.set("overview", report.overview_figure(result, shown, category)["data"])
-        ctx.panel.data.set("attribute_plot", report.attribute_figure(result, attribute)["data"])
-        ctx.panel.data.set("kl_plot", report.kl_figure(result, category)["data"])
-        ctx.panel.data.set("pairwise", report.pairwise_figure(result)["data"])
-        self._realness(ctx)
-
-    def _realness(self, ctx):
-        """Histogram of realness_nll per source (when the dataset has been scored)."""
-        from fiftyone_plugin.outliers import SCORE_FIELD
-        from fiftyone_plugin.views import score_histograms
-
-        hist = score_histograms(ctx.view, SCORE_FIELD) if SCORE_FIELD in ctx.dataset.get_field_schema() else None
-        ctx.panel.state.set("realness_edges", hist["edges"] if hist else None)
-        ctx.panel.state.set("realness_sources", list(hist["counts"]) if hist else [])
-        if hist:
-            edges = hist["edges"]
-            centers = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
-            ctx.panel.data.set("realness", [
-                {"type": "bar", "name": source, "x": centers, "y": counts, "opacity": 0.7,
-                 "hovertemplate": f"{source}<br>" + "realness_nll ~%{x:.2f}: %{y}<extra></extra>"}
-                for source, counts in hist["counts"].items()])
+        category = None if settings["category"] == CATEGORY_ALL else settings["category"]
+        attribute = settings["attribute"] if settings["attribute"] in result["attributes"] else "Male"
+        shown = settings["shown_state"] if settings["shown_state"] in result["states"] else "positive"
+        realness_state, realness_data = _realness(ctx)
+        state.set({
+            **patch, **realness_state, "error": None,
+            "sources": list(result["sources"]),
+            "overview_attributes": report.attributes_of(result, category),
+            "state_names": result["states"],
+            "summary": _summary(result),
+            "kl_table": [{**row, **{k: report.fmt(row[k]) for k in ("kl_real_synth", "kl_synth_real", "js")}}
+                         for row in report.kl_rows(result, category, settings["sort"])],
+        })
+        ctx.panel.data.set({
+            **realness_data,
+            "overview": report.overview_figure(result, shown, category)["data"],
+            "attribute_plot": report.attribute_figure(result, attribute)["data"],
+            "kl_plot": report.kl_figure(result, category)["data"],
+            "pairwise": report.pairwise_figure(result)["data"],
+        })
 
     def on_realness_click(self, ctx):
         """A histogram bar: that source's samples whose realness_nll falls in the bar's bin."""
@@ -113,16 +101,15 @@ class AttributeComparisonPanel(foo.Panel):
             return
         k = min(range(len(edges) - 1), key=lambda i: abs((edges[i] + edges[i + 1]) / 2 - x))
         view = score_range_view(_compared_view(ctx), sources[idx], SCORE_FIELD, edges[k], edges[k + 1])
-        state.set("drilldown_view", _stages(view))
-        state.set("drilldown_pending", True)
-        state.set("drilldown", f"Showing the {view.count()} faces of **{sources[idx]}** with realness_nll in "
-                               f"[{edges[k]:.2f}, {edges[k + 1]:.2f}); *Back* returns to the compared view.")
-        ctx.ops.set_view(view)
+        _drill_down(ctx, view, f"**{sources[idx]}** with realness_nll in [{edges[k]:.2f}, {edges[k + 1]:.2f})")
 
     def on_control_change(self, ctx):
+        """A control changed. The form also reports every control's initial value when it mounts;
+        those change nothing, and recomputing for each would re-draw all charts ten times."""
         path, value = ctx.params.get("path"), ctx.params.get("value")
-        if path in DEFAULTS and value is not None:
-            ctx.panel.state.set(path, value)
+        if path not in DEFAULTS or value is None or str(value) == str(ctx.panel.state.get(path)):
+            return
+        ctx.panel.state.set(path, value)
         self.refresh(ctx)
 
     # ------------------------------------------------------------------ clicks
@@ -144,17 +131,11 @@ class AttributeComparisonPanel(foo.Panel):
         if source is None or attribute is None or state is None:
             return
         view = attribute_state_view(_compared_view(ctx), source, attribute, state)
-        ctx.panel.state.set("attribute", attribute)
-        ctx.panel.state.set("drilldown_view", _stages(view))
-        ctx.panel.state.set("drilldown_pending", True)
-        ctx.panel.state.set("drilldown", f"Showing the {view.count()} faces of **{source}** with "
-                                         f"**{attribute} = {state}**; *Back* returns to the compared view.")
-        ctx.ops.set_view(view)
+        _drill_down(ctx, view, f"**{source}** with **{attribute} = {state}**", attribute=attribute)
 
     def back_to_compared_view(self, ctx):
         """Return the App to the view the charts describe."""
-        ctx.panel.state.set("drilldown_view", None)
-        ctx.panel.state.set("drilldown", None)
+        ctx.panel.state.set({"drilldown_view": None, "drilldown": None})
         ctx.ops.set_view(_compared_view(ctx))
 
     # ------------------------------------------------------------------ layout
@@ -214,6 +195,32 @@ class AttributeComparisonPanel(foo.Panel):
                                "xaxis": {"title": {"text": "realness_nll (higher: less explained by real data)"}},
                                "title": {"text": "realness_nll per source: click a bar for its faces"}})
         return types.Property(panel, view=types.GridView(orientation="vertical", gap=2))
+
+
+def _realness(ctx) -> tuple[dict, dict]:
+    """The realness_nll histogram per source, as (panel state, panel data) entries; empty bins
+    and no chart when the dataset has not been scored."""
+    from fiftyone_plugin.outliers import SCORE_FIELD
+    from fiftyone_plugin.views import score_histograms
+
+    hist = score_histograms(ctx.view, SCORE_FIELD) if SCORE_FIELD in ctx.dataset.get_field_schema() else None
+    if not hist:
+        return {"realness_edges": None, "realness_sources": []}, {}
+    edges = hist["edges"]
+    centers = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
+    bars = [{"type": "bar", "name": source, "x": centers, "y": counts, "opacity": 0.7,
+             "hovertemplate": f"{source}<br>" + "realness_nll ~%{x:.2f}: %{y}<extra></extra>"}
+            for source, counts in hist["counts"].items()]
+    return {"realness_edges": edges, "realness_sources": list(hist["counts"])}, {"realness": bars}
+
+
+def _drill_down(ctx, view, what: str, **state) -> None:
+    """Set the App's view to the faces behind a click, remembering it as the panel's own change
+    (so on_change_view keeps the charts of the view they describe)."""
+    ctx.panel.state.set({**state, "drilldown_view": _stages(view), "drilldown_pending": True,
+                         "drilldown": f"Showing the {view.count()} faces of {what}; "
+                                      "*Back* returns to the compared view."})
+    ctx.ops.set_view(view)
 
 
 def _compared_view(ctx):

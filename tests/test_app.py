@@ -138,9 +138,14 @@ def test_saved_outlier_view_opens_and_the_realness_histogram_filters(app):
             _open_panel(page)
             title = page.get_by_text("realness_nll per source: click a bar for its faces")
             title.wait_for(timeout=60_000)
-            histogram = page.locator(".js-plotly-plot").last
+            histogram = page.locator(".js-plotly-plot").filter(has=title)
             bar = histogram.locator("g.point path").last
-            bar.wait_for(state="attached", timeout=30_000)
+            try:
+                bar.wait_for(state="attached", timeout=90_000)
+            except Exception as error:  # say what the browser had instead of bars
+                plots = page.locator(".js-plotly-plot")
+                seen = [plots.nth(i).locator("g.point path").count() for i in range(plots.count())]
+                raise AssertionError(f"no histogram bar; bars per plot: {seen}") from error
             bar.click(force=True)
             page.get_by_text("realness_nll in [").wait_for(timeout=60_000)
             page.screenshot(path=str(ARTIFACTS / "realness-click.png"))
