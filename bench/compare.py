@@ -8,6 +8,8 @@ measures in one run:
 * faceaudit cached: the same call again (labels unchanged);
 * ``count_values`` once per attribute (on the attribute's state: one character of the code);
 * ``values()`` of source and code, counted in numpy;
+* the covered index scans alone, read through pymongo's ``find_raw_batches`` and through
+  :mod:`fiftyone_plugin.rawscan` (one source after another, both);
 * then scoring ``realness_nll`` for every sample, tagging the top 1000 synthetic ones, identity
   consistency (written per sample) and clearing the tag.
 
@@ -29,7 +31,7 @@ import numpy as np  # noqa: E402
 from fiftyone import ViewField as F  # noqa: E402
 
 from faceaudit.attributes import ATTRIBUTES  # noqa: E402
-from fiftyone_plugin import counts, labels, schema  # noqa: E402
+from fiftyone_plugin import counts, labels, rawscan, schema  # noqa: E402
 from fiftyone_plugin.bulk import fiftyone_rand, new_object_ids  # noqa: E402
 from fiftyone_plugin.compare import compute_comparison  # noqa: E402
 
@@ -84,6 +86,22 @@ def values_and_numpy(ds):
     return {s: counts.count_codes(raw[sources == s]) for s in np.unique(sources)}
 
 
+def scans_pymongo_raw_batches(ds) -> int:
+    """The per-source covered index scans, read with pymongo's ``find_raw_batches``."""
+    n = 0
+    for source in schema.sources_info(ds):
+        query = {schema.SOURCE: source, labels.CODE_FIELD: {"$type": "string"}}
+        cursor = ds._sample_collection.find_raw_batches(query, {"_id": 0, labels.CODE_FIELD: 1},
+                                                        batch_size=rawscan.BATCH_SIZE)
+        n += sum(len(b) for b in cursor.hint(labels.COUNTS_INDEX_SPEC)) // counts._CODE_DOC_SIZE
+    return n
+
+
+def scans_rawscan(ds) -> int:
+    """The same scans through :mod:`fiftyone_plugin.rawscan`, one source after another."""
+    return sum(len(counts._covered_codes(ds, source)) for source in schema.sources_info(ds))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
@@ -101,6 +119,9 @@ def main() -> None:
     identities_cold, _ = timed(lambda: compute_comparison(ds))  # + identity consistency (issue 5)
     per_attr, cv = timed(lambda: count_values_per_attribute(ds))
     vals, vn = timed(lambda: values_and_numpy(ds))
+    pymongo_s, pymongo_n = timed(lambda: scans_pymongo_raw_batches(ds))
+    rawscan_s, rawscan_n = timed(lambda: scans_rawscan(ds))
+    assert pymongo_n == rawscan_n == args.n
     # all three ways count the same thing
     assert sum(result["attributes"]["Male"]["counts"][s]["positive"] for s in result["sources"]) == cv[0].get("p", 0)
     assert int(vn["syn-a"][0, 0]) == result["attributes"]["Male"]["counts"]["syn-a"]["positive"]
@@ -123,6 +144,8 @@ def main() -> None:
     print(f"faceaudit + identity consistency:  {identities_cold:7.2f} s  (counts cached)")
     print(f"count_values x 47:                 {per_attr:7.2f} s")
     print(f"values() + numpy:                  {vals:7.2f} s")
+    print(f"index scans, find_raw_batches:     {pymongo_s:7.2f} s")
+    print(f"index scans, rawscan:              {rawscan_s:7.2f} s  ({pymongo_s / rawscan_s:.1f}x faster)")
     print(f"count_values / faceaudit cold:     {per_attr / cold:7.1f}x")
     print(f"values() / faceaudit cold:         {vals / cold:7.1f}x")
 

@@ -2,8 +2,8 @@
 
 Only the compact ``mac_code`` (and the source) is read. The view's own pipeline (so sidebar
 filters count) is followed by one ``$project`` to ``{s: <source index>, c: <code>}`` and fetched
-with ``aggregate_raw_batches``: every projected document has the same 67-byte BSON layout, so a
-whole batch becomes one numpy array without decoding documents in Python, and one ``bincount``
+as raw reply bytes (:mod:`.rawscan`): every projected document has the same 67-byte BSON layout,
+so a whole batch becomes one numpy array without decoding documents in Python, and one ``bincount``
 counts every source, attribute and state. Measured against ``values()`` and per-attribute
 ``count_values`` in ``bench/compare.py``. This reaches below FiftyOne's public API
 (``view._pipeline()``, ``dataset._sample_collection``).
@@ -18,15 +18,15 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from fiftyone import ViewField as F
-from pymongo import CursorType
 
 from faceaudit.attributes import ATTRIBUTES
 
-from . import labels, schema
+from . import labels, rawscan, schema
 
 # The projected document {s: int32, c: 47-character string}, byte by byte.
 _HEAD = np.frombuffer(b"C\x00\x00\x00\x10s\x00", np.uint8)  # size 67, int32 element "s"
@@ -67,7 +67,8 @@ def scan_view(view, sources: list[str]) -> tuple[np.ndarray, np.ndarray]:
     another) and its code bytes (``x`` * 47 when unlabelled). Returns ``(source_idx, codes)``.
 
     The projection makes every document the same 67 bytes (``int32 size``, an int32 field ``s``,
-    the string field ``c`` of 47 characters), so each raw batch is read as one numpy array.
+    the string field ``c`` of 47 characters), so each reply is read as one numpy array
+    (:mod:`.rawscan`).
     """
     pipeline = list(view._pipeline()) + [{"$project": {
         "_id": 0,
@@ -75,54 +76,55 @@ def scan_view(view, sources: list[str]) -> tuple[np.ndarray, np.ndarray]:
         "c": {"$ifNull": ["$" + labels.CODE_FIELD, _UNLABELLED]},
     }}]
     coll = view._dataset._sample_collection
-    chunks = [np.frombuffer(b, dtype=np.uint8) for b in coll.aggregate_raw_batches(pipeline, batchSize=50_000)]
-    raw = np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
-    if raw.size % _DOC_SIZE:
-        raise ValueError(_BAD_CODES)
-    docs = raw.reshape(-1, _DOC_SIZE)
-    if len(docs) and not (docs[:, :_HEAD_SIZE] == _HEAD).all():
-        raise ValueError(_BAD_CODES)
+    command = {"aggregate": coll.name, "pipeline": pipeline, "allowDiskUse": True}
+    docs = _fixed_docs(coll, command, _DOC_SIZE, _HEAD)
     source_idx = docs[:, _S_OFFSET:_S_OFFSET + 4].copy().view("<i4").ravel()
     return source_idx, docs[:, _C_OFFSET:_C_OFFSET + len(ATTRIBUTES)]
 
 
 def _covered_codes(dataset, source: str) -> np.ndarray:
     """The code bytes ``(n, 47)`` of one source's labelled samples, read from the
-    ``(source, mac_code)`` index alone (a covered query: no document is fetched) through an
-    exhaust cursor (the server streams batches without waiting for getMore requests)."""
+    ``(source, mac_code)`` index alone (a covered query: no document is fetched)."""
     coll = dataset._sample_collection
-    query = {schema.SOURCE: source, labels.CODE_FIELD: {"$type": "string"}}
-    cursor_type = CursorType.NON_TAILABLE if coll.database.client.is_mongos else CursorType.EXHAUST
-    cursor = coll.find_raw_batches(query, {"_id": 0, labels.CODE_FIELD: 1}, batch_size=50_000,
-                                   cursor_type=cursor_type).hint(labels.COUNTS_INDEX_SPEC)
-    raw = np.concatenate([np.frombuffer(b, np.uint8) for b in cursor] or [np.zeros(0, np.uint8)])
-    if raw.size % _CODE_DOC_SIZE:
-        raise ValueError(_BAD_CODES)
-    docs = raw.reshape(-1, _CODE_DOC_SIZE)
-    if len(docs) and not (docs[:, :_CODE_HEAD_SIZE] == _CODE_HEAD).all():
-        raise ValueError(_BAD_CODES)
+    command = {"find": coll.name, "filter": {schema.SOURCE: source, labels.CODE_FIELD: {"$type": "string"}},
+               "projection": {"_id": 0, labels.CODE_FIELD: 1}, "hint": dict(labels.COUNTS_INDEX_SPEC)}
+    docs = _fixed_docs(coll, command, _CODE_DOC_SIZE, _CODE_HEAD)
     return docs[:, _CODE_HEAD_SIZE:_CODE_HEAD_SIZE + len(ATTRIBUTES)]
 
 
+def _fixed_docs(coll, command: dict, doc_size: int, head: np.ndarray) -> np.ndarray:
+    """The command's result documents as ``(n, doc_size)`` rows, each checked to start with
+    ``head`` (the document size and the first field's type and name)."""
+    try:
+        docs = rawscan.fixed_size_docs(coll.database, command, doc_size)
+    except rawscan.RawScanError:
+        raise ValueError(_BAD_CODES) from None
+    if len(docs) and not (docs[:, :len(head)] == head).all():
+        raise ValueError(_BAD_CODES)
+    return docs
+
+
 def _count_whole_dataset(dataset) -> StateCounts:
-    """The unfiltered dataset: per-source covered index scans (see ``bench/compare.py``)."""
+    """The unfiltered dataset: per-source covered index scans, two at a time (mongod scans one
+    while the client slices the other's replies; see ``bench/compare.py``)."""
     info = schema.sources_info(dataset)
-    coll = dataset._sample_collection
-    sources, domains, samples, counts = [], [], [], []
-    for source in sorted(info):
-        codes = _covered_codes(dataset, source)
-        # unlabelled samples sit under mac_code = null in the same index: counting them touches
-        # only their own index keys, not the labelled ones
-        unlabelled = coll.count_documents({schema.SOURCE: source, labels.CODE_FIELD: None},
-                                          hint=labels.COUNTS_INDEX_SPEC)
-        if len(codes) + unlabelled:
-            sources.append(source)
-            domains.append(info[source].get("domain"))
-            samples.append(len(codes) + unlabelled)
-            counts.append(count_codes(codes))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        per_source = list(pool.map(lambda source: _count_source(dataset, source), sorted(info)))
+    kept = [(s, n, c) for s, n, c in per_source if n]
     shape = (0, len(ATTRIBUTES), 3)
-    return StateCounts(sources, domains, np.array(samples, np.int64),
-                       np.array(counts, np.int64) if counts else np.zeros(shape, np.int64))
+    return StateCounts([s for s, _, _ in kept], [info[s].get("domain") for s, _, _ in kept],
+                       np.array([n for _, n, _ in kept], np.int64),
+                       np.array([c for _, _, c in kept], np.int64) if kept else np.zeros(shape, np.int64))
+
+
+def _count_source(dataset, source: str) -> tuple[str, int, np.ndarray]:
+    """(source, samples, (47, 3) state counts of its labelled samples) from the counts index."""
+    codes = _covered_codes(dataset, source)
+    # unlabelled samples sit under mac_code = null in the same index: counting them touches
+    # only their own index keys, not the labelled ones
+    unlabelled = dataset._sample_collection.count_documents(
+        {schema.SOURCE: source, labels.CODE_FIELD: None}, hint=labels.COUNTS_INDEX_SPEC)
+    return source, len(codes) + unlabelled, count_codes(codes)
 
 
 def count_states(view) -> StateCounts:

@@ -232,3 +232,27 @@ def test_counts_cache_follows_label_changes(labelled, tmp_path):
         assert after.counts[i, j, 0] == before.counts[i, j, 0] + flipped
     finally:  # put the module fixture's labels back
         labels.import_labels(ds, "syn-b", str(write_csv(tmp_path / "back.csv", rows_by_source["syn-b"])))
+
+
+@pytest.mark.parametrize("damage", ["pp", "q" * 47])
+def test_a_damaged_code_is_named_not_miscounted(tmp_path, faces, dataset_name, damage):
+    """A mac_code written by something else (wrong length or letters) stops the count with a
+    message, on the whole dataset (index scan) and on a filtered view (document scan)."""
+    from fiftyone_plugin import counts, labels
+    from fiftyone_plugin.compare import compute_comparison
+    from fiftyone_plugin.ingest import load_face_dataset
+
+    for source, domain in (("r", "real"), ("s", "synthetic")):
+        faces.identity_tree(tmp_path / source, {f"{source}0": 3})
+        load_face_dataset(str(tmp_path / source), source=source, domain=domain, dataset_name=dataset_name)
+        rows = [[f"{source}0/{p.name}", f"{source}0", *["1"] * 47] for p in sorted((tmp_path / source / f"{source}0").iterdir())]
+        labels.import_labels(fo.load_dataset(dataset_name), source, str(write_csv(tmp_path / f"{source}.csv", rows)))
+    ds = fo.load_dataset(dataset_name)
+    compute_comparison(ds)  # intact: counts fine
+    sample = ds.first()
+    sample[labels.CODE_FIELD] = damage
+    sample.save()
+    counts.CACHE.clear()
+    for view in (ds, ds.match(fo.ViewField("identity") != "nobody")):
+        with pytest.raises(ValueError, match="mac_code that is not 47 characters of p, n, u"):
+            compute_comparison(view)
