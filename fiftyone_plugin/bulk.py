@@ -33,3 +33,48 @@ def fiftyone_rand(n: int) -> list[float]:
     """Values for FiftyOne's ``_rand`` sample field, drawn as FiftyOne draws them
     (``fiftyone.core.odm.sample._generate_rand``: uniform on [0.999, 1.0))."""
     return (_RNG.random(n) * 0.001 + 0.999).tolist()
+
+
+# mongod applies one update_many with one thread: two halves of the collection at once halve
+# the time of rewriting every document (1,000,000 samples: 40-49 s in one, 24-26 s in two)
+UPDATE_PARTS = 2
+_MIN_SPLIT = 20_000  # below this, splitting costs more than it saves
+
+
+def id_ranges(coll, parts: int = UPDATE_PARTS) -> list[dict]:
+    """``parts`` filters on ``_id`` that cover the collection in slices of about equal size
+    (cut points found by skipping along the ``_id`` index)."""
+    n = coll.estimated_document_count()
+    if parts <= 1 or n < _MIN_SPLIT:
+        return [{}]
+    cuts = []
+    for k in range(1, parts):
+        doc = next(iter(coll.find({}, {"_id": 1}).sort("_id", 1).skip(n * k // parts).limit(1)), None)
+        if doc is not None and (not cuts or doc["_id"] > cuts[-1]):
+            cuts.append(doc["_id"])
+    bounds = [None, *cuts, None]
+    return [{"_id": {**({"$gte": lo} if lo is not None else {}), **({"$lt": hi} if hi is not None else {})}}
+            if (lo, hi) != (None, None) else {} for lo, hi in zip(bounds, bounds[1:])]
+
+
+def update_many_in_parts(coll, query: dict, update, parts: int = UPDATE_PARTS) -> tuple[int, int]:
+    """``coll.update_many(query, update)`` run as ``parts`` concurrent updates over ``_id``
+    slices; returns (matched, modified). Each slice is atomic per document, as update_many is."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    slices = id_ranges(coll, parts)
+    if len(slices) == 1:
+        result = coll.update_many(query, update)
+        return result.matched_count, result.modified_count
+    with ThreadPoolExecutor(max_workers=len(slices)) as pool:
+        results = list(pool.map(lambda s: coll.update_many({"$and": [query, s]}, update), slices))
+    return sum(r.matched_count for r in results), sum(r.modified_count for r in results)
+
+
+def bulk_write_in_parts(coll, ops: list, chunk: int = 1000, parts: int = UPDATE_PARTS) -> None:
+    """Unordered ``bulk_write`` of ``ops`` in chunks, ``parts`` chunks in flight at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunks = [ops[i:i + chunk] for i in range(0, len(ops), chunk)]
+    with ThreadPoolExecutor(max_workers=max(1, parts)) as pool:
+        list(pool.map(lambda c: coll.bulk_write(c, ordered=False), chunks))

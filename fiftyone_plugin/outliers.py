@@ -16,7 +16,7 @@ from fiftyone import ViewField as F
 from faceaudit import outliers as core
 from faceaudit.attributes import ATTRIBUTES
 
-from . import counts, labels, schema
+from . import bulk, counts, labels, schema
 
 SCORE_FIELD = "realness_nll"
 DISAGREEMENT_FIELD = "identity_disagreement"
@@ -70,11 +70,11 @@ def score_realness(dataset, states: str = "three", alpha: float = 0.5, joint: tu
     coll = dataset._sample_collection
     # last_modified_at is left alone: the score is derived from the labels (recomputed at will),
     # and stamping it doubles the time of this write (bench/compare.py)
-    result = coll.update_many({labels.CODE_FIELD: {"$type": "string"}},
-                              [{"$set": {SCORE_FIELD: {"$add": terms}}}])
+    matched, modified = bulk.update_many_in_parts(coll, {labels.CODE_FIELD: {"$type": "string"}},
+                                                  [{"$set": {SCORE_FIELD: {"$add": terms}}}])
     schema.set_info(dataset, "realness", {"states": states, "alpha": alpha, "joint": list(joint),
-                                          "scored": result.modified_count}, stamp="at")
-    return {"scored": result.matched_count}
+                                          "scored": modified}, stamp="at")
+    return {"scored": matched}
 
 
 def _joint_term(dataset, joint, alpha) -> dict:
@@ -200,7 +200,5 @@ def _write_disagreement(dataset, updates) -> None:
     now = schema.utc_now()
     ops = [UpdateMany({schema.SOURCE: s, schema.IDENTITY: i}, {"$set": {DISAGREEMENT_FIELD: v, "last_modified_at": now}})
            for s, i, v in updates]
-    coll = dataset._sample_collection
-    for start in range(0, len(ops), 1000):
-        coll.bulk_write(ops[start:start + 1000], ordered=False)
+    bulk.bulk_write_in_parts(dataset._sample_collection, ops)
 
