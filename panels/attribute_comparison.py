@@ -8,6 +8,7 @@ sets the App's view to the samples of that source with that attribute state.
 
 from __future__ import annotations
 
+from bson import json_util
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
@@ -42,6 +43,8 @@ class AttributeComparisonPanel(foo.Panel):
         if state.drilldown_pending or _stages(ctx.view) == state.drilldown_view:
             state.set("drilldown_pending", False)
             return  # our own click set this view: keep the charts of the view it came from
+        if state.base_view is not None and _stages(ctx.view) == _stages_of(state.base_view):
+            return  # the App repeats a view event (or Back returned): the charts show this view
         self.refresh(ctx)
 
     def on_change_dataset(self, ctx):
@@ -62,7 +65,7 @@ class AttributeComparisonPanel(foo.Panel):
         settings = {key: state.get(key) if state.get(key) is not None else value
                     for key, value in DEFAULTS.items()}
         patch = {**settings, "drilldown_view": None, "drilldown_pending": False, "drilldown": None,
-                 "base_view": ctx.view._serialize()}
+                 "base_view": _view_json(ctx.view)}
         try:
             _, result = compute_comparison(ctx.view, states=settings["states"], alpha=float(settings["alpha"]))
         except ValueError as e:
@@ -227,12 +230,25 @@ def _compared_view(ctx):
     """The view the charts were computed on (kept in the panel state as its stages)."""
     from fiftyone.core.view import DatasetView
 
-    return DatasetView._build(ctx.dataset, ctx.panel.state.base_view or [])
+    return DatasetView._build(ctx.dataset, json_util.loads(ctx.panel.state.base_view or "[]"))
 
 
-def _stages(view) -> list:
-    """A view's stages without their ids, for comparing views across a round trip to the App."""
-    return [{k: v for k, v in stage.items() if k != "_uuid"} for stage in view._serialize()]
+def _view_json(view) -> str:
+    """A view's stages as JSON text. Panel state keeps views as text: a serialized stage is a
+    dict with a ``_cls`` key, and FiftyOne's session state (which holds panel state) would read
+    such a dict as a document of an unregistered class (``session.view = ...`` then fails)."""
+    return json_util.dumps(view._serialize())
+
+
+def _stages_of(text: str) -> str:
+    """The stages of a view's JSON without their ids, for comparing views across a round trip
+    to the App."""
+    return json_util.dumps([{k: v for k, v in stage.items() if k != "_uuid"}
+                            for stage in json_util.loads(text)], sort_keys=True)
+
+
+def _stages(view) -> str:
+    return _stages_of(_view_json(view))
 
 
 def _source_of_trace(ctx) -> str | None:

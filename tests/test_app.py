@@ -115,6 +115,11 @@ def _drive(page, ds, session, url):
     assert set(session.view.values("source")) == {"real-faces"}
     assert {c[0] for c in session.view.values(labels.CODE_FIELD)} == {"p"}
 
+    # the panel follows the App's view: without one real identity, 12 real faces are counted
+    session.view = ds.match(F("identity") != "real-faces-0")
+    page.get_by_text("real-faces (real, 12 labelled)").wait_for(timeout=60_000)
+    assert "synth-faces (synthetic, 12 labelled)" in page.inner_text("body")
+
 
 def test_saved_outlier_view_opens_and_the_realness_histogram_filters(app):
     from playwright.sync_api import sync_playwright
