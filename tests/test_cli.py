@@ -104,5 +104,10 @@ def test_demo_runs_the_pipeline_and_reruns_as_a_no_op(tmp_path, dataset_name, cl
     ds = fo.load_dataset(dataset_name)
     ds.reload()
     assert ds.count_values("domain") == {"real": 101, "synthetic": 100}
+    tagged = ds.match_tags("outlier")
+    assert len(tagged) == 10 and set(tagged.values("domain")) == {"synthetic"}
+    assert min(tagged.values("realness_nll")) >= max(
+        ds.match((fo.ViewField("domain") == "synthetic") & ~fo.ViewField("tags").contains("outlier")).values("realness_nll"))
+    assert len(ds.load_saved_view("synthetic_outliers")) == 10
     again = run(args, cli_env)
     assert "0 added, 101 already present" in again.stdout and "0 samples labelled" in again.stdout

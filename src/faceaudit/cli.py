@@ -77,9 +77,13 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_OUTLIERS = 10
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole pipeline on real demo faces: load, annotate (offline age/gender models),
-    compare real vs the demo's stand-in synthetic source, write an HTML report."""
+    compare real vs the demo's stand-in synthetic source, write an HTML report, tag the
+    synthetic faces real data explains least."""
     from .demo import DEMO_SOURCES, write_demo_faces
 
     for folder, (source, domain) in zip(write_demo_faces(args.dir), DEMO_SOURCES):
@@ -102,6 +106,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
     _, result = compute_comparison(dataset)
     store_comparison(dataset, result)
+    from fiftyone_plugin import outliers
+
+    outliers.score_realness(dataset)
+    flagged = outliers.flag_outliers(dataset, top=DEMO_OUTLIERS)
+    print(f"{flagged} synthetic faces real data explains least tagged '{outliers.OUTLIER_TAG}' "
+          f"(saved view '{outliers.OUTLIERS_VIEW}')")
     html = os.path.join(args.dir, "report.html")
     with open(html, "w", encoding="utf-8") as f:
         f.write(reports.to_html(result))
