@@ -39,11 +39,11 @@ class AttributeComparisonPanel(foo.Panel):
         self.refresh(ctx)
 
     def on_change_view(self, ctx):
-        state = ctx.panel.state
-        if state.drilldown_pending or _stages(ctx.view) == state.drilldown_view:
+        state, shown = ctx.panel.state, _stages(ctx.view)
+        if state.drilldown_pending or shown == state.drilldown_view:
             state.set("drilldown_pending", False)
             return  # our own click set this view: keep the charts of the view it came from
-        if state.base_view is not None and _stages(ctx.view) == _stages_of(state.base_view):
+        if state.base_view is not None and shown == _stages_of(state.base_view):
             return  # the App repeats a view event (or Back returned): the charts show this view
         self.refresh(ctx)
 
@@ -52,8 +52,12 @@ class AttributeComparisonPanel(foo.Panel):
 
     # ------------------------------------------------------------------ data
 
-    def refresh(self, ctx):
+    def refresh(self, ctx, changed: dict | None = None, view=None):
         """Recompute (counts are cached per view) and ship the aggregates to the browser.
+
+        ``changed``: control values that replace the ones in the panel state. ``view``: the view
+        to describe, by default the App's; given (a control changed), it is the compared view,
+        and a drill-down the App shows stays as it is.
 
         Each ``state.set``/``data.set`` is one message that re-renders the panel in the browser,
         so all state goes in one patch and all chart data in another."""
@@ -63,18 +67,20 @@ class AttributeComparisonPanel(foo.Panel):
         state = ctx.panel.state
         # on_change_view can come before on_load: fill in the controls' defaults
         settings = {key: state.get(key) if state.get(key) is not None else value
-                    for key, value in DEFAULTS.items()}
-        patch = {**settings, "drilldown_view": None, "drilldown_pending": False, "drilldown": None,
-                 "base_view": _view_json(ctx.view)}
+                    for key, value in DEFAULTS.items()} | (changed or {})
+        patch = {**settings, "computed": settings, "base_view": _view_json(view or ctx.view)}
+        if view is None:
+            patch |= {"drilldown_view": None, "drilldown_pending": False, "drilldown": None}
+        view = view or ctx.view
         try:
-            _, result = compute_comparison(ctx.view, states=settings["states"], alpha=float(settings["alpha"]))
+            _, result = compute_comparison(view, states=settings["states"], alpha=float(settings["alpha"]))
         except ValueError as e:
             state.set({**patch, "error": str(e)})
             return
         category = None if settings["category"] == CATEGORY_ALL else settings["category"]
         attribute = settings["attribute"] if settings["attribute"] in result["attributes"] else "Male"
         shown = settings["shown_state"] if settings["shown_state"] in result["states"] else "positive"
-        realness_state, realness_data = _realness(ctx)
+        realness_state, realness_data = _realness(ctx, view)
         state.set({
             **patch, **realness_state, "error": None,
             "sources": list(result["sources"]),
@@ -107,13 +113,19 @@ class AttributeComparisonPanel(foo.Panel):
         _drill_down(ctx, view, f"**{sources[idx]}** with realness_nll in [{edges[k]:.2f}, {edges[k + 1]:.2f})")
 
     def on_control_change(self, ctx):
-        """A control changed. The form also reports every control's initial value when it mounts;
-        those change nothing, and recomputing for each would re-draw all charts ten times."""
-        path, value = ctx.params.get("path"), ctx.params.get("value")
-        if path not in DEFAULTS or value is None or str(value) == str(ctx.panel.state.get(path)):
+        """A control changed: recompute the compared view (not a drill-down the App shows).
+        Controls inside a row report their path in it (``controls.states``).
+
+        The form also reports every control's initial value when it mounts; those equal the
+        settings the charts were computed with (``computed``; the control's own state entry
+        already holds the new value, so it cannot tell), and recomputing for each would re-draw
+        all charts ten times."""
+        key = str(ctx.params.get("path")).rsplit(".", 1)[-1]  # "controls.states" -> "states"
+        value = ctx.params.get("value")
+        computed = ctx.panel.state.computed or {}
+        if key not in DEFAULTS or value is None or str(value) == str(computed.get(key)):
             return
-        ctx.panel.state.set(path, value)
-        self.refresh(ctx)
+        self.refresh(ctx, {key: value}, _compared_view(ctx) if ctx.panel.state.base_view else None)
 
     # ------------------------------------------------------------------ clicks
 
@@ -200,13 +212,13 @@ class AttributeComparisonPanel(foo.Panel):
         return types.Property(panel, view=types.GridView(orientation="vertical", gap=2))
 
 
-def _realness(ctx) -> tuple[dict, dict]:
+def _realness(ctx, view) -> tuple[dict, dict]:
     """The realness_nll histogram per source, as (panel state, panel data) entries; empty bins
     and no chart when the dataset has not been scored."""
     from fiftyone_plugin.outliers import SCORE_FIELD
     from fiftyone_plugin.views import score_histograms
 
-    hist = score_histograms(ctx.view, SCORE_FIELD) if SCORE_FIELD in ctx.dataset.get_field_schema() else None
+    hist = score_histograms(view, SCORE_FIELD) if SCORE_FIELD in ctx.dataset.get_field_schema() else None
     if not hist:
         return {"realness_edges": None, "realness_sources": []}, {}
     edges = hist["edges"]

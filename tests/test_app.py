@@ -115,6 +115,14 @@ def _drive(page, ds, session, url):
     assert set(session.view.values("source")) == {"real-faces"}
     assert {c[0] for c in session.view.values(labels.CODE_FIELD)} == {"p"}
 
+    # a control recomputes the compared view (both sources), not the drill-down's real faces:
+    # binary states leave undefined out, and the drill-down stays
+    page.get_by_text("three", exact=True).first.click()
+    page.get_by_role("option", name="binary").click()
+    page.get_by_text("states: positive/negative, alpha").wait_for(timeout=60_000)
+    text = page.inner_text("body")
+    assert "synth-faces (synthetic, 12 labelled)" in text and "Male = positive" in text
+
     # the panel follows the App's view: without one real identity, 12 real faces are counted
     session.view = ds.match(F("identity") != "real-faces-0")
     page.get_by_text("real-faces (real, 12 labelled)").wait_for(timeout=60_000)
