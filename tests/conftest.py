@@ -59,3 +59,13 @@ def dataset_name():
 def cli_env() -> dict[str, str]:
     """Environment for `faceaudit` subprocesses: the same database and plugins as the tests."""
     return dict(os.environ)
+
+
+@pytest.fixture
+def collection():
+    """A scratch MongoDB collection in FiftyOne's database, dropped after the test."""
+    import fiftyone.core.odm as foo_db
+
+    coll = foo_db.get_db_conn()[f"scratch-{uuid.uuid4().hex[:8]}"]
+    yield coll
+    coll.drop()

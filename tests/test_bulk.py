@@ -3,21 +3,10 @@ document is updated exactly once, whatever the slicing, and nothing else is touc
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from pymongo import UpdateOne
 
 from fiftyone_plugin import bulk
-
-
-@pytest.fixture
-def collection():
-    import fiftyone.core.odm as foo_db
-
-    coll = foo_db.get_db_conn()[f"bulk-{uuid.uuid4().hex[:8]}"]
-    yield coll
-    coll.drop()
 
 
 @pytest.mark.parametrize("n, parts", [(0, 2), (100, 2), (25_000, 1), (25_000, 2), (25_000, 3)])

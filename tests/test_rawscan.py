@@ -4,22 +4,11 @@ not of the promised size is refused."""
 
 from __future__ import annotations
 
-import uuid
-
 import bson
 import numpy as np
 import pytest
 
 from fiftyone_plugin import rawscan
-
-
-@pytest.fixture
-def collection():
-    import fiftyone.core.odm as foo_db
-
-    coll = foo_db.get_db_conn()[f"rawscan-{uuid.uuid4().hex[:8]}"]
-    yield coll
-    coll.drop()
 
 
 SIZE = len(bson.encode({"c": "p" * 47}))  # 60 bytes

@@ -91,6 +91,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(report.summary())
     import fiftyone as fo
 
+    from fiftyone_plugin import outliers
     from fiftyone_plugin.annotate import iter_annotate
     from fiftyone_plugin.compare import compute_comparison, store_comparison
 
@@ -106,8 +107,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
     _, result = compute_comparison(dataset)
     store_comparison(dataset, result)
-    from fiftyone_plugin import outliers
-
     outliers.score_realness(dataset)
     flagged = outliers.flag_outliers(dataset, top=DEMO_OUTLIERS)
     print(f"{flagged} synthetic faces real data explains least tagged '{outliers.OUTLIER_TAG}' "
