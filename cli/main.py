@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from .presets import PRESETS
+from faceaudit.presets import PRESETS
 
 DEFAULT_DATASET = "faces"  # fiftyone_plugin.schema.DEFAULT_DATASET, without importing FiftyOne
 
@@ -40,7 +40,7 @@ class _Bar:
 
 def _run(job, unit: str, quiet: bool):
     """Drive a progress-yielding core job with a tqdm bar on stderr; returns its result."""
-    from .progress import drive
+    from faceaudit.progress import drive
 
     bar = _Bar(unit, quiet)
     try:
@@ -84,7 +84,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The whole pipeline on real demo faces: load, annotate (offline age/gender models),
     compare real vs the demo's stand-in synthetic source, write an HTML report, tag the
     synthetic faces real data explains least."""
-    from .demo import DEMO_SOURCES, write_demo_faces
+    from faceaudit.demo import DEMO_SOURCES, write_demo_faces
 
     for folder, (source, domain) in zip(write_demo_faces(args.dir), DEMO_SOURCES):
         report = _load(folder, args.quiet, source=source, domain=domain, dataset_name=args.dataset)
@@ -95,8 +95,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from fiftyone_plugin.annotate import iter_annotate
     from fiftyone_plugin.compare import compute_comparison, store_comparison
 
-    from . import report as reports
-    from .progress import drive
+    from faceaudit import report as reports
+    from faceaudit.progress import drive
 
     dataset = fo.load_dataset(args.dataset)
     try:
@@ -145,7 +145,7 @@ def cmd_export_labels(args: argparse.Namespace) -> int:
 
 
 def cmd_train_mac(args: argparse.Namespace) -> int:
-    from .training import iter_train
+    from faceaudit.training import iter_train
 
     config = {}
     if args.embedding_size:
@@ -183,7 +183,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from fiftyone_plugin.compare import compute_comparison, store_comparison
 
-    from . import report
+    from faceaudit import report
 
     dataset = _open_dataset(args.dataset)
     _, result = compute_comparison(dataset, states=args.states, alpha=args.alpha,
