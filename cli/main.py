@@ -68,12 +68,14 @@ def cmd_load(args: argparse.Namespace) -> int:
         extract_to=args.extract_to,
         limit=args.limit,
         check_images=not args.no_check_images,
+        max_pixels=args.max_pixels,
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(report.description)
         print(report.summary())
+        print("\n".join(report.details()) or "", end="\n" if report.details() else "")
     return 0
 
 
@@ -255,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--limit", type=int, help="load at most N images")
     load.add_argument("--no-check-images", action="store_true",
                       help="do not read file headers/trailers to find damaged images")
+    load.add_argument("--max-pixels", type=int, metavar="N",
+                      help="images over N pixels (width x height) are tagged unreadable, not decoded "
+                           "(default: 40000000)")
     load.add_argument("--json", action="store_true", help="print the load report as JSON")
     load.add_argument("--quiet", action="store_true", help="no progress bar")
     load.set_defaults(func=cmd_load)

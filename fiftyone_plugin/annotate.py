@@ -13,7 +13,6 @@ from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 
 import fiftyone as fo
-from fiftyone import ViewField as F
 
 from faceaudit.attributes import ATTRIBUTES
 from faceaudit.progress import Progress
@@ -61,7 +60,7 @@ def select_view(dataset: fo.Dataset, view=None, source: str | None = None):
     view = dataset.view() if view is None else view
     if source is not None:
         schema.source_root(dataset, source)  # a clear error for an unknown source
-        view = view.match(F(schema.SOURCE) == source)
+        view = view.match(schema.source_is(source))
     return view
 
 

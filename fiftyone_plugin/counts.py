@@ -72,7 +72,7 @@ def scan_view(view, sources: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """
     pipeline = list(view._pipeline()) + [{"$project": {
         "_id": 0,
-        "s": {"$indexOfArray": [sources, "$" + schema.SOURCE]},
+        "s": {"$indexOfArray": [schema.literal(sources), "$" + schema.SOURCE]},
         "c": {"$ifNull": ["$" + labels.CODE_FIELD, _UNLABELLED]},
     }}]
     coll = view._dataset._sample_collection
@@ -158,7 +158,7 @@ def _sources_all_known(dataset, info: dict) -> bool:
 
 
 def _domain_of(view, source: str) -> str | None:
-    domains = view.match(F(schema.SOURCE) == source).distinct(schema.DOMAIN)
+    domains = view.match(schema.source_is(source)).distinct(schema.DOMAIN)
     return domains[0] if len(domains) == 1 else None
 
 

@@ -10,9 +10,18 @@ This reaches below FiftyOne's public API (``dataset._sample_collection``); the f
 through the public API first, so FiftyOne sees a normal dataset afterwards.
 
 Idempotence: before each chunk is written, the chunk's file paths already in the source are
-looked up (indexed ``filepath``) and left out, so loading a source twice, or re-running a load that
-was killed, adds exactly the missing samples. Each chunk is written whole or, if the process dies in
+looked up and left out, so loading a source twice, or re-running a load that was killed, adds
+exactly the missing samples. Each chunk is written whole or, if the process dies in
 ``insert_many``, partly: every written document is complete either way.
+
+Concurrent loads: a unique index on ``(source, filepath)`` (see :mod:`.schema`) makes the database
+the judge. Two loads of the same folder at the same time both look up, both insert (unordered);
+the documents the other load wrote first fail with duplicate-key errors, which are counted as
+already present. Each file ends up exactly once, and each load reports what it wrote itself.
+
+Bad entries never stop a load: the reader leaves out what it cannot read (counted and named by
+reason in the report), and image files that cannot be used (damaged, empty, too many pixels) are
+loaded tagged ``unreadable`` with the reason.
 """
 
 from __future__ import annotations
@@ -20,13 +29,16 @@ from __future__ import annotations
 import os
 from collections.abc import Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from functools import partial
 
+from pymongo.errors import BulkWriteError
 
-from faceaudit.images import check_image_file
+from faceaudit import params
+from faceaudit.images import DEFAULT_MAX_PIXELS, check_image_file
 from faceaudit.presets import DOMAINS, get_preset
 from faceaudit.progress import Progress, drive
-from faceaudit.readers import FaceRecord, LayoutError, Scan, scan
+from faceaudit.readers import FaceRecord, LayoutError, Scan, Tally, scan
 
 from . import schema
 from .bulk import fiftyone_rand, new_object_ids
@@ -54,6 +66,11 @@ class LoadReport:
     already_present: int = 0  # records whose file path was already in the dataset
     unreadable: int = 0  # added, but tagged 'unreadable'
     skipped_non_image: int = 0  # files that are not images, left out
+    skipped: int = 0  # entries that could not be read (loops, locked folders, bad names), left out
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    #: ``[{"reason", "count", "examples"}]``: the entries left out, and the added ones tagged
+    skipped_entries: list[dict] = field(default_factory=list)
+    unreadable_entries: list[dict] = field(default_factory=list)
 
     def summary(self) -> str:
         text = (
@@ -64,7 +81,18 @@ class LoadReport:
             text += f", {self.unreadable} unreadable (tagged '{schema.UNREADABLE_TAG}')"
         if self.skipped_non_image:
             text += f", {self.skipped_non_image} non-image files skipped"
+        if self.skipped:
+            text += f", {self.skipped} entries skipped (could not be read)"
         return text + f" -> dataset '{self.dataset}'"
+
+    def details(self) -> list[str]:
+        """One line per reason an entry was skipped or tagged, with a few example paths."""
+        lines = []
+        for what, groups in (("skipped", self.skipped_entries), ("tagged unreadable", self.unreadable_entries)):
+            for g in groups:
+                lines.append(f"  {what}: {g['count']} x {g['reason']}: {', '.join(g['examples'])}"
+                             + (", ..." if g["count"] > len(g["examples"]) else ""))
+        return lines
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,13 +101,15 @@ class LoadReport:
 def resolve_options(
     source: str | None, domain: str | None, format: str | None, preset: str | None
 ) -> tuple[str, str, str]:
-    """Fill source name, domain and format from a preset; explicit options win. Validates them."""
+    """Fill source name, domain and format from a preset; explicit options win. Validates them
+    (names by :func:`faceaudit.params.name`: no ``$`` start, no control characters)."""
     if preset:
         p = get_preset(preset)
         source, domain, format = source or p.source, domain or p.domain, format or p.format
     format = format or "auto"
     if not source or not source.strip() or source != source.strip():
         raise LoadError(f"source name {source!r} is empty or has surrounding spaces: give --source NAME")
+    source = params.name("source", source)
     if domain not in DOMAINS:
         raise LoadError(f"domain {domain!r} is not one of {', '.join(DOMAINS)}: give --domain real|synthetic")
     return source, domain, format
@@ -95,15 +125,19 @@ def iter_load(
     extract_to: str | None = None,
     limit: int | None = None,
     check_images: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Generator[Progress, None, LoadReport]:
     """Load the face dataset at ``path`` as ``source``; yields progress, returns a report.
 
     Raises :class:`LoadError` (bad options), :class:`faceaudit.readers.LayoutError` or
     :class:`faceaudit.recordio.RecordIOError` (bad files) before anything is written when the
     problem is visible up front; a problem found later leaves every already written sample whole,
-    and a rerun continues where the failed run stopped.
+    and a rerun continues where the failed run stopped. Images over ``max_pixels`` pixels are
+    tagged ``unreadable``.
     """
     source, domain, format = resolve_options(source, domain, format, preset)
+    dataset_name = params.name("dataset", dataset_name)
+    max_pixels = params.max_pixels(max_pixels)
     if limit is not None and limit <= 0:
         raise LoadError(f"--limit must be positive, got {limit}")
     found = scan(path, format, extract_to)
@@ -111,25 +145,33 @@ def iter_load(
     dataset = schema.open_dataset(dataset_name)
     _check_source_compatible(dataset, source, domain, found.root)
 
-    report = LoadReport(dataset.name, source, domain, found.format, found.root, found.description)
+    report = LoadReport(dataset.name, source, domain, found.format, found.root, found.description,
+                        max_pixels=max_pixels)
 
     def register_source() -> None:  # before the first write, so a killed load knows its root
         schema.record_source(dataset, source, root=found.root, domain=domain, format=found.format)
 
     yield Progress(0, len(found.units), found.description)
-    with _ChunkWriter(dataset, source, domain, check_images, report, register_source) as writer:
+    with _ChunkWriter(dataset, source, domain, check_images, report, register_source, max_pixels) as writer:
         for done, unit in enumerate(found.units, 1):
             for record in found.iter_records(unit):
                 writer.add(record)
                 if limit is not None and report.found >= limit:
                     break
-            report.skipped_non_image = found.stats.skipped_non_image
+            _take_stats(report, found)
             yield Progress(done, len(found.units), f"{report.found} images, {report.added + len(writer.pending)} new")
             if limit is not None and report.found >= limit:
                 break
         writer.flush()
+    _take_stats(report, found)
     _finish(dataset, found, report)
     return report
+
+
+def _take_stats(report: LoadReport, found: Scan) -> None:
+    report.skipped_non_image = found.stats.skipped_non_image
+    report.skipped = found.stats.problems.total
+    report.skipped_entries = found.stats.problems.to_list()
 
 
 def load_face_dataset(path: str, progress=None, **options) -> LoadReport:
@@ -142,6 +184,7 @@ def add_records(
 ) -> LoadReport:
     """Write already-listed records as samples of ``source`` (no scan, no progress): the bulk
     path that :func:`iter_load` uses, for callers that bring their own records."""
+    source = params.name("source", source)
     schema.ensure_schema(dataset)
     report = LoadReport(dataset.name, source, domain, "records", "", "records given by the caller")
     with _ChunkWriter(dataset, source, domain, check_images, report, None) as writer:
@@ -169,9 +212,10 @@ def _check_source_compatible(dataset, source: str, domain: str, root: str) -> No
 def _finish(dataset, found: Scan, report: LoadReport) -> None:
     if report.found == 0:
         raise LayoutError(f"{found.root}: no image files found ({found.description})")
-    dataset.reload()
-    count = dataset.match({schema.SOURCE: report.source}).count() if report.added else None
-    if count is not None:
+    if report.added or report.already_present:
+        # every file of this load is in the database now (written by this load or by one
+        # running beside it), so this count is complete whichever load finishes last
+        count = dataset._sample_collection.count_documents({schema.SOURCE: report.source})
         schema.record_source(dataset, report.source, count=count)
 
 
@@ -184,7 +228,10 @@ class _ChunkWriter:
     load that was stopped): a first load of a source pays nothing for idempotence.
     """
 
-    def __init__(self, dataset, source, domain, check_images, report: LoadReport, before_first_write):
+    def __init__(self, dataset, source, domain, check_images, report: LoadReport, before_first_write,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        self.check = partial(check_image_file, max_pixels=max_pixels)
+        self.unreadable = Tally()
         self.collection = dataset._sample_collection
         self.dataset_id = dataset._doc.id
         self.source, self.domain = source, domain
@@ -215,7 +262,7 @@ class _ChunkWriter:
         if self.before_first_write is not None:
             self.before_first_write()
             self.before_first_write = None
-        self.in_flight = self.insert_pool.submit(self._insert, docs)
+        self.in_flight = self.insert_pool.submit(_insert_new, self.collection, docs)
 
     def __enter__(self) -> _ChunkWriter:
         return self
@@ -233,9 +280,19 @@ class _ChunkWriter:
                 self.check_pool.shutdown()
 
     def _wait(self) -> None:
-        if self.in_flight is not None:
-            self.report.added += self.in_flight.result()
-            self.in_flight = None
+        """Count what the chunk in flight wrote: documents another load wrote first are
+        already present, and only the written ones count as added or unreadable."""
+        if self.in_flight is None:
+            return
+        docs, duplicates = self.in_flight.result()
+        self.in_flight = None
+        self.report.added += len(docs) - len(duplicates)
+        self.report.already_present += len(duplicates)
+        for k, doc in enumerate(docs):
+            if schema.IMAGE_ISSUE in doc and k not in duplicates:
+                self.unreadable.add(doc[schema.IMAGE_ISSUE].split(":", 1)[0], doc["filepath"])
+        self.report.unreadable = self.unreadable.total
+        self.report.unreadable_entries = self.unreadable.to_list()
 
     def _drop_existing(self, records: list[FaceRecord]) -> list[FaceRecord]:
         if not self.source_has_samples:
@@ -248,7 +305,7 @@ class _ChunkWriter:
     def _problems(self, records: list[FaceRecord]) -> Iterable[str | None]:
         if self.check_pool is None:
             return [None] * len(records)
-        return self.check_pool.map(check_image_file, [r.filepath for r in records], chunksize=64)
+        return self.check_pool.map(self.check, [r.filepath for r in records], chunksize=64)
 
     def _documents(self, records: list[FaceRecord]) -> list[dict]:
         now = schema.utc_now()
@@ -277,10 +334,21 @@ class _ChunkWriter:
             else:
                 doc["tags"] = [schema.UNREADABLE_TAG]
                 doc[schema.IMAGE_ISSUE] = problem
-                self.report.unreadable += 1
             docs.append(doc)
         return docs
 
-    def _insert(self, docs: list[dict]) -> int:
-        self.collection.insert_many(docs, ordered=False)
-        return len(docs)
+
+DUPLICATE_KEY = 11000
+
+
+def _insert_new(collection, docs: list[dict]) -> tuple[list[dict], set[int]]:
+    """Insert ``docs`` (unordered: one duplicate does not stop the rest); returns them and the
+    positions of those refused as duplicates (another load wrote the same file first)."""
+    try:
+        collection.insert_many(docs, ordered=False)
+    except BulkWriteError as e:
+        errors = e.details.get("writeErrors", [])
+        if e.details.get("writeConcernErrors") or any(err.get("code") != DUPLICATE_KEY for err in errors):
+            raise
+        return docs, {err["index"] for err in errors}
+    return docs, set()

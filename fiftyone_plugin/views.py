@@ -19,14 +19,14 @@ def attribute_state_view(view, source: str, attribute: str, state: str):
         raise ValueError(f"unknown state {state!r}: positive, negative or undefined")
     j = ATTRIBUTES.index(attribute)
     return view.match(
-        (F(schema.SOURCE) == source)
+        schema.source_is(source)
         & (F(labels.CODE_FIELD).substr(start=j, count=1) == STATE_CHARS[state])
     )
 
 
 def score_range_view(view, source: str, field: str, low: float, high: float):
     """The samples of ``view`` from ``source`` with ``low <= field < high``."""
-    return view.match((F(schema.SOURCE) == source) & (F(field) >= low) & (F(field) < high))
+    return view.match(schema.source_is(source) & (F(field) >= low) & (F(field) < high))
 
 
 def score_histograms(view, field: str, bins: int = 30) -> dict | None:
@@ -41,6 +41,6 @@ def score_histograms(view, field: str, bins: int = 30) -> dict | None:
     edges = np.linspace(low, high, bins + 1).tolist()
     result = {}
     for source in sorted(s for s in view.distinct(schema.SOURCE) if s is not None):
-        counts, _, _ = view.match(F(schema.SOURCE) == source).histogram_values(field, bins=bins, range=[low, high])
+        counts, _, _ = view.match(schema.source_is(source)).histogram_values(field, bins=bins, range=[low, high])
         result[source] = list(counts)
     return {"edges": edges, "counts": result}

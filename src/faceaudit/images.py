@@ -5,12 +5,18 @@ loader only reads a file's first and last bytes: the magic number says what the 
 end-of-image marker (JPEG ``FFD9``, PNG ``IEND``) or the container's size field (BMP, WebP)
 tells a truncated download from a complete one. Anything that fails is still loaded, but tagged,
 so that inference skips it and the user can find it.
+
+The image's dimensions are read from its header too (PNG ``IHDR``, a JPEG's frame header, BMP's
+info header, WebP's frame header; nothing is decoded): a small file can declare a huge image (a
+decompression bomb: 875 KB of PNG that decodes to 30,000 x 30,000 pixels, 2.7 GB of RGB), so an
+image over :data:`DEFAULT_MAX_PIXELS` (adjustable) is tagged at load and refused by the decoder.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 
 #: File name extensions treated as images when walking folders (lower case).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
@@ -18,6 +24,11 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"IEND\xaeB`\x82"
 _TAIL_BYTES = 64  # some writers pad JPEGs after the EOI marker
+_HEAD_BYTES = 32  # enough for the PNG, BMP and WebP headers' dimensions
+
+#: The largest image (width x height) loaded and decoded by default: 40 megapixels, far above
+#: any face crop, and 120 MB once decoded to RGB. ``--max-pixels`` changes it.
+DEFAULT_MAX_PIXELS = 40_000_000
 
 
 def is_image_name(name: str) -> bool:
@@ -57,17 +68,114 @@ def image_problem(head: bytes, tail: bytes, size: int) -> str | None:
     return None
 
 
-def check_image_file(path: str) -> str | None:
-    """Read the first and last bytes of ``path`` and return what is wrong with it, or None."""
+def check_image_file(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> str | None:
+    """Read the first and last bytes of ``path`` (and, for JPEG, its segment headers) and
+    return what is wrong with it, or None. ``max_pixels`` None: no pixel limit."""
     try:
         with open(path, "rb") as f:
-            head = f.read(16)
+            head = f.read(_HEAD_BYTES)
             size = os.fstat(f.fileno()).st_size
             if size > _TAIL_BYTES:
                 f.seek(size - _TAIL_BYTES)
             else:
                 f.seek(0)
             tail = f.read(_TAIL_BYTES)
+            problem = image_problem(head, tail, size)
+            if problem is None and max_pixels is not None:
+                problem = pixels_problem(image_size(_file_reader(f)), max_pixels)
     except OSError as e:
         return f"unreadable ({e.strerror or e})"
-    return image_problem(head, tail, size)
+    return problem
+
+
+# ----------------------------------------------------------------------------- dimensions
+
+Reader = Callable[[int, int], bytes]  # read(offset, n) -> at most n bytes from offset
+
+
+def _file_reader(f) -> Reader:
+    def read(offset: int, n: int) -> bytes:
+        f.seek(offset)
+        return f.read(n)
+    return read
+
+
+def buffer_reader(data) -> Reader:
+    """A :data:`Reader` over bytes or anything with the buffer protocol (a numpy array)."""
+    view = memoryview(data).cast("B")
+    return lambda offset, n: bytes(view[offset:offset + n])
+
+
+def image_size(read: Reader) -> tuple[int, int] | None:
+    """``(width, height)`` as the image's header declares it, or None when the header does not
+    say (an unknown format, a damaged header). Reads a few bytes; decodes nothing."""
+    head = read(0, _HEAD_BYTES)
+    fmt = sniff_format(head)
+    if fmt == "jpeg":
+        return _jpeg_size(read)
+    if len(head) < 30:
+        return None
+    if fmt == "png" and head[12:16] == b"IHDR":
+        return struct.unpack(">II", head[16:24])
+    if fmt == "bmp":
+        if struct.unpack("<I", head[14:18])[0] == 12:  # OS/2 BITMAPCOREHEADER
+            return struct.unpack("<HH", head[18:22])
+        width, height = struct.unpack("<ii", head[18:26])
+        return abs(width), abs(height)  # a negative height means top-down rows
+    if fmt == "webp":
+        return _webp_size(head)
+    return None
+
+
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    kind = head[12:16]
+    if kind == b"VP8 " and head[23:26] == b"\x9d\x01\x2a":
+        width, height = struct.unpack("<HH", head[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if kind == b"VP8L" and head[20] == 0x2F:
+        bits = struct.unpack("<I", head[21:25])[0]
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8X":
+        return int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
+    return None
+
+
+_JPEG_STANDALONE = {0x01, 0xD8, *range(0xD0, 0xD8)}  # markers without a length field
+_JPEG_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers (DHT, JPG, DAC are not)
+
+
+def _jpeg_size(read: Reader) -> tuple[int, int] | None:
+    """Walk a JPEG's segment headers (skipping their bodies) to its frame header."""
+    pos = 2
+    for _ in range(10_000):  # a real JPEG has a few dozen segments before its frame header
+        marker = read(pos, 4)
+        if len(marker) < 4 or marker[0] != 0xFF:
+            return None
+        if marker[1] == 0xFF:  # fill byte
+            pos += 1
+        elif marker[1] in _JPEG_STANDALONE:
+            pos += 2
+        elif marker[1] in _JPEG_SOF:
+            frame = read(pos + 5, 4)
+            if len(frame) < 4:
+                return None
+            height, width = struct.unpack(">HH", frame)
+            return width, height
+        elif marker[1] in (0xD9, 0xDA):  # end of image, or scan data before any frame header
+            return None
+        else:
+            pos += 2 + int.from_bytes(marker[2:4], "big")
+    return None
+
+
+def pixels_problem(size: tuple[int, int] | None, max_pixels: int) -> str | None:
+    """Why an image of ``size`` (width, height) is refused under ``max_pixels``, or None."""
+    if size is None:
+        return None
+    width, height = size
+    if width == 0 or height == 0:
+        return f"image without pixels: {width} x {height}"
+    if width * height > max_pixels:
+        return (f"too many pixels: {width} x {height} = {width * height:,}, over the limit of "
+                f"{max_pixels:,} (--max-pixels)")
+    return None

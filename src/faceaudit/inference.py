@@ -9,6 +9,9 @@
 * Grayscale, RGBA, CMYK and 16-bit images are converted to 8-bit RGB; images of another size are
   resized to the model's input (faces are expected aligned, as the datasets ship them). A file
   that cannot be decoded is reported with its reason and skipped, never a crash.
+* An image whose header declares more than ``max_pixels`` pixels (a decompression bomb, or a file
+  replaced after it was loaded) is refused before it is decoded. BMP, which torchvision does not
+  decode, is decoded with Pillow.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode
 from torchvision.transforms.v2 import functional as TF
 
-from .images import sniff_format
+from .images import DEFAULT_MAX_PIXELS, buffer_reader, image_size, pixels_problem, sniff_format
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -65,15 +68,32 @@ def fit(image: torch.Tensor, size: int) -> torch.Tensor:
 
 def decode_file_bytes(data: torch.Tensor, size: int) -> torch.Tensor:
     """Encoded bytes -> ``(3, size, size)`` uint8 on the CPU."""
+    if sniff_format(bytes(data[:16].tolist())) == "bmp":
+        return fit(_decode_with_pillow(data), size)
     image = torchvision.io.decode_image(data, mode=ImageReadMode.RGB)
     return fit(to_rgb_uint8(image), size)
 
 
-class ImageFiles(Dataset):
-    """Items ``(index, image or encoded JPEG bytes, error)`` for a list of file paths."""
+def _decode_with_pillow(data: torch.Tensor) -> torch.Tensor:
+    """Formats torchvision cannot decode (BMP) -> ``(3, H, W)`` uint8 RGB."""
+    import io
 
-    def __init__(self, paths: Sequence[str], size: int, jpeg_bytes_only: bool = False):
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
+        rgb = np.asarray(image.convert("RGB"))
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
+
+
+class ImageFiles(Dataset):
+    """Items ``(index, image or encoded JPEG bytes, error)`` for a list of file paths.
+
+    Images whose header declares more than ``max_pixels`` pixels are refused undecoded."""
+
+    def __init__(self, paths: Sequence[str], size: int, jpeg_bytes_only: bool = False,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         self.paths, self.size, self.jpeg_bytes_only = list(paths), size, jpeg_bytes_only
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -81,6 +101,9 @@ class ImageFiles(Dataset):
     def __getitem__(self, i: int):
         try:
             data = torchvision.io.read_file(self.paths[i])
+            too_big = pixels_problem(image_size(buffer_reader(data.numpy())), self.max_pixels)
+            if too_big is not None:
+                return i, None, too_big
             if self.jpeg_bytes_only and sniff_format(bytes(data[:16].tolist())) == "jpeg":
                 return i, data, None  # decoded on the GPU by the main process
             return i, decode_file_bytes(data, self.size), None
@@ -111,7 +134,9 @@ class Engine:
     """Runs a :class:`faceaudit.model.MAC` over image files in batches."""
 
     def __init__(self, model, device: str = "auto", batch_size: int = 256, workers: int | None = None,
-                 passes: int | None = None, threshold: float | None = None, gpu_decode: bool | None = None):
+                 passes: int | None = None, threshold: float | None = None, gpu_decode: bool | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.max_pixels = max_pixels
         self.device = resolve_device(device)
         self.cuda = self.device.type == "cuda"
         self.batch_size, self.passes, self.threshold = batch_size, passes, threshold
@@ -124,7 +149,7 @@ class Engine:
 
     def loader(self, paths: Sequence[str]) -> DataLoader:
         return DataLoader(
-            ImageFiles(paths, self.size, jpeg_bytes_only=self.gpu_decode),
+            ImageFiles(paths, self.size, jpeg_bytes_only=self.gpu_decode, max_pixels=self.max_pixels),
             batch_size=self.batch_size,
             num_workers=self.workers,
             collate_fn=_collate,

@@ -198,3 +198,17 @@ def shard(value: Any, env: dict[str, str] | None = None, param: str = "shard") -
     if index >= count:
         raise ParamError(param, f"shard index must be below the shard count: {index}/{count}")
     return index, count
+
+
+# ----------------------------------------------------------------------------- loading (helper loadsafe)
+
+
+def max_pixels(value: Any, default: int | None = None, param: str = "max_pixels") -> int:
+    """The largest image (width x height) a load accepts and the decoder decodes: at least 1;
+    blank: ``faceaudit.images.DEFAULT_MAX_PIXELS`` (40 megapixels)."""
+    from .images import DEFAULT_MAX_PIXELS
+
+    return to_int(param, value, DEFAULT_MAX_PIXELS if default is None else default, minimum=1)
+
+
+__all__ += ["max_pixels"]

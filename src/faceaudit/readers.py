@@ -20,7 +20,9 @@ Pure Python and numpy-free: nothing here imports FiftyOne or torch.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -46,17 +48,45 @@ class FaceRecord:
     group: str | None
 
 
+class Tally:
+    """Entries counted by reason, with a few example paths per reason (printable, shortened)."""
+
+    EXAMPLES = 5
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.examples: dict[str, list[str]] = {}
+
+    def add(self, reason: str, path: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        examples = self.examples.setdefault(reason, [])
+        if len(examples) < self.EXAMPLES:
+            examples.append(display_path(path))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def to_list(self) -> list[dict]:
+        """``[{"reason", "count", "examples"}]``, the most frequent reason first."""
+        return [{"reason": r, "count": n, "examples": list(self.examples[r])}
+                for r, n in sorted(self.counts.items(), key=lambda item: -item[1])]
+
+
 @dataclass
 class ScanStats:
-    """Counts gathered while expanding units: files that were not images are skipped."""
+    """Counts gathered while listing and expanding units: files that are not images, and
+    entries that cannot be read (``problems``: a loop, a locked folder, an undecodable name...);
+    both are left out of the load, never a reason to stop it."""
 
     skipped_non_image: int = 0
     skipped_examples: list[str] = field(default_factory=list)
+    problems: Tally = field(default_factory=Tally)
 
     def skip(self, path: str) -> None:
         self.skipped_non_image += 1
         if len(self.skipped_examples) < 5:
-            self.skipped_examples.append(path)
+            self.skipped_examples.append(display_path(path))
 
 
 @dataclass(frozen=True)
@@ -100,7 +130,7 @@ class Scan:
     def iter_records(self, unit: Unit) -> Iterator[FaceRecord]:
         """Expand one unit into records, counting skipped non-image files in ``self.stats``."""
         if isinstance(unit, FolderUnit):
-            for path in _walk_files(unit.directory):
+            for path in _walk_files(unit.directory, self.stats):
                 if is_image_name(path):
                     yield FaceRecord(path, unit.identity, unit.group)
                 else:
@@ -119,40 +149,131 @@ class Scan:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _walk_files(directory: str) -> Iterator[str]:
-    """All files under ``directory``, sorted within each folder, following no symlinked dirs."""
+#: Why an entry of a folder is left out of a load (the report groups entries by these).
+SYMLINKED_FOLDER = "symbolic link to a folder (not followed)"
+BROKEN_LINK = "broken symbolic link"
+NOT_UTF8 = "name is not valid UTF-8"
+TOO_LONG = "path longer than the system limit"
+_ERRNO_REASONS = {
+    errno.ELOOP: "symbolic link loop",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENAMETOOLONG: TOO_LONG,
+}
+try:
+    PATH_MAX = os.pathconf("/", "PC_PATH_MAX")
+except (OSError, ValueError, AttributeError):
+    PATH_MAX = 4096
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def display_path(path: str, limit: int = 160) -> str:
+    """``path`` as printable text: undecodable bytes and control characters escaped
+    (``\\xe9``), and the middle of a very long path left out."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    if len(text) > limit:
+        text = f"{text[:limit // 3]}...({len(text)} characters)...{text[-(limit // 2):]}"
+    return text
+
+
+def _os_reason(error: OSError) -> str:
+    return _ERRNO_REASONS.get(error.errno, f"cannot read ({error.strerror or error})")
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept by Python as lone surrogates
+        return False
+    return True
+
+
+def _entries(directory: str, stats: ScanStats) -> list[os.DirEntry]:
+    """The entries of ``directory`` sorted by name; a folder that cannot be listed is counted
+    in ``stats`` and reads as empty."""
+    try:
+        with os.scandir(directory) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        stats.problems.add(_os_reason(e), directory)
+        return []
+
+
+def _kind(entry: os.DirEntry, stats: ScanStats) -> str | None:
+    """``"dir"`` or ``"file"``; None for an entry left out (counted in ``stats`` with its reason
+    when it is a problem). Symbolic links to files are followed; to folders, never: a link such
+    as ``up -> ..`` would otherwise walk the same images forever."""
+    if not _is_utf8(entry.name):
+        stats.problems.add(NOT_UTF8, entry.path)
+        return None
+    try:
+        if entry.is_symlink():
+            if entry.is_dir():  # follows the link: raises ELOOP for a loop
+                stats.problems.add(SYMLINKED_FOLDER, entry.path)
+                return None
+            if not entry.is_file():
+                stats.problems.add(BROKEN_LINK, entry.path)
+                return None
+            kind = "file"
+        elif entry.is_dir(follow_symlinks=False):
+            kind = "dir"
+        elif entry.is_file(follow_symlinks=False):
+            kind = "file"
+        else:
+            return None  # sockets, fifos, devices
+    except OSError as e:
+        stats.problems.add(_os_reason(e), entry.path)
+        return None
+    if kind == "file" and len(os.fsencode(entry.path)) >= PATH_MAX:
+        stats.problems.add(TOO_LONG, entry.path)
+        return None
+    return kind
+
+
+def _walk_files(directory: str, stats: ScanStats) -> Iterator[str]:
+    """All files under ``directory``, sorted within each folder, following no symlinked dirs;
+    entries that cannot be read are counted in ``stats`` and left out."""
     stack = [directory]
     while stack:
-        d = stack.pop()
-        try:
-            with os.scandir(d) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as e:
-            raise LayoutError(f"{d}: cannot list folder ({e.strerror or e})") from None
         subdirs = []
-        for e in entries:
-            if e.is_dir():
+        for e in _entries(stack.pop(), stats):
+            kind = _kind(e, stats)
+            if kind == "dir":
                 subdirs.append(e.path)
-            elif e.is_file():
+            elif kind == "file":
                 yield e.path
         stack.extend(reversed(subdirs))
 
 
-def _list_dir(path: str) -> tuple[list[os.DirEntry], list[os.DirEntry]]:
-    """(sub-folders, files) of ``path``, sorted by name; hidden entries are left out."""
-    with os.scandir(path) as it:
-        entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
-    return [e for e in entries if e.is_dir()], [e for e in entries if e.is_file()]
+def _list_dir(path: str, stats: ScanStats | None = None) -> tuple[list[os.DirEntry], list[os.DirEntry]]:
+    """(sub-folders, files) of ``path``, sorted by name; hidden entries are left out, and so
+    are entries that cannot be read (counted in ``stats``)."""
+    stats = ScanStats() if stats is None else stats
+    dirs, files = [], []
+    for e in _entries(path, stats):
+        if e.name.startswith("."):
+            continue
+        kind = _kind(e, stats)
+        if kind == "dir":
+            dirs.append(e)
+        elif kind == "file":
+            files.append(e)
+    return dirs, files
 
 
 def _has_images(path: str) -> bool:
-    """True if ``path`` directly holds an image file."""
+    """True if ``path`` directly holds an image file (a folder that cannot be read: False)."""
     return any(is_image_name(f.name) for f in _list_dir(path)[1])
 
 
 def _check_root(path: str) -> str:
+    if not _is_utf8(path):
+        raise LayoutError(f"{display_path(path)}: {NOT_UTF8}; rename it")
     if not os.path.exists(path):
-        raise LayoutError(f"{path}: no such file or folder")
+        raise LayoutError(f"{display_path(path)}: no such file or folder")
+    if os.path.isdir(path) and not os.access(path, os.R_OK | os.X_OK):
+        raise LayoutError(f"{display_path(path)}: cannot list folder (permission denied)")
     return os.path.abspath(path)
 
 
@@ -168,9 +289,9 @@ def scan_folders(path: str) -> Scan:
     """``<root>/<identity>/<images>``: one unit per identity folder."""
     root = _check_root(path)
     _require_dir(root, "folders")
-    dirs, files = _list_dir(root)
-    units: list[Unit] = [FolderUnit(d.path, d.name, None) for d in dirs]
     stats = ScanStats()
+    dirs, files = _list_dir(root, stats)
+    units: list[Unit] = [FolderUnit(d.path, d.name, None) for d in dirs]
     for f in files:  # files beside the identity folders belong to no identity
         stats.skip(f.path)
     if not units:
@@ -204,16 +325,17 @@ def scan_bupt(path: str) -> Scan:
         )
     units: list[Unit] = []
     races = []
+    stats = ScanStats()
     for race_root in race_roots:
-        for race in _list_dir(race_root)[0]:
+        for race in _list_dir(race_root, stats)[0]:
             races.append(race.name)
-            units.extend(FolderUnit(d.path, d.name, race.name) for d in _list_dir(race.path)[0])
+            units.extend(FolderUnit(d.path, d.name, race.name) for d in _list_dir(race.path, stats)[0])
     if not units:
         raise LayoutError(f"{root}: BUPT folder without identity folders under its race folders")
     subsets = ", ".join(os.path.basename(r) for r in race_roots)
     return Scan(
         "bupt", root, units,
-        f"BUPT ({subsets}): {len(units)} identities in races {', '.join(sorted(set(races)))}",
+        f"BUPT ({subsets}): {len(units)} identities in races {', '.join(sorted(set(races)))}", stats,
     )
 
 
@@ -222,14 +344,15 @@ def scan_nested(path: str) -> Scan:
     root = _check_root(path)
     _require_dir(root, "nested")
     units: list[Unit] = []
-    groups = _list_dir(root)[0]
+    stats = ScanStats()
+    groups = _list_dir(root, stats)[0]
     for g in groups:
-        units.extend(FolderUnit(d.path, d.name, g.name) for d in _list_dir(g.path)[0])
+        units.extend(FolderUnit(d.path, d.name, g.name) for d in _list_dir(g.path, stats)[0])
     if not units:
         raise LayoutError(
             f"{root}: no identity folders inside group folders (expected <root>/<group>/<identity>/<image>)"
         )
-    return Scan("nested", root, units, f"{len(units)} identity folders in {len(groups)} groups")
+    return Scan("nested", root, units, f"{len(units)} identity folders in {len(groups)} groups", stats)
 
 
 def scan_flat(path: str) -> Scan:
@@ -238,7 +361,7 @@ def scan_flat(path: str) -> Scan:
     _require_dir(root, "flat")
     stats = ScanStats()
     images = []
-    for p in _walk_files(root):
+    for p in _walk_files(root, stats):
         if is_image_name(p):
             images.append(p)
         else:
