@@ -194,11 +194,11 @@ def test_decoder_refuses_over_limit_images_and_reads_bmp(tmp_path, faces):
     from faceaudit.inference import ImageFiles
 
     big = tmp_path / "changed-after-load.png"
-    Image.new("L", (8000, 6000)).save(big)  # 48 megapixels: 144 MB once decoded
+    Image.new("L", (7000, 6000)).save(big)  # 42 megapixels: 126 MB once decoded
     (tmp_path / "face.bmp").write_bytes(bmp_bytes(faces, 3))
     files = ImageFiles([str(big), str(tmp_path / "face.bmp")], 112)
     _, image, error = files[0]
-    assert image is None and error.startswith("too many pixels: 8000 x 6000"), error
+    assert image is None and error.startswith("too many pixels: 7000 x 6000"), error
     _, image, error = files[1]
     assert error is None and tuple(image.shape) == (3, 112, 112)
     # GPU path (bytes only): the limit applies before the bytes leave the worker
@@ -247,42 +247,59 @@ def test_concurrent_loads_in_threads_add_each_file_once(tmp_path, faces, monkeyp
                 fo.delete_dataset(name)
 
 
-_STARTER = (
-    "import sys, time\n"
-    "import fiftyone_plugin.ingest\n"
-    "from faceaudit_cli import main\n"
-    "time.sleep(max(0.0, float(sys.argv[1]) - time.time()))\n"
-    "sys.exit(main(sys.argv[2:]))\n"
-)
+_STARTER = """
+import contextlib, os, sys, time
+import fiftyone_plugin.ingest
+from faceaudit_cli import main
+folder, me, rounds, args = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+for r in range(rounds):  # each round: say ready, wait for the go, so that both loads start together
+    open(os.path.join(folder, f"ready-{r}-{me}"), "w").close()
+    while not os.path.exists(os.path.join(folder, f"go-{r}")):
+        time.sleep(0.002)
+    with open(os.path.join(folder, f"out-{r}-{me}.json"), "w") as out, contextlib.redirect_stdout(out):
+        code = main([a.replace("ROUND", str(r)) for a in args])
+    if code:
+        sys.exit(code)
+"""
 
 
 def test_concurrent_load_commands_add_each_file_once(tmp_path, faces, cli_env):
-    n = faces.identity_tree(tmp_path, {f"id{i}": 20 for i in range(10)})
-    for round in range(2):
-        name = f"test-concurrent-cli-{os.getpid()}-{round}"
-        start = time.time() + 12  # both processes have imported FiftyOne by then
-        args = ["load", "--dataset", name, "--source", "s", "--domain", "real", "--json", "--quiet", str(tmp_path)]
-        procs = [subprocess.Popen([sys.executable, "-c", _STARTER, str(start), *args], env=cli_env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-        try:
-            outs = [p.communicate(timeout=300) for p in procs]
-            for p, (out, err) in zip(procs, outs):
-                assert p.returncode == 0 and "Traceback" not in err, err
-            _check_concurrent(name, n, [json.loads(out) for out, _ in outs])
-        finally:
-            if fo.dataset_exists(name):
-                fo.delete_dataset(name)
+    n = faces.identity_tree(tmp_path / "faces", {f"id{i}": 20 for i in range(10)})
+    sync, rounds, prefix = tmp_path / "sync", 3, f"test-concurrent-cli-{os.getpid()}"
+    sync.mkdir()
+    args = ["load", "--dataset", f"{prefix}-ROUND", "--source", "s", "--domain", "real", "--json", "--quiet",
+            str(tmp_path / "faces")]
+    procs = [subprocess.Popen([sys.executable, "-c", _STARTER, str(sync), str(k), str(rounds), *args], env=cli_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(2)]
+    try:
+        for r in range(rounds):
+            deadline = time.time() + 120
+            while not all((sync / f"ready-{r}-{k}").exists() for k in range(2)) and time.time() < deadline:
+                time.sleep(0.01)
+            (sync / f"go-{r}").touch()
+        outs = [p.communicate(timeout=300) for p in procs]
+        for p, (_, err) in zip(procs, outs):
+            assert p.returncode == 0 and "Traceback" not in err, err
+        for r in range(rounds):
+            reports = [json.loads((sync / f"out-{r}-{k}.json").read_text()) for k in range(2)]
+            _check_concurrent(f"{prefix}-{r}", n, reports)
+    finally:
+        for p in procs:
+            p.kill()
+        for r in range(rounds):
+            if fo.dataset_exists(f"{prefix}-{r}"):
+                fo.delete_dataset(f"{prefix}-{r}")
 
 
 # ----------------------------------------------------------------------------- 8.2 names with '$'
 
 
-def test_dollar_names_are_refused_before_anything_is_written(tmp_path, faces, dataset_name, cli_env):
+def test_dollar_names_are_refused_before_anything_is_written(tmp_path, faces, dataset_name, capsys):
+    from faceaudit_cli import main
+
     faces.identity_tree(tmp_path, {"a": 2})
-    proc = subprocess.run([FACEAUDIT, "load", "--dataset", dataset_name, "--source", "$source", "--domain",
-                           "real", str(tmp_path)], env=cli_env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == (
+    assert main(["load", "--dataset", dataset_name, "--source", "$source", "--domain", "real", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "faceaudit load: error: source: must not start with '$' (MongoDB reads it as a field path): '$source'")
     assert not fo.dataset_exists(dataset_name)
     with pytest.raises(ParamError, match="dataset: must not start with '\\$'"):
