@@ -273,7 +273,7 @@ def test_concurrent_load_commands_add_each_file_once(tmp_path, faces, cli_env):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(2)]
     try:
         for r in range(rounds):
-            deadline = time.time() + 120
+            deadline = time.time() + 60
             while not all((sync / f"ready-{r}-{k}").exists() for k in range(2)) and time.time() < deadline:
                 time.sleep(0.01)
             (sync / f"go-{r}").touch()

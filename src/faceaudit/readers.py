@@ -151,11 +151,12 @@ class Scan:
 
 #: Why an entry of a folder is left out of a load (the report groups entries by these).
 SYMLINKED_FOLDER = "symbolic link to a folder (not followed)"
+SYMLINK_LOOP = "symbolic link loop"
 BROKEN_LINK = "broken symbolic link"
 NOT_UTF8 = "name is not valid UTF-8"
 TOO_LONG = "path longer than the system limit"
 _ERRNO_REASONS = {
-    errno.ELOOP: "symbolic link loop",
+    errno.ELOOP: SYMLINK_LOOP,
     errno.EACCES: "permission denied",
     errno.EPERM: "permission denied",
     errno.ENAMETOOLONG: TOO_LONG,
@@ -200,17 +201,21 @@ def _entries(directory: str, stats: ScanStats) -> list[os.DirEntry]:
         return []
 
 
-def _kind(entry: os.DirEntry, stats: ScanStats) -> str | None:
+def _kind(entry: os.DirEntry, stats: ScanStats, follow_links: bool = False) -> str | None:
     """``"dir"`` or ``"file"``; None for an entry left out (counted in ``stats`` with its reason
-    when it is a problem). Symbolic links to files are followed; to folders, never: a link such
-    as ``up -> ..`` would otherwise walk the same images forever."""
+    when it is a problem). Symbolic links to files are followed; to folders, only where
+    ``follow_links`` says (the layout's fixed-depth identity and group folders, never in the
+    recursive walk: a link such as ``up -> ..`` would walk the same images forever), and never
+    to a folder that holds the link."""
     if not _is_utf8(entry.name):
         stats.problems.add(NOT_UTF8, entry.path)
         return None
     try:
         if entry.is_symlink():
             if entry.is_dir():  # follows the link: raises ELOOP for a loop
-                stats.problems.add(SYMLINKED_FOLDER, entry.path)
+                if follow_links and not _points_up(entry.path):
+                    return "dir"
+                stats.problems.add(SYMLINK_LOOP if follow_links else SYMLINKED_FOLDER, entry.path)
                 return None
             if not entry.is_file():
                 stats.problems.add(BROKEN_LINK, entry.path)
@@ -231,6 +236,12 @@ def _kind(entry: os.DirEntry, stats: ScanStats) -> str | None:
     return kind
 
 
+def _points_up(link: str) -> bool:
+    """True if the folder symlink ``link`` leads to the folder that holds it, or above."""
+    target, parent = os.path.realpath(link), os.path.realpath(os.path.dirname(link))
+    return parent == target or parent.startswith(target.rstrip(os.sep) + os.sep)
+
+
 def _walk_files(directory: str, stats: ScanStats) -> Iterator[str]:
     """All files under ``directory``, sorted within each folder, following no symlinked dirs;
     entries that cannot be read are counted in ``stats`` and left out."""
@@ -248,13 +259,14 @@ def _walk_files(directory: str, stats: ScanStats) -> Iterator[str]:
 
 def _list_dir(path: str, stats: ScanStats | None = None) -> tuple[list[os.DirEntry], list[os.DirEntry]]:
     """(sub-folders, files) of ``path``, sorted by name; hidden entries are left out, and so
-    are entries that cannot be read (counted in ``stats``)."""
+    are entries that cannot be read (counted in ``stats``). Symlinked sub-folders are followed
+    (a dataset assembled from links), unless they lead back up."""
     stats = ScanStats() if stats is None else stats
     dirs, files = [], []
     for e in _entries(path, stats):
         if e.name.startswith("."):
             continue
-        kind = _kind(e, stats)
+        kind = _kind(e, stats, follow_links=True)
         if kind == "dir":
             dirs.append(e)
         elif kind == "file":
