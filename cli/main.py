@@ -75,7 +75,8 @@ def cmd_load(args: argparse.Namespace) -> int:
     else:
         print(report.description)
         print(report.summary())
-        print("\n".join(report.details()) or "", end="\n" if report.details() else "")
+        for line in report.details():
+            print(line)
     return 0
 
 
