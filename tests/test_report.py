@@ -10,13 +10,13 @@ from __future__ import annotations
 import html
 import json
 import re
-import shutil
 import uuid
 from pathlib import Path
 
 import fiftyone as fo
 import pytest
 
+from browser import ARTIFACTS, in_chromium, require_chromium
 from faceaudit import report
 from faceaudit.progress import drive
 from fiftyone_plugin import outliers
@@ -27,11 +27,6 @@ from fiftyone_plugin.reporting import write_html_report
 
 HOSTILE = "<!--<script>"
 AGEGENDER = {"Male", "Young", "Middle_Aged", "Senior"}
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "test-artifacts"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
@@ -116,30 +111,21 @@ def test_embedded_json_cannot_end_the_script_element():
 
 
 def test_report_opens_offline_in_chromium_with_legends_clear_of_the_labels(reported):
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it as root)")
-    pytest.importorskip("playwright")
-    from playwright.sync_api import sync_playwright
-
+    require_chromium()
     _, result, path = reported
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        context = browser.new_context(viewport={"width": 1300, "height": 1000}, offline=True)
-        remote = []
+    remote = []
+
+    def drive(page, context):
         context.route(re.compile(r"^(?!file:).*"), lambda route: (remote.append(route.request.url), route.abort()))
-        page = context.new_page()
-        try:
-            page.goto(path.as_uri())
-            page.locator(".js-plotly-plot").nth(3).locator("g.point").first.wait_for(state="attached", timeout=60_000)
-            _check_page(page, result)
-            page.screenshot(path=str(ARTIFACTS / "report.png"))
-            page.screenshot(path=str(ARTIFACTS / "report-full.png"), full_page=True)
-        except Exception:
-            page.screenshot(path=str(ARTIFACTS / "report-failure.png"), full_page=True)
-            raise
-        finally:
-            browser.close()
+        page.goto(path.as_uri())
+        page.locator(".js-plotly-plot").nth(3).locator("g.point").first.wait_for(state="attached", timeout=60_000)
+        _check_page(page, result)
+        first = page.locator(".js-plotly-plot").first.bounding_box()  # parameters to the first figure
+        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True,
+                        clip={"x": 0, "y": 0, "width": 1300, "height": first["y"] + first["height"] + 10})
+        page.screenshot(path=str(ARTIFACTS / "report-full.png"), full_page=True)
+
+    in_chromium(drive, "report-failure.png", viewport=(1300, 1000), offline=True)
     assert remote == []  # nothing fetched from outside the file system
 
 

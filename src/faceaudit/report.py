@@ -159,7 +159,7 @@ def to_csv(result: dict) -> str:
 
 LEGEND_ON_TOP = {"legend": {"orientation": "h", "x": 0, "xanchor": "left", "y": 1.02, "yanchor": "bottom"},
                  "title": {"y": 0.98, "yanchor": "top", "yref": "container"},
-                 "margin": {"t": 110, "b": 40}, "xaxis": {"automargin": True}}
+                 "margin": {"t": 90, "b": 40}, "xaxis": {"automargin": True}}
 NOT_RECORDED = "not recorded (labels imported from a file, or made before faceaudit recorded runs)"
 
 REPORT_CSS = """
@@ -269,10 +269,11 @@ def _cell(value) -> str:
     return f'<td class="num">{text}</td>' if _NUMBER.fullmatch(plain) else f"<td>{text}</td>"
 
 
-def _rows(rows, header: list[str] | None = None) -> str:
-    """Table rows from already-escaped cells."""
+def _rows(rows, header: list[str] | None = None, numbers: bool = True) -> str:
+    """Table rows from already-escaped cells (``numbers``: right-align the numeric ones)."""
     head = "<tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>" if header else ""
-    return head + "".join("<tr>" + "".join(_cell(c) for c in r) + "</tr>" for r in rows)
+    cell = _cell if numbers else (lambda c: f"<td>{c}</td>")
+    return head + "".join("<tr>" + "".join(cell(c) for c in r) + "</tr>" for r in rows)
 
 
 def parameter_rows(result: dict, context: dict) -> list[tuple[str, str]]:
@@ -418,7 +419,7 @@ the pooled synthetic ones by the Kullback-Leibler divergence in both directions 
 in nats. A large D_KL(real || synthetic) with a small D_KL(synthetic || real) means synthetic data
 covers only part of what real faces show. "inf": a distribution has an empty state where the other
 has mass (alpha = 0; hover for the reason).</p>
-<h2>Parameters</h2><table id="parameters">{_rows(parameter_rows(result, context), ["parameter", "value"])}</table>
+<h2>Parameters</h2><table id="parameters">{_rows(parameter_rows(result, context), ["parameter", "value"], numbers=False)}</table>
 <h2>Sources</h2><table id="sources">{_rows(source_rows(result, context), ["source", "domain", "format", "loaded from", "samples", "labelled"])}</table>
 <h2>Figures</h2>{divs}
 <h2>KL divergence per attribute</h2>
