@@ -129,17 +129,45 @@ def test_report_opens_offline_in_chromium_with_legends_clear_of_the_labels(repor
     assert remote == []  # nothing fetched from outside the file system
 
 
+def test_legends_stay_clear_of_47_rotated_attribute_names(tmp_path):
+    """All 47 attributes labelled, four sources with long names: the legend takes two rows."""
+    require_chromium()
+    import numpy as np
+
+    from faceaudit import stats
+
+    rng = np.random.default_rng(1)
+    sources = [f"{name}-with-a-long-source-name" for name in ("bupt-balancedface", "bupt-globalface", "idiff-face", "sface")]
+    counts = rng.integers(0, 500, size=(4, 47, 3))
+    result = stats.compare(sources, ["real", "real", "synthetic", "synthetic"], counts.sum(2)[:, 0],
+                           counts, "three", 0.5).to_json("four-sources")
+    path = tmp_path / "report.html"
+    path.write_text(report.to_html(result))
+
+    def drive(page, _):
+        page.goto(path.as_uri())
+        page.locator(".js-plotly-plot").nth(2).locator("g.hm, image").first.wait_for(state="attached", timeout=60_000)
+        _legend_clear_of_ticks(page)
+        page.screenshot(path=str(ARTIFACTS / "report-47.png"), full_page=True)
+
+    in_chromium(drive, "report-47-failure.png", viewport=(1300, 1000), offline=True)
+
+
+def _legend_clear_of_ticks(page) -> None:
+    for k in range(2):  # overview and KL: the legend overlaps no attribute name
+        plot = page.locator(".js-plotly-plot").nth(k)
+        legend = plot.locator("g.legend").bounding_box()
+        ticks = [t.bounding_box() for t in plot.locator("g.xtick text").all()]
+        assert ticks and all(not _overlap(legend, t) for t in ticks), f"figure {k}: legend over the labels"
+
+
 def _check_page(page, result):
     assert page.locator(".js-plotly-plot").count() == 4  # overview, KL, pairwise, realness
     # the page after the hostile name is intact: the last section and the embedded JSON parse
     assert page.get_by_text("Identity consistency per source").is_visible()
     embedded = page.evaluate("JSON.parse(document.getElementById('faceaudit-result').textContent)")
     assert embedded == json.loads(json.dumps(result))
-    for k in range(2):  # overview and KL: the legend overlaps no attribute name
-        plot = page.locator(".js-plotly-plot").nth(k)
-        legend = plot.locator("g.legend").bounding_box()
-        ticks = [t.bounding_box() for t in plot.locator("g.xtick text").all()]
-        assert ticks and all(not _overlap(legend, t) for t in ticks), f"figure {k}: legend over the labels"
+    _legend_clear_of_ticks(page)
     assert "nats" in page.locator(".js-plotly-plot").nth(2).locator(".cbtitle").text_content()
     loaded = page.evaluate("[...document.querySelectorAll('#outliers img')].map(i => i.complete && i.naturalWidth)")
     assert len(loaded) == 4 and all(w and w > 0 for w in loaded)  # thumbnails found by relative path

@@ -8,6 +8,7 @@ report embeds plotly.js once, so the HTML opens offline).
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import html
 import io
 import json
@@ -207,7 +208,8 @@ def report_heatmap(result: dict) -> dict:
             "colorbar": {"title": {"text": "mean D_KL(row || column), nats", "side": "right"},
                          "exponentformat": "power"},
             "hovertemplate": "D_KL(%{y} || %{x}) = %{z:.4g} nats<extra></extra>"}
-    return with_layout({**figure, "data": [heat, *figure["data"][1:]]}, {"margin": {"t": 40, "l": 160}})
+    return with_layout({**figure, "data": [heat, *figure["data"][1:]]},
+                       {"margin": {"t": 40}, "xaxis": {"automargin": True}, "yaxis": {"automargin": True}})
 
 
 def realness_histogram_figure(realness: dict, colors: dict[str, str]) -> dict:
@@ -295,7 +297,8 @@ def parameter_rows(result: dict, context: dict) -> list[tuple[str, str]]:
         ("bootstrap", f"{boot['iterations']} resamples of {boot['unit']}, {boot['level']:.0%} percentile intervals"
                       if boot else "none"),
         ("divergence unit", "nats (natural logarithm)"),
-        ("report generated (UTC)", context.get("generated_at") or NOT_RECORDED),
+        ("report generated (UTC)", context.get("generated_at")
+         or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")),
         ("versions", ", ".join(f"{k} {v or 'not installed'}" for k, v in versions.items()) or NOT_RECORDED),
     ]
     return [(esc(k), esc(str(v))) for k, v in rows]
