@@ -115,8 +115,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"{flagged} synthetic faces real data explains least tagged '{outliers.OUTLIER_TAG}' "
           f"(saved view '{outliers.OUTLIERS_VIEW}')")
     html = os.path.join(args.dir, "report.html")
-    with open(html, "w", encoding="utf-8") as f:
-        f.write(reports.to_html(result))
+    from fiftyone_plugin.reporting import write_html_report
+
+    write_html_report(dataset, result, html)
     print("\n".join(reports.text_table(result).splitlines()[:8]))  # the attributes that differ most
     print(f"dataset '{dataset.name}': {len(dataset)} samples, by source {dataset.count_values('source')}")
     print(f"report: {html}")
@@ -198,8 +199,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             json.dump(result, f, indent=1)
         written.append(args.json)
     if args.html:
-        with open(args.html, "w", encoding="utf-8") as f:
-            f.write(report.to_html(result))
+        from fiftyone_plugin.reporting import write_html_report
+
+        write_html_report(dataset, result, args.html)  # with provenance, realness and outliers
         written.append(args.html)
     if args.csv:
         with open(args.csv, "w", encoding="utf-8", newline="") as f:

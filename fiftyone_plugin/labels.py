@@ -12,14 +12,21 @@ The schema, chosen by measurement (README, "Label schema"): per sample
   Attributes a model does not label (e.g. the ``agegender`` backend's 43 others) are None.
 * ``mac_code``: the 47 states in MAAD column order as one string of ``p`` / ``n`` / ``u``: the
   compact form the statistics read (one projected field, counted in numpy).
+* ``mac_positive`` / ``mac_undefined`` (lists of attribute names): the states as a reader sees
+  them, under the run's threshold. The float ``mac_Male 0.56`` is *undefined* under t = 0.6
+  but reads as male; the lists say it (``mac_undefined: [Male]``) in the App's modal, and the
+  sidebar filters them by value (``mac_positive`` contains ``Male``). Negative = labelled and in
+  neither list (a third list would take the labels past 2 KB per sample). Attributes the model
+  does not label are in no list.
 
-A sample's labels are written in one ``$set`` with all 48 fields, many samples per
+A sample's labels are written in one ``$set`` with all 50 fields, many samples per
 ``bulk_write``: a sample is either fully labelled or not at all, which makes annotation resumable
 (``mac_code`` missing = not labelled yet).
 """
 
 from __future__ import annotations
 
+import gc
 import os
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable
@@ -37,6 +44,9 @@ from . import schema
 
 PREFIX = "mac_"
 CODE_FIELD = "mac_code"
+POSITIVE_FIELD = "mac_positive"
+UNDEFINED_FIELD = "mac_undefined"
+STATE_LIST_FIELDS = (POSITIVE_FIELD, UNDEFINED_FIELD)
 STATE_CHARS = {1: "p", -1: "n", 0: "u"}
 WRITE_BATCH = 1000
 WRITE_THREADS = 2
@@ -53,6 +63,14 @@ def field_name(attribute: str) -> str:
 
 
 LABEL_FIELDS = tuple(field_name(a) for a in ATTRIBUTES)
+_NAMES = np.array(ATTRIBUTES, dtype=object)
+_DESCRIPTIONS = {
+    POSITIVE_FIELD: "attributes predicted positive (reliability at or above the run's threshold)",
+    UNDEFINED_FIELD: "attributes labelled undefined (reliability under the run's threshold)",
+    CODE_FIELD: "the 47 states in MAAD-Face order: p positive, n negative, u undefined",
+}
+_FLOAT_DESCRIPTION = ("signed reliability: sign = predicted state, magnitude = reliability; under the "
+                      "run's threshold the state is undefined (see mac_positive / mac_undefined)")
 
 
 def encode_codes(states: np.ndarray) -> list[str]:
@@ -79,16 +97,38 @@ def state_indices(codes: list[str]) -> np.ndarray:
 
 
 def ensure_label_schema(dataset: fo.Dataset) -> None:
-    """Declare the label fields and group them by category in the App's sidebar."""
+    """Declare the label fields and group them by category in the App's sidebar. A dataset
+    labelled before the state lists existed gets them from its labels (one server-side update)."""
     existing = dataset.get_field_schema()
     for name in LABEL_FIELDS:
         if name not in existing:
-            dataset.add_sample_field(name, fo.FloatField)
+            dataset.add_sample_field(name, fo.FloatField, description=_FLOAT_DESCRIPTION)
     if CODE_FIELD not in existing:
-        dataset.add_sample_field(CODE_FIELD, fo.StringField)
+        dataset.add_sample_field(CODE_FIELD, fo.StringField, description=_DESCRIPTIONS[CODE_FIELD])
+    missing_lists = [f for f in STATE_LIST_FIELDS if f not in existing]
+    for name in missing_lists:
+        dataset.add_sample_field(name, fo.ListField, subfield=fo.StringField, description=_DESCRIPTIONS[name])
+    if missing_lists and CODE_FIELD in existing:
+        _backfill_state_lists(dataset)
     if not has_counts_index(dataset):  # an equal index under another name would conflict
         dataset.create_index(COUNTS_INDEX_SPEC)
     _set_sidebar_groups(dataset)
+
+
+def _state_list_expr(char: str) -> dict:
+    """MQL: the names of the attributes in state ``char`` whose float label is set."""
+    names = [{"$cond": [{"$and": [{"$eq": [{"$substrBytes": ["$" + CODE_FIELD, j, 1]}, char]},
+                                  {"$gt": ["$" + field_name(a), None]}]},  # a number, not null/missing
+                        {"$literal": a}, None]}
+             for j, a in enumerate(ATTRIBUTES)]
+    return {"$filter": {"input": names, "cond": {"$ne": ["$$this", None]}}}
+
+
+def _backfill_state_lists(dataset: fo.Dataset) -> None:
+    from .bulk import update_many_in_parts
+
+    update_many_in_parts(dataset._sample_collection, {CODE_FIELD: {"$type": "string"}},
+                         [{"$set": {POSITIVE_FIELD: _state_list_expr("p"), UNDEFINED_FIELD: _state_list_expr("u")}}])
 
 
 def has_counts_index(dataset: fo.Dataset) -> bool:
@@ -103,7 +143,8 @@ def _set_sidebar_groups(dataset: fo.Dataset) -> None:
         g.paths = [p for p in g.paths if not p.startswith(PREFIX) and p not in schema.STRING_FIELDS
                    and p not in ("realness_nll", "identity_disagreement")]
     scores = [f for f in ("realness_nll", "identity_disagreement") if f in dataset.get_field_schema()]
-    groups.insert(1, fo.SidebarGroupDocument(name="faceaudit", paths=[*schema.STRING_FIELDS, CODE_FIELD, *scores]))
+    groups.insert(1, fo.SidebarGroupDocument(
+        name="faceaudit", paths=[*STATE_LIST_FIELDS, *schema.STRING_FIELDS, CODE_FIELD, *scores]))
     for i, (category, attrs) in enumerate(CATEGORIES.items()):
         groups.insert(2 + i, fo.SidebarGroupDocument(
             name=f"attributes: {category.lower()}", paths=[field_name(a) for a in attrs], expanded=False))
@@ -111,17 +152,46 @@ def _set_sidebar_groups(dataset: fo.Dataset) -> None:
     dataset.save()
 
 
+def state_lists(states: np.ndarray, signed: np.ndarray) -> tuple[list[list[str]], list[list[str]]]:
+    """Per sample, the names of its positive and of its undefined attributes (attributes whose
+    ``signed`` is NaN, which the model does not label, are in neither)."""
+    labelled = ~np.isnan(signed)
+    return _names_per_row((states == 1) & labelled), _names_per_row((states == 0) & labelled)
+
+
+def _names_per_row(mask: np.ndarray) -> list[list[str]]:
+    names = _NAMES[np.nonzero(mask)[1]].tolist()  # row-major: each row's names in MAAD order
+    ends = np.cumsum(mask.sum(1)).tolist()
+    return [names[start:end] for start, end in zip([0, *ends[:-1]], ends)]
+
+
 def label_updates(ids: Iterable[ObjectId], states: np.ndarray, signed: np.ndarray) -> list[UpdateOne]:
-    """One ``$set`` of all 48 label fields per sample."""
+    """One ``$set`` of all 50 label fields per sample. The cyclic garbage collector is paused
+    while the batch is built: the batch holds only acyclic dicts, lists and strings, and the
+    collections its thousands of new containers trigger cut write throughput to 0.67x (README,
+    "Label schema"). The collector is left as found (a caller that disabled it keeps it off)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _label_updates(ids, states, signed)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _label_updates(ids: Iterable[ObjectId], states: np.ndarray, signed: np.ndarray) -> list[UpdateOne]:
     now = schema.utc_now()
     codes = encode_codes(states)
     rounded = np.round(signed.astype(np.float64), 4)
     values = rounded.astype(object)
     values[np.isnan(rounded)] = None  # an attribute the model does not label: no value
+    positive, undefined = state_lists(states, rounded)
     ops = []
-    for _id, code, row in zip(ids, codes, values.tolist()):
+    for _id, code, row, pos, und in zip(ids, codes, values.tolist(), positive, undefined):
         update = dict(zip(LABEL_FIELDS, row))
         update[CODE_FIELD] = code
+        update[POSITIVE_FIELD] = pos
+        update[UNDEFINED_FIELD] = und
         update["last_modified_at"] = now
         ops.append(UpdateOne({"_id": _id}, {"$set": update}))
     return ops

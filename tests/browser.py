@@ -1,0 +1,57 @@
+"""Shared by the browser tests: Debian's chromium driven by Playwright, the App served on a free
+port, and screenshots under test-artifacts/ (the failure's too)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def require_chromium() -> None:
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it as root)")
+    pytest.importorskip("playwright")
+
+
+@contextmanager
+def served(dataset):
+    """The App on ``dataset`` at a free port; yields (session, the dataset's URL)."""
+    import fiftyone as fo
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    session = fo.launch_app(dataset, remote=True, port=port)
+    try:
+        yield session, f"http://127.0.0.1:{port}/datasets/{dataset.name}"
+    finally:
+        session.close()
+
+
+def in_chromium(drive: Callable, failure: str, viewport=(1600, 1000), **context_options) -> None:
+    """Run ``drive(page, context)`` in a fresh headless Chromium; on an error, a full-page
+    screenshot goes to test-artifacts/``failure``."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]}, **context_options)
+        page = context.new_page()
+        try:
+            drive(page, context)
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / failure), full_page=True)
+            raise
+        finally:
+            browser.close()
