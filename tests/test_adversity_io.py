@@ -238,3 +238,139 @@ def test_a_bad_cached_file_names_the_file_to_delete(tmp_path, cache, http_server
     target.write_bytes(b"<html>cached by an older version</html>")
     with pytest.raises(CheckpointError, match=f"delete the cached file {target} to download again"):
         load_checkpoint(url, allow_http=True)
+
+
+# ----------------------------------------------------------------------------- 8.6 / 8.10 CSV, terminal
+
+import csv  # noqa: E402
+
+import fiftyone as fo  # noqa: E402
+import numpy as np  # noqa: E402
+
+from faceaudit.labels_io import MAAD_HEADER, read_label_file  # noqa: E402
+from faceaudit.textsafe import csv_cell, csv_uncell, printable  # noqa: E402
+from fiftyone_plugin import labels  # noqa: E402
+from fiftyone_plugin.ingest import load_face_dataset  # noqa: E402
+
+FACEAUDIT = str(Path(sys.executable).with_name("faceaudit"))
+FORMULAS = ['=HYPERLINK("evil.example","x")', "@SUM(1+1)", "-dash", "+plus", "'quoted", "plain"]
+
+
+def write_rows(path: Path, rows, encoding="utf-8") -> Path:
+    with open(path, "w", newline="", encoding=encoding) as f:
+        w = csv.writer(f)
+        w.writerow(MAAD_HEADER)
+        w.writerows(rows)
+    return path
+
+
+def read_rows(path: Path) -> list[list[str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.reader(f))
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([FACEAUDIT, *args], env=env or dict(os.environ), capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture
+def formula_source(tmp_path, faces, dataset_name):
+    """Identity folders named like spreadsheet formulas, loaded as source ``vgg``, and label rows
+    for them as a MAAD-Face file gives them (formulas as plain text)."""
+    root = tmp_path / "vgg"
+    faces.identity_tree(root, {name: 1 for name in FORMULAS})
+    load_face_dataset(str(root), source="vgg", domain="real", dataset_name=dataset_name)
+    rng = np.random.default_rng(3)
+    rows = [[f"{name}/0000.jpg", name, *rng.choice(["1", "-1", "0"], size=47)] for name in FORMULAS]
+    return fo.load_dataset(dataset_name), sorted(rows)
+
+
+def test_csv_cells_round_trip():
+    for text in [*FORMULAS, "\tTAB", "\rCR", "''", "'", "", "-1"]:
+        assert csv_uncell(csv_cell(text)) == text
+        assert not csv_cell(text).startswith(("=", "+", "-", "@", "\t", "\r"))
+
+
+def test_export_neutralises_formulas_and_import_reads_them_back(tmp_path, formula_source):
+    ds, rows = formula_source
+    labels.import_labels(ds, "vgg", str(write_rows(tmp_path / "in.csv", rows)))
+    out = run_cli("export-labels", "--dataset", ds.name, str(tmp_path / "out.csv"))
+    assert out.returncode == 0, out.stderr
+    exported = read_rows(tmp_path / "out.csv")[1:]
+    for row in exported:  # no text cell a spreadsheet would run; label cells stay numbers
+        assert not row[0].startswith(("=", "+", "-", "@", "\t", "\r")), row[0]
+        assert not row[1].startswith(("=", "+", "-", "@", "\t", "\r")), row[1]
+        assert set(row[2:]) <= {"1", "-1", "0"}
+    assert {r[1] for r in exported} >= {"'=HYPERLINK(\"evil.example\",\"x\")", "'@SUM(1+1)", "'-dash", "''quoted"}
+    # and what export wrote, import reads back as the original names
+    table = read_label_file(str(tmp_path / "out.csv"))
+    assert sorted(zip(table.filenames, table.identities)) == [(r[0], r[1]) for r in rows]
+    out = run_cli("import-labels", "--dataset", ds.name, "--source", "vgg", str(tmp_path / "out.csv"))
+    assert out.returncode == 0, out.stderr
+    assert f"{len(rows)} samples labelled" in out.stdout and "name no sample" not in out.stdout
+
+
+def test_compare_csv_neutralises_source_names(tmp_path, faces, dataset_name):
+    from faceaudit import report
+    from fiftyone_plugin.compare import compute_comparison
+
+    rng = np.random.default_rng(4)
+    for k, (source, domain) in enumerate([("@SUM(1+1)", "real"), ("-synth", "synthetic")]):
+        root = tmp_path / f"s{k}"
+        faces.identity_tree(root, {"a": 3, "b": 3}, start=6 * k)
+        load_face_dataset(str(root), source=source, domain=domain, dataset_name=dataset_name)
+        names = sorted(f"{p.parent.name}/{p.name}" for p in root.rglob("*.jpg"))
+        rows = [[n, n[0], *rng.choice(["1", "-1", "0"], size=47)] for n in names]
+        labels.import_labels(fo.load_dataset(dataset_name), source, str(write_rows(tmp_path / f"{k}.csv", rows)))
+    _, result = compute_comparison(fo.load_dataset(dataset_name))
+    text = report.to_csv(result)
+    header, *body = list(csv.reader(text.splitlines()))
+    assert "'@SUM(1+1):positive" in header and "'-synth:negative" in header
+    assert all(not cell.startswith(("=", "+", "-", "@")) for cell in header)
+    for row in body:  # the numbers are numbers
+        assert all(float(v) >= 0 for v in row[2:] if v != "inf")
+
+
+def test_label_files_with_a_byte_order_mark_are_read(tmp_path, formula_source):
+    ds, rows = formula_source
+    path = write_rows(tmp_path / "bom.csv", rows, encoding="utf-8-sig")
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert labels.import_labels(ds, "vgg", str(path)).labelled == len(rows)
+    celeba = tmp_path / "list_attr_celeba.txt"
+    celeba.write_text("1\nMale Smiling\n000001.jpg 1 -1\n", encoding="utf-8-sig")
+    table = read_label_file(str(celeba))
+    assert table.filenames == ["000001.jpg"]
+
+
+def test_export_keeps_the_identity_the_imported_file_gave(tmp_path, faces, dataset_name):
+    """MAAD-Face's released CSV has the integer class id in Identity (2 for n000002)."""
+    root = tmp_path / "vgg"
+    faces.identity_tree(root, {"n000002": 2, "n000017": 1})
+    load_face_dataset(str(root), source="vgg", domain="real", dataset_name=dataset_name)
+    ds = fo.load_dataset(dataset_name)
+    rows = [["n000002/0000.jpg", "2", *["1"] * 47], ["n000002/0001.jpg", "2", *["-1"] * 47],
+            ["n000017/0000.jpg", "17", *["0"] * 47]]
+    labels.import_labels(ds, "vgg", str(write_rows(tmp_path / "released.csv", rows)))
+    labels.export_labels(ds, str(tmp_path / "out.csv"))
+    assert read_rows(tmp_path / "out.csv")[1:] == rows
+    assert sorted(ds.distinct("identity")) == ["n000002", "n000017"]  # the folder names stay
+
+
+def test_names_with_escape_sequences_are_printed_escaped(tmp_path, formula_source):
+    ds, rows = formula_source
+    evil = "\x1b]0;pwned\x07\x1b[2J"
+    bad = rows + [[f"x{evil}\nFAKE LINE/0001.jpg", "x", *["1"] * 47]]
+    out = run_cli("import-labels", "--dataset", ds.name, "--source", "vgg", str(write_rows(tmp_path / "e.csv", bad)))
+    assert out.returncode == 0, out.stderr
+    assert "\x1b" not in out.stdout and "\x07" not in out.stdout
+    assert "\\x1b]0;pwned\\x07\\x1b[2J\\nFAKE LINE/0001.jpg" in out.stdout
+    assert printable("a\x1b[2J\nb\tc", keep_layout=True) == "a\\x1b[2J\nb\tc"
+
+
+def test_no_mongodb_version_notice_from_any_command(tmp_path, formula_source):
+    ds, rows = formula_source
+    env = {k: v for k, v in os.environ.items() if k != "FIFTYONE_DATABASE_VALIDATION"}
+    out = run_cli("export-labels", "--dataset", ds.name, str(tmp_path / "out.csv"), env=env)
+    assert out.returncode == 0, out.stderr
+    assert "oldest supported" not in (out.stdout + out.stderr).lower()
