@@ -7,22 +7,27 @@ https one with a self-signed certificate made by openssl and trusted through SSL
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import http.server
-import json
 import os
 import ssl
 import subprocess
 import sys
 import threading
-import urllib.parse
 from pathlib import Path
 
+import fiftyone as fo
+import numpy as np
 import pytest
 import torch
 
 from faceaudit.attributes import ATTRIBUTES
+from faceaudit.labels_io import MAAD_HEADER, read_label_file
 from faceaudit.model import MAC, MACConfig, CheckpointError, load_checkpoint, save_checkpoint
+from faceaudit.textsafe import csv_cell, csv_uncell, printable
+from fiftyone_plugin import labels
+from fiftyone_plugin.ingest import load_face_dataset
 
 TINY = dict(backbone="tiny", embedding_size=64, hidden=(64,), branch_hidden=16)
 
@@ -227,16 +232,6 @@ def test_a_bad_cached_file_names_the_file_to_delete(tmp_path, cache, http_server
 
 
 # ----------------------------------------------------------------------------- 8.6 / 8.10 CSV, terminal
-
-import csv  # noqa: E402
-
-import fiftyone as fo  # noqa: E402
-import numpy as np  # noqa: E402
-
-from faceaudit.labels_io import MAAD_HEADER, read_label_file  # noqa: E402
-from faceaudit.textsafe import csv_cell, csv_uncell, printable  # noqa: E402
-from fiftyone_plugin import labels  # noqa: E402
-from fiftyone_plugin.ingest import load_face_dataset  # noqa: E402
 
 FACEAUDIT = str(Path(sys.executable).with_name("faceaudit"))
 FORMULAS = ['=HYPERLINK("evil.example","x")', "@SUM(1+1)", "-dash", "+plus", "'quoted", "plain"]
