@@ -333,3 +333,20 @@ def test_replica_set_primary_killed_during_annotate_and_load(replica_set, annota
     coll = samples(client, "faults")
     paths = [d["filepath"] for d in coll.find({"source": "more"}, {"filepath": 1})]
     assert len(paths) == len(set(paths)) == LOAD_IMAGES
+
+
+# ----------------------------------------------------------------------------- the message itself
+
+
+def test_fault_message_names_the_address_without_credentials_and_the_wait_is_bounded(monkeypatch):
+    import importlib
+
+    cli = importlib.import_module("faceaudit_cli.main")  # the package exports main() under that name
+
+    monkeypatch.setenv("FIFTYONE_DATABASE_URI", "mongodb://alice:s3cret@db1:27017,db2:27018/fiftyone?replicaSet=rs0")
+    assert cli._database_address() == "mongodb://db1:27017,db2:27018"
+    cli._fiftyone_env()  # a URI without its own wait gets the CLI's bounded one
+    assert os.environ["FIFTYONE_DATABASE_URI"].endswith(f"&serverSelectionTimeoutMS={cli.SERVER_SELECTION_MS}")
+    monkeypatch.setenv("FIFTYONE_DATABASE_URI", "mongodb://db1/?serverSelectionTimeoutMS=2000")
+    cli._fiftyone_env()  # the user's own choice is kept
+    assert os.environ["FIFTYONE_DATABASE_URI"] == "mongodb://db1/?serverSelectionTimeoutMS=2000"
