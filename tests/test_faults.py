@@ -228,7 +228,7 @@ def mongod(tmp_path):
 
 
 def uri_of(server: Mongod) -> str:
-    return f"mongodb://{server.host}/?serverSelectionTimeoutMS=4000"
+    return f"mongodb://{server.host}/?serverSelectionTimeoutMS=2000"
 
 
 # ----------------------------------------------------------------------------- single mongod
