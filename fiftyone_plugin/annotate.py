@@ -56,6 +56,15 @@ def samples_to_label(view) -> tuple[list, list[str]]:
     return ids, paths
 
 
+def count_samples(view) -> int:
+    """The number of samples ``view`` holds, counted by a query.
+
+    FiftyOne's ``count()`` / ``len()`` of a whole dataset is MongoDB's *estimated* count, which
+    reads 0 after an unclean mongod shutdown until the collection is validated: never decide
+    what work to do from it. Counting the ``_id`` values runs the query."""
+    return view.count("_id")
+
+
 def select_view(dataset: fo.Dataset, view=None, source: str | None = None):
     view = dataset.view() if view is None else view
     if source is not None:
@@ -79,14 +88,14 @@ def iter_annotate(
     """Label the unlabelled samples of ``view`` (or of ``source``, or the whole dataset)."""
     dataset = schema.open_dataset(dataset_name, create=False)
     view = select_view(dataset, view, source)
-    selected = view.count()
+    selected = count_samples(view)
     if selected == 0:
         raise AnnotateError(f"nothing to annotate: the view of dataset {dataset.name!r} is empty")
     engine, model_name = _build_engine(model, checkpoint, device, batch_size, workers, mc_passes, threshold)
     labels.ensure_label_schema(dataset)
 
     ids, paths = samples_to_label(view)
-    already = view.exists(labels.CODE_FIELD).count()
+    already = count_samples(view.exists(labels.CODE_FIELD))
     report = AnnotateReport(dataset.name, model_name, str(engine.device), selected, already,
                             selected - already - len(ids))
     total_batches = -(-len(ids) // batch_size)

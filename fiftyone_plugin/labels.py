@@ -39,6 +39,7 @@ from pymongo import UpdateOne
 
 from faceaudit.attributes import ATTRIBUTES, CATEGORIES
 from faceaudit.labels_io import read_label_file, write_maad_csv
+from faceaudit.textsafe import printable
 
 from . import schema
 
@@ -237,9 +238,10 @@ class ImportReport:
     unmatched_examples: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        text = f"{self.source}: {self.rows} rows, {self.labelled} samples labelled"
+        text = f"{printable(self.source)}: {self.rows} rows, {self.labelled} samples labelled"
         if self.unmatched:
-            text += f", {self.unmatched} rows name no sample of the source (e.g. {', '.join(self.unmatched_examples)})"
+            examples = ", ".join(printable(name) for name in self.unmatched_examples)
+            text += f", {self.unmatched} rows name no sample of the source (e.g. {examples})"
         return text
 
     def to_dict(self) -> dict:
@@ -251,12 +253,18 @@ def relative_name(filepath: str, root: str) -> str:
     return os.path.relpath(filepath, root).replace(os.sep, "/")
 
 
+#: the ``Identity`` a label file gave a sample (MAAD-Face's released CSV has the integer class
+#: id there, e.g. ``2`` for folder ``n000002``); export writes it back instead of the folder name
+IMPORTED_IDENTITY = "label_identity"
+
+
 def import_labels(dataset: fo.Dataset, source: str, path: str) -> ImportReport:
     """Label the samples of ``source`` from a MAAD-Face CSV (or CelebA attribute list).
 
     The whole file is validated first: a malformed row raises with its line number and nothing
     is written. Rows whose ``Filename`` (relative to the source's root) names no sample of the
-    source are counted and reported.
+    source are counted and reported. A row's non-empty ``Identity`` is kept in
+    ``label_identity``, so that an export gives the file back as it was.
     """
     table = read_label_file(path)
     root = schema.source_root(dataset, source)
@@ -269,21 +277,40 @@ def import_labels(dataset: fo.Dataset, source: str, path: str) -> ImportReport:
     if matched:
         index = np.array([k for k, _ in matched])
         write_labels(dataset, [i for _, i in matched], table.states[index])
+        _keep_identities(dataset, [(i, table.identities[k]) for k, i in matched if table.identities[k]])
     return ImportReport(source, len(table), len(matched), len(unmatched), unmatched[:5])
+
+
+def _keep_identities(dataset: fo.Dataset, pairs: list[tuple[ObjectId, str]]) -> None:
+    """Store each sample's ``Identity`` from the imported file in :data:`IMPORTED_IDENTITY`."""
+    if not pairs:
+        return
+    if IMPORTED_IDENTITY not in dataset.get_field_schema():
+        dataset.add_sample_field(IMPORTED_IDENTITY, fo.StringField)
+    ops = [UpdateOne({"_id": _id}, {"$set": {IMPORTED_IDENTITY: ident}}) for _id, ident in pairs]
+    for start in range(0, len(ops), WRITE_BATCH):
+        dataset._sample_collection.bulk_write(ops[start:start + WRITE_BATCH], ordered=False)
 
 
 def export_labels(dataset: fo.Dataset, path: str, source: str | None = None) -> int:
     """Write the labelled samples (of ``source``, or all) as a MAAD-Face CSV, sorted by source
-    and file name; returns the number of rows."""
-    view = dataset.exists(CODE_FIELD)
+    and file name; returns the number of rows. ``Identity`` is the one an imported file gave
+    (:data:`IMPORTED_IDENTITY`) where there is one, else the sample's identity (its folder)."""
     if source is not None:
         schema.source_root(dataset, source)  # a clear error for an unknown source
+    if CODE_FIELD not in dataset.get_field_schema():  # nothing labelled yet: just the header
+        return write_maad_csv(path, [])
+    view = dataset.exists(CODE_FIELD)
+    if source is not None:
         view = view.match({schema.SOURCE: source})
     roots = {s: os.path.normpath(info["root"]) for s, info in schema.sources_info(dataset).items()}
-    sources, paths, identities, codes = view.values([schema.SOURCE, "filepath", schema.IDENTITY, CODE_FIELD])
+    imported = IMPORTED_IDENTITY in dataset.get_field_schema()
+    fields = [schema.SOURCE, "filepath", schema.IDENTITY, CODE_FIELD] + ([IMPORTED_IDENTITY] if imported else [])
+    values = view.values(fields)
+    given = values[4] if imported else [None] * len(values[0])
     rows = sorted(
-        (s, relative_name(p, roots[s]), ident or "", code)
-        for s, p, ident, code in zip(sources, paths, identities, codes)
+        (s, relative_name(p, roots[s]), kept or ident or "", code)
+        for s, p, ident, code, kept in zip(*values[:4], given)
     )
     states = decode_codes([r[3] for r in rows])
     return write_maad_csv(path, ((name, ident, st) for (_, name, ident, _), st in zip(rows, states)))

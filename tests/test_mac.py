@@ -40,8 +40,11 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path):
 
     path = tmp_path / "evil.pt"
     torch.save({"format": "faceaudit-mac", "config": {}, "state_dict": {}, "x": Evil()}, str(path))
-    with pytest.raises(CheckpointError, match=f"{path}: not a loadable torch checkpoint"):
+    with pytest.raises(CheckpointError, match=f"{path}: not a loadable torch checkpoint") as err:
         load_checkpoint(str(path))
+    # issue 8.5: the refusal says why, and does not suggest loading the file unsafely
+    assert "could run code" in str(err.value)
+    assert "weights_only=False" not in str(err.value) and "trust" not in str(err.value)
 
 
 @pytest.mark.parametrize("problem, match", [

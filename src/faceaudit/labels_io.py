@@ -2,6 +2,10 @@
 
 States are held as int8 arrays of shape ``(n, 47)`` in MAAD column order (:data:`ATTRIBUTES`):
 ``1`` positive, ``-1`` negative, ``0`` undefined / unknown, exactly MAAD-Face's encoding.
+
+Files saved by spreadsheet programs begin with a UTF-8 byte-order mark: it is skipped. The
+``Filename`` and ``Identity`` cells written here are neutralised against formula injection
+(:func:`faceaudit.textsafe.csv_cell`) and read back to the original text.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .attributes import ATTRIBUTES
+from .textsafe import csv_cell, csv_uncell
 
 MAAD_HEADER = ("Filename", "Identity", *ATTRIBUTES)
 
@@ -48,7 +53,7 @@ class LabelTable:
 def read_maad_csv(path: str) -> LabelTable:
     """Read a MAAD-Face annotation CSV, validating every row before returning any."""
     filenames, identities, rows = [], [], []
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:
@@ -74,8 +79,8 @@ def read_maad_csv(path: str) -> LabelTable:
                 ) from None
             if not row[0].strip():
                 raise LabelFileError(f"{path}: line {lineno}: empty Filename")
-            filenames.append(row[0].strip())
-            identities.append(row[1].strip())
+            filenames.append(csv_uncell(row[0].strip()))
+            identities.append(csv_uncell(row[1].strip()))
             rows.append(values)
     states = np.array(rows, dtype=np.int8).reshape(len(rows), len(ATTRIBUTES))
     return LabelTable(filenames, identities, states)
@@ -104,7 +109,7 @@ def write_maad_csv(path: str, rows: Iterable[tuple[str, str, Iterable[int]]]) ->
         writer = csv.writer(f)
         writer.writerow(MAAD_HEADER)
         for filename, identity, states in rows:
-            writer.writerow([filename, identity, *(int(s) for s in states)])
+            writer.writerow([csv_cell(filename), csv_cell(identity), *(int(s) for s in states)])
             n += 1
     return n
 
@@ -116,7 +121,7 @@ def read_celeba_attributes(path: str) -> LabelTable:
     ``Mouth_Slightly_Open`` and ``Eyeglasses``, and MAAD attributes CelebA lacks are 0 (unknown,
     masked out of training). CelebA has no identities in this file: they are left empty.
     """
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         lines = f.read().splitlines()
     if len(lines) < 2 or not lines[0].strip().isdigit():
         raise LabelFileError(f"{path}: line 1: expected the image count of list_attr_celeba.txt")
@@ -151,7 +156,7 @@ def read_celeba_attributes(path: str) -> LabelTable:
 
 def read_label_file(path: str) -> LabelTable:
     """A MAAD-Face CSV or a CelebA attribute list, told apart by their first line."""
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         first = f.readline().strip()
     if first.isdigit():
         return read_celeba_attributes(path)

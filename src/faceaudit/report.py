@@ -138,15 +138,19 @@ def text_table(result: dict) -> str:
 
 
 def to_csv(result: dict) -> str:
-    """One row per attribute: category, the divergences, then each source's distribution."""
+    """One row per attribute: category, the divergences, then each source's distribution.
+    Text cells (source names in the header, attribute names) are neutralised against formula
+    injection (:func:`faceaudit.textsafe.csv_cell`); numbers are written as they are."""
+    from .textsafe import csv_cell
+
     buf = io.StringIO()
     writer = csv.writer(buf)
     sources, states = list(result["sources"]), result["states"]
     writer.writerow(["attribute", "category", "kl_real_synth", "kl_synth_real", "js",
-                     *[f"{s}:{st}" for s in sources for st in states]])
+                     *[csv_cell(f"{s}:{st}") for s in sources for st in states]])
     for r in kl_rows(result, sort="attribute"):
         dist = result["attributes"][r["attribute"]]["distributions"]
-        writer.writerow([r["attribute"], r["category"],
+        writer.writerow([csv_cell(r["attribute"]), csv_cell(r["category"]),
                          *["inf" if r[k] is None else repr(r[k]) for k in ("kl_real_synth", "kl_synth_real", "js")],
                          *[repr(dist[s][st]) for s in sources for st in states]])
     return buf.getvalue()
