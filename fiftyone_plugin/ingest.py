@@ -23,10 +23,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 
+from faceaudit import params
 from faceaudit.images import check_image_file
 from faceaudit.presets import DOMAINS, get_preset
 from faceaudit.progress import Progress, drive
-from faceaudit.readers import FaceRecord, LayoutError, Scan, scan
+from faceaudit.readers import FORMATS, FaceRecord, LayoutError, Scan, scan
 
 from . import schema
 from .bulk import fiftyone_rand, new_object_ids
@@ -54,6 +55,7 @@ class LoadReport:
     already_present: int = 0  # records whose file path was already in the dataset
     unreadable: int = 0  # added, but tagged 'unreadable'
     skipped_non_image: int = 0  # files that are not images, left out
+    detected: str | None = None  # with --format auto: "detected '<format>' (<why>): <what>"
 
     def summary(self) -> str:
         text = (
@@ -64,7 +66,8 @@ class LoadReport:
             text += f", {self.unreadable} unreadable (tagged '{schema.UNREADABLE_TAG}')"
         if self.skipped_non_image:
             text += f", {self.skipped_non_image} non-image files skipped"
-        return text + f" -> dataset '{self.dataset}'"
+        text += f" -> dataset '{self.dataset}'"
+        return text + (f"; --format auto {self.detected}" if self.detected else "")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,15 +77,19 @@ def resolve_options(
     source: str | None, domain: str | None, format: str | None, preset: str | None
 ) -> tuple[str, str, str]:
     """Fill source name, domain and format from a preset; explicit options win. Validates them."""
-    if preset:
+    if not _blank(preset):
         p = get_preset(preset)
         source, domain, format = source or p.source, domain or p.domain, format or p.format
-    format = format or "auto"
-    if not source or not source.strip() or source != source.strip():
-        raise LoadError(f"source name {source!r} is empty or has surrounding spaces: give --source NAME")
-    if domain not in DOMAINS:
-        raise LoadError(f"domain {domain!r} is not one of {', '.join(DOMAINS)}: give --domain real|synthetic")
-    return source, domain, format
+    if _blank(source):
+        raise LoadError("source: a name is required: give --source NAME (or a --preset)")
+    if _blank(domain):
+        raise LoadError(f"domain: required, one of {', '.join(DOMAINS)}: give --domain real|synthetic (or a --preset)")
+    return (params.name("source", source), params.choice("domain", domain, DOMAINS),
+            params.choice("format", format, ("auto", *FORMATS), "auto"))
+
+
+def _blank(value) -> bool:
+    return value is None or str(value).strip() == ""
 
 
 def iter_load(
@@ -104,14 +111,15 @@ def iter_load(
     and a rerun continues where the failed run stopped.
     """
     source, domain, format = resolve_options(source, domain, format, preset)
-    if limit is not None and limit <= 0:
-        raise LoadError(f"--limit must be positive, got {limit}")
+    limit = params.to_int("limit", limit, minimum=1)
+    dataset_name = params.name("dataset", dataset_name)
     found = scan(path, format, extract_to)
 
     dataset = schema.open_dataset(dataset_name)
     _check_source_compatible(dataset, source, domain, found.root)
 
-    report = LoadReport(dataset.name, source, domain, found.format, found.root, found.description)
+    report = LoadReport(dataset.name, source, domain, found.format, found.root, found.description,
+                        detected=found.description if format == "auto" else None)
 
     def register_source() -> None:  # before the first write, so a killed load knows its root
         schema.record_source(dataset, source, root=found.root, domain=domain, format=found.format)
