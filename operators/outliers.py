@@ -11,6 +11,7 @@ from faceaudit import params
 from .common import form_check
 
 MODES = ("top", "threshold", "clear")
+SELECT_SAVED_VIEW = "select_saved_view"
 
 
 class FlagSyntheticOutliers(foo.Operator):
@@ -73,8 +74,8 @@ class FlagSyntheticOutliers(foo.Operator):
         scored, _, n = outliers.flag_synthetic_outliers(ctx.dataset, options)
         message = (f"{n} synthetic faces tagged '{options.tag}' ({scored['scored']} samples scored); "
                    f"saved view '{outliers.OUTLIERS_VIEW}'")
-        ctx.ops.reload_dataset()
-        ctx.ops.set_view(name=outliers.OUTLIERS_VIEW)  # the saved view, selected by name
+        ctx.ops.reload_dataset()  # the App refetches its saved views...
+        ctx.trigger(f"{self.plugin_name}/{SELECT_SAVED_VIEW}", params={"name": outliers.OUTLIERS_VIEW})
         ctx.ops.notify(message, variant="success")
         return {"tagged": n, "cleared": 0, "message": message}
 
@@ -82,3 +83,27 @@ class FlagSyntheticOutliers(foo.Operator):
         outputs = types.Object()
         outputs.str("message", label="Result")
         return types.Property(outputs, view=types.View(label="Flag synthetic outliers"))
+
+
+class SelectSavedView(foo.Operator):
+    """Select a saved view in the App once its list of saved views holds it.
+
+    The App's ``set_view`` checks a name against the saved views it loaded with the page; a view
+    saved by the operator that just ran is not among them until ``reload_dataset`` has refetched
+    them. Triggered after that reload, this operator's round trip (plus a short pause) lets the
+    refetch land first, so the selector then shows the saved view, not "Unsaved view"."""
+
+    DELAY_S = 1.0
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(name=SELECT_SAVED_VIEW, label="faceaudit: select a saved view",
+                                  unlisted=True)
+
+    def execute(self, ctx):
+        import time
+
+        name = params.name("name", ctx.params.get("name"))
+        time.sleep(self.DELAY_S)
+        if ctx.dataset is not None and ctx.dataset.has_saved_view(name):
+            ctx.ops.set_view(name=name)
