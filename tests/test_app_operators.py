@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 from fiftyone_plugin import labels, outliers
 from fiftyone_plugin.ingest import load_face_dataset
 from test_app import ARTIFACTS, CHROMIUM, FLAGS
+from test_cli import _free_port
 
 pytestmark = pytest.mark.browser
 WAIT = 90_000  # ms: the App renders slowly on a loaded machine
@@ -56,10 +56,7 @@ def app(tmp_path, faces, dataset_name, monkeypatch):
     for source, domain, start in (("real-faces", "real", 0), ("synth-faces", "synthetic", 30)):
         faces.identity_tree(tmp_path / source, {f"{source}-{k}": 3 for k in range(2)}, start=start)
         load_face_dataset(str(tmp_path / source), source=source, domain=domain, dataset_name=dataset_name)
-    ds = fo.load_dataset(dataset_name)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    ds, port = fo.load_dataset(dataset_name), _free_port()
     session = fo.launch_app(ds, remote=True, port=port)
     yield ds, session, f"http://127.0.0.1:{port}/datasets/{dataset_name}"
     session.close()
