@@ -72,8 +72,6 @@ def page():
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         try:
             yield page
-        except Exception:
-            raise
         finally:
             browser.close()
 
