@@ -80,11 +80,19 @@ class _Bar:
 
 
 def _run(job, unit: str, quiet: bool):
-    """Drive a progress-yielding core job with a tqdm bar on stderr; returns its result."""
+    """Drive a progress-yielding core job with a tqdm bar on stderr; returns its result.
+
+    The bar opens after the job's first event: jobs validate their arguments before it, so a
+    refused run prints its one error line and no empty bar."""
     from faceaudit.progress import drive
 
+    try:
+        first = next(job)
+    except StopIteration as stop:
+        return stop.value
     bar = _Bar(unit, quiet)
     try:
+        bar(first)
         return drive(job, bar)
     finally:
         bar.close()
@@ -114,7 +122,8 @@ def cmd_load(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        print(report.description)
+        if not report.detected:  # else the summary says what was detected
+            print(report.description)
         print(report.summary())
         for line in report.details():
             print(line)
@@ -258,16 +267,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_outliers(args: argparse.Namespace) -> int:
     from fiftyone_plugin import outliers
 
-    dataset = _open_dataset(args.dataset)
     if args.clear:
-        n = outliers.clear_outliers(dataset, args.tag)
+        n = outliers.clear_outliers(_open_dataset(args.dataset), args.tag)
         print(f"tag '{args.tag}' removed from {n} samples")
         return 0
-    scored = outliers.score_realness(dataset, states=args.states, alpha=args.alpha, joint=tuple(args.joint or ()))
-    consistency = outliers.identity_consistency(dataset.view(), write=True)
-    n = outliers.flag_outliers(dataset, top=args.top, threshold=args.threshold, tag=args.tag)
+    options = outliers.outlier_options(top=args.top, threshold=args.threshold, tag=args.tag,
+                                       states=args.states, alpha=args.alpha, joint=args.joint)
+    scored, consistency, n = outliers.flag_synthetic_outliers(_open_dataset(args.dataset), options)
     print(f"{scored['scored']} samples scored ({outliers.SCORE_FIELD}); {n} synthetic samples tagged "
-          f"'{args.tag}'; saved view '{outliers.OUTLIERS_VIEW}'")
+          f"'{options.tag}'; saved view '{outliers.OUTLIERS_VIEW}'")
     for source, c in consistency.items():
         if c["applicable"]:
             print(f"  {printable(source)}: identity disagreement {c['mean_disagreement']:.4f} over {c['identities']} identities")

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import fiftyone as fo
 
+from faceaudit import params
 from faceaudit.attributes import ATTRIBUTES
 from faceaudit.progress import Progress
 
@@ -22,6 +23,39 @@ from . import labels, schema
 
 class AnnotateError(ValueError):
     """Bad input to an annotation run (empty view, unknown source, ...)."""
+
+
+MODELS = ("mac", "agegender")
+
+
+@dataclass(frozen=True)
+class AnnotateOptions:
+    """Validated arguments of one annotation run (see :func:`annotate_options`)."""
+
+    model: str = "mac"
+    checkpoint: str | None = None
+    source: str | None = None
+    device: str = "auto"
+    batch_size: int = 256
+    workers: int | None = None
+    mc_passes: int | None = None
+    threshold: float | None = None
+
+
+def annotate_options(model="mac", checkpoint=None, source=None, device="auto", batch_size=256,
+                     workers=None, mc_passes=None, threshold=None) -> AnnotateOptions:
+    """Every argument of :func:`iter_annotate`, validated with :mod:`faceaudit.params` (strings
+    from the App's forms accepted); raises a ``ValueError`` naming the argument. Nothing is
+    opened or written here, so every door refuses before any write."""
+    model = params.choice("model", model, MODELS, "mac")
+    checkpoint = None if checkpoint is None or str(checkpoint).strip() == "" else str(checkpoint).strip()
+    if model == "mac" and checkpoint is None:
+        raise AnnotateError("a MAC checkpoint is needed: give --checkpoint PATH (train one with faceaudit train-mac)")
+    return AnnotateOptions(
+        model, checkpoint, params.name("source", source, required=False), params.device(device),
+        params.batch_size(batch_size), params.workers(workers), params.mc_passes(mc_passes),
+        params.threshold(threshold),
+    )
 
 
 @dataclass
@@ -85,13 +119,18 @@ def iter_annotate(
     mc_passes: int | None = None,
     threshold: float | None = None,
 ) -> Generator[Progress, None, AnnotateReport]:
-    """Label the unlabelled samples of ``view`` (or of ``source``, or the whole dataset)."""
-    dataset = schema.open_dataset(dataset_name, create=False)
-    view = select_view(dataset, view, source)
+    """Label the unlabelled samples of ``view`` (or of ``source``, or the whole dataset).
+
+    Every argument is validated (:func:`annotate_options`) before the dataset is opened."""
+    o = annotate_options(model, checkpoint, source, device, batch_size, workers, mc_passes, threshold)
+    checkpoint, batch_size = o.checkpoint, o.batch_size
+    dataset = schema.open_dataset(params.name("dataset", dataset_name), create=False)
+    view = select_view(dataset, view, o.source)
     selected = count_samples(view)
     if selected == 0:
         raise AnnotateError(f"nothing to annotate: the view of dataset {dataset.name!r} is empty")
-    engine, model_name = _build_engine(model, checkpoint, device, batch_size, workers, mc_passes, threshold)
+    engine, model_name = _build_engine(o.model, checkpoint, o.device, batch_size, o.workers, o.mc_passes,
+                                       o.threshold)
     labels.ensure_label_schema(dataset)
 
     ids, paths = samples_to_label(view)
@@ -125,9 +164,7 @@ def iter_annotate(
 def _build_engine(model, checkpoint, device, batch_size, workers, mc_passes, threshold):
     from faceaudit.inference import Engine
 
-    if model == "mac":
-        if not checkpoint:
-            raise AnnotateError("a MAC checkpoint is needed: give --checkpoint PATH (train one with faceaudit train-mac)")
+    if model == "mac":  # arguments are validated by annotate_options
         from faceaudit.model import load_checkpoint
 
         net = load_checkpoint(checkpoint, attributes=ATTRIBUTES)
@@ -139,8 +176,6 @@ def _build_engine(model, checkpoint, device, batch_size, workers, mc_passes, thr
         name = "agegender"
     else:
         raise AnnotateError(f"unknown model {model!r}: use mac or agegender")
-    if batch_size <= 0:
-        raise AnnotateError(f"--batch-size must be positive, got {batch_size}")
     return Engine(net, device, batch_size, workers, mc_passes, threshold), name
 
 

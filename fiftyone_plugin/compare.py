@@ -8,7 +8,7 @@ One function behind the ``compute_attribute_comparison`` operator, the panel and
 from __future__ import annotations
 
 
-from faceaudit import stats
+from faceaudit import params, stats
 from faceaudit.attributes import ATTRIBUTES
 
 from . import counts, labels, schema
@@ -23,7 +23,10 @@ def compute_comparison(view, states: str = "three", alpha: float = 0.5, bootstra
                        identities: bool = True) -> tuple[stats.Comparison, dict]:
     """Compare every source of ``view``; returns the numbers and their JSON form (limited to
     ``attributes`` if given; with ``identities``, the identity consistency per source too)."""
-    stats.check_parameters(states, alpha)
+    states = params.choice("states", states, tuple(stats.STATE_SETS), "three")
+    alpha = params.alpha(alpha)
+    bootstrap = params.to_int("bootstrap", bootstrap, 0, minimum=0, maximum=100_000)
+    seed = params.to_int("seed", seed, 0, minimum=0)
     unknown = [a for a in attributes or [] if a not in ATTRIBUTES]
     if unknown:
         raise CompareError(f"unknown attribute {unknown[0]!r}: attributes are MAAD-Face's 47 "

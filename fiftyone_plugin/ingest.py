@@ -38,7 +38,7 @@ from faceaudit import params
 from faceaudit.images import DEFAULT_MAX_PIXELS, check_image_file
 from faceaudit.presets import DOMAINS, get_preset
 from faceaudit.progress import Progress, drive
-from faceaudit.readers import FaceRecord, LayoutError, Scan, Tally, scan
+from faceaudit.readers import FORMATS, FaceRecord, LayoutError, Scan, Tally, scan
 
 from . import schema
 from .bulk import fiftyone_rand, new_object_ids
@@ -71,6 +71,7 @@ class LoadReport:
     #: ``[{"reason", "count", "examples"}]``: the entries left out, and the added ones tagged
     skipped_entries: list[dict] = field(default_factory=list)
     unreadable_entries: list[dict] = field(default_factory=list)
+    detected: str | None = None  # with --format auto: "detected '<format>' (<why>): <what>"
 
     def summary(self) -> str:
         text = (
@@ -83,7 +84,8 @@ class LoadReport:
             text += f", {self.skipped_non_image} non-image files skipped"
         if self.skipped:
             text += f", {self.skipped} entries skipped (could not be read)"
-        return text + f" -> dataset '{self.dataset}'"
+        text += f" -> dataset '{self.dataset}'"
+        return text + (f"; --format auto {self.detected}" if self.detected else "")
 
     def details(self) -> list[str]:
         """One line per reason an entry was skipped or tagged, with a few example paths."""
@@ -101,18 +103,20 @@ class LoadReport:
 def resolve_options(
     source: str | None, domain: str | None, format: str | None, preset: str | None
 ) -> tuple[str, str, str]:
-    """Fill source name, domain and format from a preset; explicit options win. Validates them
-    (names by :func:`faceaudit.params.name`: no ``$`` start, no control characters)."""
-    if preset:
+    """Fill source name, domain and format from a preset; explicit options win. Validates them."""
+    if not _blank(preset):
         p = get_preset(preset)
         source, domain, format = source or p.source, domain or p.domain, format or p.format
-    format = format or "auto"
-    if not source or not source.strip() or source != source.strip():
-        raise LoadError(f"source name {source!r} is empty or has surrounding spaces: give --source NAME")
-    source = params.name("source", source)
-    if domain not in DOMAINS:
-        raise LoadError(f"domain {domain!r} is not one of {', '.join(DOMAINS)}: give --domain real|synthetic")
-    return source, domain, format
+    if _blank(source):
+        raise LoadError("source: a name is required: give --source NAME (or a --preset)")
+    if _blank(domain):
+        raise LoadError(f"domain: required, one of {', '.join(DOMAINS)}: give --domain real|synthetic (or a --preset)")
+    return (params.name("source", source), params.choice("domain", domain, DOMAINS),
+            params.choice("format", format, ("auto", *FORMATS), "auto"))
+
+
+def _blank(value) -> bool:
+    return value is None or str(value).strip() == ""
 
 
 def iter_load(
@@ -136,17 +140,17 @@ def iter_load(
     tagged ``unreadable``.
     """
     source, domain, format = resolve_options(source, domain, format, preset)
+    limit = params.to_int("limit", limit, minimum=1)
     dataset_name = params.name("dataset", dataset_name)
     max_pixels = params.max_pixels(max_pixels)
-    if limit is not None and limit <= 0:
-        raise LoadError(f"--limit must be positive, got {limit}")
     found = scan(path, format, extract_to)
 
     dataset = schema.open_dataset(dataset_name)
     _check_source_compatible(dataset, source, domain, found.root)
 
     report = LoadReport(dataset.name, source, domain, found.format, found.root, found.description,
-                        max_pixels=max_pixels)
+                        max_pixels=max_pixels,
+                        detected=found.description if format == "auto" else None)
 
     def register_source() -> None:  # before the first write, so a killed load knows its root
         schema.record_source(dataset, source, root=found.root, domain=domain, format=found.format)

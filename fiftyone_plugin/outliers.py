@@ -14,6 +14,7 @@ import numpy as np
 from fiftyone import ViewField as F
 
 from faceaudit import outliers as core
+from faceaudit import params
 from faceaudit.attributes import ATTRIBUTES
 
 from . import bulk, counts, labels, schema
@@ -22,10 +23,81 @@ SCORE_FIELD = "realness_nll"
 DISAGREEMENT_FIELD = "identity_disagreement"
 OUTLIER_TAG = "outlier"
 OUTLIERS_VIEW = "synthetic_outliers"
+STATES = ("three", "binary")
+MAX_JOINT = 10  # 3**10 combinations: the joint table travels inside the update
+DEFAULT_SHARE = 0.05  # the form's default K: this share of the scored synthetic samples
 
 
 class OutlierError(ValueError):
     """Bad input to scoring or flagging; the message says why."""
+
+
+@dataclass(frozen=True)
+class OutlierOptions:
+    """Validated arguments of one outliers run (every door builds one before writing)."""
+
+    top: int | None = None
+    threshold: float | None = None
+    tag: str = OUTLIER_TAG
+    states: str = "three"
+    alpha: float = 0.5
+    joint: tuple[str, ...] = ()
+
+
+def scoring_options(states="three", alpha=0.5, joint=()) -> tuple[str, float, tuple[str, ...]]:
+    """Validated ``states``, ``alpha`` and ``joint`` attributes of a realness scoring."""
+    joint = tuple(joint or ())
+    unknown = [a for a in joint if a not in ATTRIBUTES]
+    if unknown:
+        raise OutlierError(f"joint: unknown attribute {unknown[0]!r} (attributes are MAAD-Face's 47: "
+                           f"{', '.join(ATTRIBUTES[:4])}, ...)")
+    if len(joint) > MAX_JOINT or len(set(joint)) != len(joint):
+        raise OutlierError(f"joint: at most {MAX_JOINT} distinct attributes, got {list(joint)}")
+    return params.choice("states", states, STATES, "three"), params.alpha(alpha), joint
+
+
+def flag_options(top=None, threshold=None, tag=OUTLIER_TAG) -> tuple[int | None, float | None, str]:
+    """Validated ``top`` (K >= 1) or ``threshold`` (finite; exactly one of them) and ``tag``."""
+    top = params.to_int("top", top, minimum=1)
+    threshold = params.to_float("threshold", threshold)
+    if (top is None) == (threshold is None):
+        raise OutlierError("give exactly one of --top K or --threshold T")
+    return top, threshold, params.name("tag", tag if tag is not None else OUTLIER_TAG)
+
+
+def outlier_options(top=None, threshold=None, tag=OUTLIER_TAG, states="three", alpha=0.5,
+                    joint=()) -> OutlierOptions:
+    """Every argument of :func:`flag_synthetic_outliers`, validated (strings from forms accepted)."""
+    top, threshold, tag = flag_options(top, threshold, tag)
+    states, alpha, joint = scoring_options(states, alpha, joint)
+    return OutlierOptions(top, threshold, tag, states, alpha, joint)
+
+
+def flag_synthetic_outliers(dataset, options: OutlierOptions) -> tuple[dict, dict, int]:
+    """The whole outliers run, as ``faceaudit outliers`` and the operator do it: score
+    ``realness_nll``, write identity disagreement, tag. Returns (score summary, identity
+    consistency per source, number tagged). Build ``options`` with :func:`outlier_options`
+    first: nothing is validated late, so a refused run writes nothing."""
+    scored = score_realness(dataset, options.states, options.alpha, options.joint)
+    consistency = identity_consistency(dataset.view(), write=True)
+    n = flag_outliers(dataset, top=options.top, threshold=options.threshold, tag=options.tag)
+    return scored, consistency, n
+
+
+def suggested_defaults(dataset) -> tuple[int, float | None]:
+    """Form defaults from the data: K = 5% of the scored synthetic samples (at least 1; of the
+    labelled synthetic samples before any scoring), and as a threshold the score of the K-th
+    highest (None before any scoring), so that either choice tags the same faces by default.
+    Counted and looked up on the server (indexed score), exactly: never an estimate."""
+    coll = dataset._sample_collection
+    scored = {schema.DOMAIN: "synthetic", SCORE_FIELD: {"$type": "double"}}
+    n = coll.count_documents(scored)
+    if n == 0:
+        n = coll.count_documents({schema.DOMAIN: "synthetic", labels.CODE_FIELD: {"$type": "string"}})
+        return max(1, round(DEFAULT_SHARE * n)), None
+    top = max(1, round(DEFAULT_SHARE * n))
+    (kth,) = coll.find(scored, {SCORE_FIELD: 1}).sort(SCORE_FIELD, -1).skip(top - 1).limit(1)
+    return top, float(kth[SCORE_FIELD])
 
 
 def _state_index_expr(j: int) -> dict:
@@ -52,6 +124,7 @@ def ensure_fields(dataset) -> None:
 
 def score_realness(dataset, states: str = "three", alpha: float = 0.5, joint: tuple[str, ...] = ()) -> dict:
     """Write ``realness_nll`` for every labelled sample; returns a summary per domain."""
+    states, alpha, joint = scoring_options(states, alpha, joint)
     _require_labels(dataset)
     c = counts.cached_counts(dataset.view())
     real = [i for i, d in enumerate(c.domains) if d == "real"]
@@ -79,9 +152,6 @@ def score_realness(dataset, states: str = "three", alpha: float = 0.5, joint: tu
 
 def _joint_term(dataset, joint, alpha) -> dict:
     """MQL: the joint NLL of the ``joint`` attributes' combination (base-3 number) by lookup."""
-    unknown = [a for a in joint if a not in ATTRIBUTES]
-    if unknown:
-        raise OutlierError(f"unknown attribute {unknown[0]!r} in --joint")
     cols = [ATTRIBUTES.index(a) for a in joint]
     real_view = dataset.match((F(schema.DOMAIN) == "real") & F(labels.CODE_FIELD).exists())
     codes = real_view.values(labels.CODE_FIELD)
@@ -98,10 +168,7 @@ def flag_outliers(dataset, top: int | None = None, threshold: float | None = Non
     """Tag the synthetic samples with the ``top`` highest scores, or those at or above
     ``threshold`` (replacing the previous set with this tag), and save the view
     ``synthetic_outliers``. Returns the number tagged."""
-    if (top is None) == (threshold is None):
-        raise OutlierError("give exactly one of --top K or --threshold T")
-    if top is not None and top <= 0:
-        raise OutlierError(f"--top must be positive, got {top}")
+    top, threshold, tag = flag_options(top, threshold, tag)
     if SCORE_FIELD not in dataset.get_field_schema():
         raise OutlierError(f"dataset {dataset.name!r} has no {SCORE_FIELD} yet: score it first")
     coll = dataset._sample_collection
@@ -119,6 +186,7 @@ def flag_outliers(dataset, top: int | None = None, threshold: float | None = Non
 
 def clear_outliers(dataset, tag: str = OUTLIER_TAG, keep_view: bool = False) -> int:
     """Remove ``tag`` from every sample (and nothing else); returns how many had it."""
+    tag = params.name("tag", tag)
     n = dataset._sample_collection.update_many(
         {"tags": tag}, {"$pull": {"tags": tag}, "$set": {"last_modified_at": schema.utc_now()}}).modified_count
     if not keep_view and dataset.has_saved_view(OUTLIERS_VIEW):

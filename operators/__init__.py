@@ -3,6 +3,7 @@
 from .annotate import AnnotateAttributes
 from .compare import ComputeAttributeComparison
 from .load import LoadFaceDataset
-from .outliers import FlagSyntheticOutliers
+from .outliers import FlagSyntheticOutliers, SelectSavedView
 
-OPERATORS = (LoadFaceDataset, AnnotateAttributes, ComputeAttributeComparison, FlagSyntheticOutliers)
+OPERATORS = (LoadFaceDataset, AnnotateAttributes, ComputeAttributeComparison, FlagSyntheticOutliers,
+             SelectSavedView)

@@ -1,14 +1,23 @@
-"""``annotate_attributes``: label the target view's faces with a MAC (the App's door to
-:func:`fiftyone_plugin.annotate.iter_annotate`, the same function ``faceaudit annotate`` calls)."""
+"""``annotate_attributes``: label the target view's faces (the App's door to
+:func:`fiftyone_plugin.annotate.iter_annotate`, the same function ``faceaudit annotate`` calls,
+with the same choices: a MAC checkpoint or the offline agegender models, device, batch size,
+passes, threshold)."""
 
 from __future__ import annotations
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from .common import execution_mode, run_job, wants_delegation
+from faceaudit import params
+
+from .common import execution_mode, form_check, run_job, wants_delegation
 
 IMMEDIATE_LIMIT = 2000  # larger views are always delegated: the App's request times out at 600 s
+RUN_NOW_DEFAULT = 200  # up to this many samples the form defaults to Run now (about a minute on a CPU)
+
+
+def _view_size(ctx) -> int:
+    return ctx.target_view().count() if ctx.dataset is not None else 0
 
 
 class AnnotateAttributes(foo.Operator):
@@ -17,7 +26,7 @@ class AnnotateAttributes(foo.Operator):
         return foo.OperatorConfig(
             name="annotate_attributes",
             label="faceaudit: annotate 47 face attributes",
-            description="Run a MAC over the faces that have no attribute labels yet",
+            description="Run a MAC (or the offline age/gender models) over the faces that have no labels yet",
             icon="/assets/icon.svg",
             dynamic=True,
             execute_as_generator=True,
@@ -27,36 +36,57 @@ class AnnotateAttributes(foo.Operator):
         )
 
     def resolve_input(self, ctx):
+        from fiftyone_plugin.annotate import MODELS
+
         inputs = types.Object()
         inputs.view_target(ctx)
-        inputs.str("checkpoint", required=True, label="MAC checkpoint",
-                   description="Path (or URL) of a checkpoint written by faceaudit train-mac")
-        inputs.enum("device", ["auto", "cuda", "cpu"], default="auto", label="Device")
-        inputs.int("batch_size", default=256, min=1, label="Batch size")
-        inputs.int("mc_passes", label="Stochastic passes", description="Default: the checkpoint's")
-        count = ctx.target_view().count() if ctx.dataset is not None else 0
+        models = types.RadioGroup(orientation="horizontal")
+        models.add_choice("mac", label="MAC checkpoint", description="47 attributes, from faceaudit train-mac")
+        models.add_choice("agegender", label="agegender",
+                          description="offline ONNX age/gender models: Male, Young, Middle_Aged, Senior")
+        inputs.enum("model", list(MODELS), default="mac", label="Model", view=models,
+                    **form_check(ctx, "model", lambda v: params.choice("model", v, MODELS)))
+        mac = (ctx.params.get("model") or "mac") == "mac"
+        if mac:
+            inputs.str("checkpoint", required=True, label="MAC checkpoint",
+                       description="Path (or https URL) of a checkpoint written by faceaudit train-mac")
+        inputs.enum("device", ["auto", "cpu", "cuda"], default="auto", label="Device",
+                    **form_check(ctx, "device", params.device))
+        inputs.int("batch_size", default=256, min=1, label="Batch size",
+                   **form_check(ctx, "batch_size", params.batch_size))
+        if mac:
+            inputs.int("mc_passes", label="Stochastic passes", description="Default: the checkpoint's",
+                       **form_check(ctx, "mc_passes", params.mc_passes))
+        inputs.float("threshold", min=0.0, max=1.0, label="Reliability threshold",
+                     description="Under it a label is undefined (default: the checkpoint's; agegender 0.6)",
+                     **form_check(ctx, "threshold", params.threshold))
+        count = _view_size(ctx)
         if count > IMMEDIATE_LIMIT:
             inputs.view("note", types.Notice(
                 label=f"{count} samples: this runs as a delegated operation (fiftyone delegated launch)"))
-        execution_mode(ctx, inputs, default_delegated=True)
+        execution_mode(ctx, inputs, default_delegated=count > RUN_NOW_DEFAULT)
         return types.Property(inputs, view=types.View(label="Annotate face attributes"))
 
     def resolve_delegation(self, ctx):
-        if ctx.dataset is not None and ctx.target_view().count() > IMMEDIATE_LIMIT:
+        count = _view_size(ctx)
+        if count > IMMEDIATE_LIMIT:
             return True
-        return wants_delegation(ctx, default=True)
+        return wants_delegation(ctx, default=count > RUN_NOW_DEFAULT)
 
     def execute(self, ctx):
         from fiftyone_plugin.annotate import iter_annotate
 
         p = ctx.params
+        mac = (p.get("model") or "mac") == "mac"
         job = iter_annotate(
             ctx.dataset.name,
-            checkpoint=p["checkpoint"],
+            model=p.get("model") or "mac",
+            checkpoint=p.get("checkpoint") if mac else None,
             view=ctx.target_view(),
-            device=p.get("device") or "auto",
-            batch_size=p.get("batch_size") or 256,
-            mc_passes=p.get("mc_passes") or None,
+            device=p.get("device"),
+            batch_size=p.get("batch_size"),
+            mc_passes=p.get("mc_passes") if mac else None,
+            threshold=p.get("threshold"),
         )
         report = yield from run_job(ctx, job)
         if not ctx.delegated:

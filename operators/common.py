@@ -1,24 +1,60 @@
-"""Helpers shared by the operators: execution mode and progress in both modes."""
+"""Helpers shared by the operators: execution mode, form validation and progress in both modes."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from typing import Any
+
+import fiftyone as fo
 import fiftyone.operators.types as types
+
+from faceaudit import params
+
+LEGACY_ORCHESTRATORS_ENV = "FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS"
+
+
+def allow_delegation_from_the_app() -> None:
+    """Let the open-source App queue delegated operations for ``fiftyone delegated launch``.
+
+    FiftyOne 1.22 reads ``fo.config.allow_legacy_orchestrators`` each time the App asks for an
+    operator's execution options (``ExecutionOptions.orchestrator_registration_enabled``);
+    without it the App answers "Background compute is not yet configured" and cannot queue.
+    This runs when the App server imports the plugin, so ``fiftyone app launch`` needs no extra
+    environment. A user's own ``FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS`` (true or false) wins."""
+    if os.environ.get(LEGACY_ORCHESTRATORS_ENV) is None:
+        fo.config.allow_legacy_orchestrators = True
+
+
+allow_delegation_from_the_app()
 
 
 def execution_mode(ctx, inputs: types.Object, default_delegated: bool = False) -> None:
-    """Add the 'run now / delegate' choice (the open-source App hides its own 'Schedule')."""
+    """Add the 'run now / delegate' choice (the open-source App hides its own 'Schedule').
+
+    The App's radio sends its values as text, so the choices are "false" / "true"; real booleans
+    (``foo.execute_operator`` from Python) are accepted too. :func:`wants_delegation` reads both."""
     choices = types.RadioGroup(orientation="horizontal")
-    choices.add_choice(False, label="Run now", description="Run in the App (short jobs)")
-    choices.add_choice(True, label="Delegate", description="Queue for `fiftyone delegated launch`")
-    inputs.enum(
-        "delegate", choices.values(), default=default_delegated, label="Execution mode", view=choices
-    )
+    choices.add_choice("false", label="Run now", description="Run in the App (short jobs)")
+    choices.add_choice("true", label="Delegate", description="Queue for `fiftyone delegated launch`")
+    inputs.enum("delegate", [*choices.values(), False, True], default=str(default_delegated).lower(),
+                label="Execution mode", view=choices,
+                **form_check(ctx, "delegate", lambda v: params.to_bool("delegate", v)))
 
 
 def wants_delegation(ctx, default: bool | None = None) -> bool | None:
     """The form's choice, else ``default``; None leaves it to FiftyOne (``request_delegation``)."""
-    choice = ctx.params.get("delegate")
-    return default if choice is None else bool(choice)
+    return params.to_bool("delegate", ctx.params.get("delegate"), default)
+
+
+def form_check(ctx, name: str, validate: Callable[[Any], Any]) -> dict:
+    """Property options that mark form field ``name`` invalid, with the validator's message,
+    while its current value is refused (the App then keeps Execute disabled)."""
+    try:
+        validate(ctx.params.get(name))
+    except ValueError as e:
+        return {"invalid": True, "error_message": str(e)}
+    return {}
 
 
 def progress_op(ctx, event):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from faceaudit import params
+
 from .common import execution_mode, wants_delegation
 
 
@@ -38,10 +40,10 @@ class ComputeAttributeComparison(foo.Operator):
         from fiftyone_plugin.compare import compute_comparison, store_comparison
 
         p = ctx.params
-        _, result = compute_comparison(ctx.target_view(), states=p.get("states", "three"),
-                                       alpha=float(p.get("alpha", 0.5)), bootstrap=int(p.get("bootstrap") or 0))
+        _, result = compute_comparison(ctx.target_view(), states=p.get("states"), alpha=p.get("alpha"),
+                                       bootstrap=p.get("bootstrap"))  # validated there, strings too
         store_comparison(ctx.dataset, result)
-        if p.get("open_panel", True) and not ctx.delegated:
+        if params.to_bool("open_panel", p.get("open_panel"), True) and not ctx.delegated:
             ctx.ops.open_panel("attribute_comparison", layout="horizontal", is_active=True)
         top = max(result["attributes"].items(),
                   key=lambda kv: kv[1]["real_vs_synthetic"]["kl_real_synth"] or float("inf"))

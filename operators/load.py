@@ -64,7 +64,7 @@ class LoadFaceDataset(foo.Operator):
             preset=p.get("preset") or None,
             dataset_name=ctx.dataset.name,
             extract_to=p.get("extract_to") or None,
-            limit=p.get("limit") or None,
+            limit=p.get("limit"),  # 0 is refused there, not read as "no limit"
         )
         report = yield from run_job(ctx, job)
         if not ctx.delegated:

@@ -1,10 +1,17 @@
 """``flag_synthetic_outliers``: score, tag and save the synthetic faces real data explains least
-(the App's door to :mod:`fiftyone_plugin.outliers`, as ``faceaudit outliers``)."""
+(the App's door to :func:`fiftyone_plugin.outliers.flag_synthetic_outliers`, as ``faceaudit outliers``)."""
 
 from __future__ import annotations
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
+
+from faceaudit import params
+
+from .common import form_check
+
+MODES = ("top", "threshold", "clear")
+SELECT_SAVED_VIEW = "select_saved_view"
 
 
 class FlagSyntheticOutliers(foo.Operator):
@@ -24,33 +31,79 @@ class FlagSyntheticOutliers(foo.Operator):
         )
 
     def resolve_input(self, ctx):
+        from fiftyone_plugin import outliers
+
         inputs = types.Object()
         mode = types.RadioGroup()
         mode.add_choice("top", label="Top K")
         mode.add_choice("threshold", label="Threshold on realness_nll")
         mode.add_choice("clear", label="Clear the tag")
         inputs.enum("mode", mode.values(), default="top", view=mode, label="What to do")
-        chosen = ctx.params.get("mode", "top")
+        chosen = ctx.params.get("mode") or "top"
+        top, threshold = outliers.suggested_defaults(ctx.dataset) if ctx.dataset is not None else (1, None)
         if chosen == "top":
-            inputs.int("top", default=100, min=1, label="K")
+            inputs.int("top", default=top, min=1, label="K",
+                       description=f"Tag the K synthetic faces with the highest realness_nll "
+                                   f"(default: {outliers.DEFAULT_SHARE:.0%} of them)",
+                       **form_check(ctx, "top", lambda v: params.to_int("top", v, minimum=1)))
         elif chosen == "threshold":
-            inputs.float("threshold", default=60.0, label="realness_nll at least")
-        inputs.str("tag", default="outlier", label="Tag")
+            hint = ("no scores yet: they are computed when this runs" if threshold is None else
+                    f"suggested: {threshold:.4g}, the score of the K-th highest synthetic face "
+                    f"(K = {top}, {outliers.DEFAULT_SHARE:.0%} of them)")
+            inputs.float("threshold", default=threshold, required=True, label="realness_nll at least",
+                         description=hint, **form_check(ctx, "threshold", lambda v: params.to_float("threshold", v)))
+        inputs.str("tag", default=outliers.OUTLIER_TAG, label="Tag",
+                   **form_check(ctx, "tag", lambda v: params.name("tag", v, required=False)))
         return types.Property(inputs, view=types.View(label="Flag synthetic outliers"))
 
     def execute(self, ctx):
         from fiftyone_plugin import outliers
 
         p = ctx.params
-        tag = p.get("tag") or outliers.OUTLIER_TAG
-        if p.get("mode") == "clear":
-            n = outliers.clear_outliers(ctx.dataset, tag)
+        mode = params.choice("mode", p.get("mode"), MODES, "top")
+        if mode == "clear":
+            n = outliers.clear_outliers(ctx.dataset, p.get("tag") or outliers.OUTLIER_TAG)
             ctx.ops.reload_dataset()
-            return {"tagged": 0, "cleared": n}
-        outliers.score_realness(ctx.dataset)
-        outliers.identity_consistency(ctx.dataset.view(), write=True)
-        n = outliers.flag_outliers(ctx.dataset, top=p.get("top") if p.get("mode", "top") == "top" else None,
-                                   threshold=p.get("threshold") if p.get("mode") == "threshold" else None, tag=tag)
-        ctx.ops.reload_dataset()
-        ctx.ops.set_view(ctx.dataset.load_saved_view(outliers.OUTLIERS_VIEW))
-        return {"tagged": n, "cleared": 0}
+            ctx.ops.notify(f"tag removed from {n} samples", variant="success")
+            return {"tagged": 0, "cleared": n, "message": f"tag removed from {n} samples"}
+        options = outliers.outlier_options(
+            top=p.get("top") if mode == "top" else None,
+            threshold=p.get("threshold") if mode == "threshold" else None,
+            tag=p.get("tag") or outliers.OUTLIER_TAG,
+        )
+        scored, _, n = outliers.flag_synthetic_outliers(ctx.dataset, options)
+        message = (f"{n} synthetic faces tagged '{options.tag}' ({scored['scored']} samples scored); "
+                   f"saved view '{outliers.OUTLIERS_VIEW}'")
+        ctx.ops.reload_dataset()  # the App refetches its saved views...
+        ctx.trigger(f"{self.plugin_name}/{SELECT_SAVED_VIEW}", params={"name": outliers.OUTLIERS_VIEW})
+        ctx.ops.notify(message, variant="success")
+        return {"tagged": n, "cleared": 0, "message": message}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("message", label="Result")
+        return types.Property(outputs, view=types.View(label="Flag synthetic outliers"))
+
+
+class SelectSavedView(foo.Operator):
+    """Select a saved view in the App once its list of saved views holds it.
+
+    The App's ``set_view`` checks a name against the saved views it loaded with the page; a view
+    saved by the operator that just ran is not among them until ``reload_dataset`` has refetched
+    them. Triggered after that reload, this operator's round trip (plus a short pause) lets the
+    refetch land first, so the selector then shows the saved view, not "Unsaved view"."""
+
+    DELAY_S = 1.0
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(name=SELECT_SAVED_VIEW, label="faceaudit: select a saved view",
+                                  unlisted=True)
+
+    def execute(self, ctx):
+        import time
+
+        name = params.name("name", ctx.params.get("name"))
+        time.sleep(self.DELAY_S)
+        if ctx.dataset is not None and ctx.dataset.has_saved_view(name):
+            ctx.ops.set_view(name=name)

@@ -156,15 +156,16 @@ def test_operator_annotates_the_target_view_delegated_and_immediately(trained, f
     ds = fo.load_dataset(dataset_name)
     params = {"checkpoint": str(ckpt), "device": "cpu", "batch_size": 2}
 
-    # default choice: delegated; the view is source a only
+    # delegated (the form's choice arrives as text from the App); the view is source a only
     view_a = ds.match(fo.ViewField("source") == "a")
-    queued = foo.execute_operator(ANNOTATE_URI, ctx={"dataset": ds, "view": view_a, "params": params})
+    queued = foo.execute_operator(ANNOTATE_URI, ctx={"dataset": ds, "view": view_a,
+                                                     "params": {**params, "delegate": "true"}})
     assert queued.delegated
     DelegatedOperationService().execute_queued_operations(dataset_name=dataset_name)
     ds.reload()
     assert ds.exists(labels.CODE_FIELD).count_values("source") == {"a": 3}
 
-    result = foo.execute_operator(ANNOTATE_URI, ctx={"dataset": ds, "params": {**params, "delegate": False}})
+    result = foo.execute_operator(ANNOTATE_URI, ctx={"dataset": ds, "params": {**params, "delegate": "false"}})
     assert not result.delegated and result.error is None
     ds.reload()
     assert ds.exists(labels.CODE_FIELD).count() == 5

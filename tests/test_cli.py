@@ -111,3 +111,99 @@ def test_demo_runs_the_pipeline_and_reruns_as_a_no_op(tmp_path, dataset_name, cl
     assert len(ds.load_saved_view("synthetic_outliers")) == 10
     again = run(args, cli_env)
     assert "0 added, 101 already present" in again.stdout and "0 samples labelled" in again.stdout
+
+
+# ------------------------------------------------------------------ arguments refused before any write
+
+
+@pytest.fixture
+def loaded(tmp_path, faces, dataset_name):
+    """Two small sources, one labelled by import (so a refused run can be seen to leave labels)."""
+    from fiftyone_plugin import labels
+    from fiftyone_plugin.ingest import load_face_dataset
+    from test_labels import write_csv
+
+    for source, domain in (("r", "real"), ("s", "synthetic")):
+        faces.identity_tree(tmp_path / source, {f"{source}0": 2, f"{source}1": 1})
+        load_face_dataset(str(tmp_path / source), source=source, domain=domain, dataset_name=dataset_name)
+    rows = [[f"r0/{k:04d}.jpg", "r0", *["1"] * 47] for k in range(2)]
+    labels.import_labels(fo.load_dataset(dataset_name), "r", str(write_csv(tmp_path / "r.csv", rows)))
+    return fo.load_dataset(dataset_name)
+
+
+def written(ds) -> tuple:
+    """What annotate, load and compare write: samples with their labels, and the dataset info."""
+    ds.reload()
+    return sorted(map(str, ds.values(["filepath", "mac_code", "mac_Male", "tags"]))), dict(ds.info)
+
+
+ANNOTATE_REFUSALS = [
+    (["--model", "agegender", "--threshold", "-1"], "threshold: must be at least 0"),
+    (["--model", "agegender", "--threshold", "1.5"], "threshold: must be at most 1"),
+    (["--model", "agegender", "--mc-passes", "-2"], "mc_passes: must be at least 1, got -2"),
+    (["--model", "agegender", "--mc-passes", "0"], "mc_passes: must be at least 1, got 0"),
+    (["--model", "agegender", "--batch-size", "0"], "batch_size: must be at least 1"),
+    (["--model", "agegender", "--workers", "-1"], "workers: must be at least 0"),
+    (["--model", "agegender", "--device", "gpu"], "device: must be auto, cpu, cuda"),
+    (["--model", "agegender", "--source", "$source"], "source: must not start with '$'"),
+    (["--model", "mac"], "a MAC checkpoint is needed"),
+]
+
+
+def test_annotate_refuses_bad_arguments_before_writing(loaded, cli_env, capsys):
+    """The real command once (`--threshold nan`), then the same main() in-process per case."""
+    from faceaudit_cli.main import main
+
+    before = written(loaded)
+    proc = run(["annotate", "--dataset", loaded.name, "--model", "agegender", "--threshold", "nan"],
+               cli_env, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == "faceaudit annotate: error: threshold: must be a finite number, got nan"
+    assert written(loaded) == before
+    for args, message in ANNOTATE_REFUSALS:
+        assert main(["annotate", "--dataset", loaded.name, "--quiet", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("faceaudit annotate: error: ") and message in err, (args, err)
+        assert written(loaded) == before, args
+
+
+def test_load_and_compare_refuse_bad_arguments_before_writing(loaded, tmp_path, faces, capsys):
+    from faceaudit_cli.main import main
+
+    faces.identity_tree(tmp_path / "new", {"n0": 2})
+    before = written(loaded)
+    refusals = [
+        (["load", "--source", "$source", "--domain", "real"], "source: must not start with '$'"),
+        (["load", "--source", "a\x1b[2Jb", "--domain", "real"], "source: must not contain control characters"),
+        (["load", "--source", "new", "--domain", "real", "--limit", "0"], "limit: must be at least 1, got 0"),
+        (["load", "--source", "new", "--domain", "real", "--limit", "-3"], "limit: must be at least 1"),
+    ]
+    for args, message in refusals:
+        assert main([*args, "--dataset", loaded.name, "--quiet", str(tmp_path / "new")]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err, (args, err)
+        assert written(loaded) == before, args
+    loaded.info["faceaudit"] = {**loaded.info.get("faceaudit", {}), "marker": 1}  # a comparison would replace it
+    loaded.save()
+    before = written(loaded)
+    for args, message in [(["--alpha", "nan"], "alpha: must be a finite number"),
+                          (["--alpha", "-0.5"], "alpha: must be at least 0"),
+                          (["--bootstrap", "-1"], "bootstrap: must be at least 0")]:
+        out = tmp_path / "cmp.json"
+        assert main(["compare", "--dataset", loaded.name, "--json", str(out), *args]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err, (args, err)
+        assert not out.exists() and written(loaded) == before, args
+
+
+def test_load_says_what_format_auto_detected(tmp_path, faces, dataset_name, capsys):
+    from faceaudit_cli.main import main
+
+    faces.identity_tree(tmp_path / "ids", {"a": 2, "b": 1})
+    args = ["load", "--dataset", dataset_name, "--source", "x", "--domain", "real", "--quiet", str(tmp_path / "ids")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("detected 'folders' (sub-folders hold images: one folder per identity)") == 1, out
+    assert "x (real, folders): 3 images found" in out
+    assert main([*args, "--format", "folders", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["detected"] is None

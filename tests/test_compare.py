@@ -172,7 +172,7 @@ def test_the_view_decides_what_is_counted(labelled):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--alpha", "-1"], "alpha must be a finite number >= 0, got -1.0"),
+    (["--alpha", "-1"], "alpha: must be at least 0, got -1"),
     (["--attributes", "Blurry"], "unknown attribute 'Blurry'"),
 ])
 def test_bad_parameters(labelled, args, message):

