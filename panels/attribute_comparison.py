@@ -100,7 +100,7 @@ class AttributeComparisonPanel(foo.Panel):
             return
         source, attribute, state = picked
         view = attribute_state_view(_compared_view(ctx), source, attribute, state)
-        _drill_down(ctx, view, f"**{md_escape(source)}** with **{attribute} = {state}**",
+        _drill_down(ctx, view, f"{md_escape(source)} with **{attribute} = {state}**",
                     {"picked.attribute": attribute})
 
     def on_realness_click(self, ctx):
@@ -113,7 +113,7 @@ class AttributeComparisonPanel(foo.Panel):
             return
         source, low, high = picked
         view = score_range_view(_compared_view(ctx), source, SCORE_FIELD, float(low), float(high))
-        _drill_down(ctx, view, f"**{md_escape(source)}** with realness_nll in [{low:.2f}, {high:.2f})", {})
+        _drill_down(ctx, view, f"{md_escape(source)} with realness_nll in [{low:.2f}, {high:.2f})", {})
 
     def back_to_compared_view(self, ctx):
         """Return the App to the view the charts describe."""
@@ -346,14 +346,13 @@ def _stages(view) -> str:
     return json_util.dumps([json_util.loads(_stage_key(s)) for s in view._serialize()])
 
 
-_MD_SPECIAL = re.compile(r"[^A-Za-z0-9 ]")
-
-
 def md_escape(text: str) -> str:
     """``text`` as literal markdown: a user's name (a source) must not become a link, an image,
-    emphasis or an autolinked URL. Every other character becomes a numeric character reference,
-    which markdown shows as that character and never parses as syntax."""
-    return _MD_SPECIAL.sub(lambda m: f"&#{ord(m.group())};", text)
+    emphasis or an autolinked URL (the App's markdown links bare URLs even when escaped). A code
+    span is shown as it is, its fence longer than any run of backticks inside."""
+    run = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    pad = " " if text[:1] == "`" or text[-1:] == "`" else ""
+    return f"{'`' * (run + 1)}{pad}{text}{pad}{'`' * (run + 1)}"
 
 
 def html_escape(text: str) -> str:
@@ -366,7 +365,7 @@ def html_escape(text: str) -> str:
 def _summary(result: dict, category: str | None) -> str:
     from faceaudit import report
 
-    parts = [f"**{md_escape(s)}** ({i['domain']}, {i['labelled']:,} labelled)" for s, i in result["sources"].items()]
+    parts = [f"{md_escape(s)} ({i['domain']}, {i['labelled']:,} labelled)" for s, i in result["sources"].items()]
     text = (f"{' · '.join(parts)}  \nstates: {'/'.join(result['states'])}; shares are raw, alpha "
             f"{result['alpha']} smooths the divergences only; KL in nats, `inf` where alpha = 0 meets an empty state")
     for note in result.get("notes") or []:
