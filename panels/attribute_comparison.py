@@ -128,14 +128,14 @@ class AttributeComparisonPanel(foo.Panel):
         from faceaudit.attributes import ATTRIBUTES, CATEGORIES
 
         settings, data = _settings(ctx), self.shown(ctx)
-        panel = types.Object()
+        panel = types.Object()  # a text's name must differ from every state key (state wins)
         panel.md("**Real vs synthetic face attributes** (MAAD-Face, 47)", name="title")
         if data["error"]:
-            panel.md(data["error"], name="error")
-        panel.md(data["summary"], name="summary")
+            panel.md(data["error"], name="error_text")
+        panel.md(data["summary"], name="summary_text")
         drill = _drilldown_of(ctx)
         if drill is not None:
-            panel.md(drill.get("text", ""), name="drilldown")
+            panel.md(drill.get("text", ""), name="drilldown_text")
             panel.btn("back", label="Back to the compared view", variant="contained",
                       on_click=self.back_to_compared_view)
 
@@ -156,7 +156,7 @@ class AttributeComparisonPanel(foo.Panel):
         _plot(panel, "attribute_plot", data, self.on_bar_click)
         _control(panel, "sort", list(SORT_KEYS), f"Sort KL table by: {SORT_KEYS[settings['sort']]}",
                  self.on_control_change)
-        panel.md(data["kl_table"], name="kl_table")
+        panel.md(data["kl_table"], name="kl_table_text")
         _plot(panel, "kl_plot", data)
         _plot(panel, "pairwise", data)
         if data.get("realness"):
