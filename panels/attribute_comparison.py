@@ -120,6 +120,7 @@ class AttributeComparisonPanel(foo.Panel):
         view = _compared_view(ctx)
         ctx.panel.state.set("drilldown", None)
         ctx.ops.set_view(view)
+        ctx.faceaudit_view = view  # this request's render: ctx.view is still the drill-down
 
     # ------------------------------------------------------------------ layout
 
@@ -282,6 +283,8 @@ def _compared_view(ctx):
     the view the drill-down came from."""
     from fiftyone.core.view import DatasetView
 
+    if getattr(ctx, "faceaudit_view", None) is not None:
+        return ctx.faceaudit_view
     drill = _drilldown_of(ctx)
     if drill is None:
         return ctx.view

@@ -243,7 +243,10 @@ def test_controls_replace_the_charts_and_a_drill_down_survives_a_sort(server, pa
     assert box["x"] >= 0 and box["x"] + box["width"] <= width, f"Back is clipped: {box}"
     back.click()
     page.get_by_text("28 samples", exact=True).wait_for()
+    page.get_by_text("real-faces (real, 16 labelled)").wait_for(timeout=60_000)
+    time.sleep(3)
     _shot(page, "back")
+    assert "real-faces (real, 16 labelled)" in page.inner_text("body")
     assert not page.get_by_text("Showing ").count()
 
 
