@@ -120,7 +120,7 @@ def _drive(page, ds, session, url):
 
     # a control recomputes the compared view (both sources), not the drill-down's real faces:
     # binary states leave undefined out, and the drill-down stays
-    page.get_by_text("three", exact=True).first.click()
+    page.get_by_text("States: three", exact=True).locator("xpath=following::*[@role='combobox'][1]").click()
     page.get_by_role("option", name="binary").click()
     page.get_by_text("states: positive/negative;").wait_for(timeout=60_000)
     text = page.inner_text("body")
