@@ -20,9 +20,12 @@ class CompareError(ValueError):
 
 def compute_comparison(view, states: str = "three", alpha: float = 0.5, bootstrap: int = 0,
                        seed: int = 0, attributes: list[str] | None = None,
-                       identities: bool = True) -> tuple[stats.Comparison, dict]:
+                       identities: bool = True, partial: bool = False) -> tuple[stats.Comparison, dict]:
     """Compare every source of ``view``; returns the numbers and their JSON form (limited to
-    ``attributes`` if given; with ``identities``, the identity consistency per source too)."""
+    ``attributes`` if given; with ``identities``, the identity consistency per source too).
+
+    A source without labels or a view with one domain is a :class:`CompareError`, or with
+    ``partial`` (the panel) a comparison of what there is, ``notes`` saying what is missing."""
     states = params.choice("states", states, tuple(stats.STATE_SETS), "three")
     alpha = params.alpha(alpha)
     bootstrap = params.to_int("bootstrap", bootstrap, 0, minimum=0, maximum=100_000)
@@ -40,7 +43,7 @@ def compute_comparison(view, states: str = "three", alpha: float = 0.5, bootstra
     if not c.sources:
         raise CompareError(f"the view of dataset {dataset.name!r} has no samples with a source")
     try:
-        comparison = stats.compare(c.sources, c.domains, c.samples, c.counts, states, alpha)
+        comparison = stats.compare(c.sources, c.domains, c.samples, c.counts, states, alpha, partial=partial)
     except stats.StatsError as e:
         raise CompareError(str(e)) from None
     if bootstrap:

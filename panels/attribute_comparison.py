@@ -2,26 +2,47 @@
 
 Thin glue over :func:`fiftyone_plugin.compare.compute_comparison` (cached counts) and the figure
 builders of :mod:`faceaudit.report` (the same charts as the HTML report). Only aggregates reach
-the browser. It follows the App's view: a sidebar filter changes the numbers. A click on a bar
-sets the App's view to the samples of that source with that attribute state.
+the browser. It follows the App's view, sidebar filters included: a filter changes the numbers
+and stays. A click on a bar sets the App's view to the faces behind it (a drill-down); Back
+returns.
+
+Why the numbers go into the rendered layout, not into panel data or state: the App (1.22)
+saves a grid panel's state into the session's spaces after a state or data patch, and each save
+reloads the dataset page from the router location of the last navigation, which drops the
+sidebar filters the user set since (seen in the browser: a data patch on a filter's view event
+removed that filter 2 s later). The layout (``render``) is not saved, so every chart and text
+goes there, from a per-panel cache of the last computation; panel state holds only what the
+user sets (controls, a drill-down), written when the user acts on the panel. A replaced layout
+also replaces each chart whole: no chart keeps an old tail. A plot click reports the bar's
+``ids`` entry, so the click handlers need no state either.
 """
 
 from __future__ import annotations
+
+import json
+import re
 
 from bson import json_util
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 CATEGORY_ALL = "all"
-SORT_KEYS = {"kl_real_synth": "KL(real || synth)", "kl_synth_real": "KL(synth || real)",
-             "js": "JS", "attribute": "attribute"}
-DEFAULTS = {"states": "three", "alpha": 0.5, "category": CATEGORY_ALL, "shown_state": "positive",
-            "attribute": "Male", "sort": "kl_real_synth"}
+SHOW_ALL = "all"
+SORT_KEYS = {"kl_real_synth": "KL(real || synth)", "kl_synth_real": "KL(synth || real)", "js": "JS"}
+#: the controls: state path -> default (the form keeps a control's value at its path)
+CONTROLS = {"controls.states": "three", "controls.alpha": 0.5, "controls.category": CATEGORY_ALL,
+            "controls.shown_state": "positive", "controls.show": "top", "picked.attribute": "Male",
+            "sort": "kl_real_synth"}
+#: per panel: the key (view, settings) and the charts, tables and texts last computed. The form
+#: reports every control's value when it mounts and the App repeats view events: those reuse it
+_SHOWN: dict[str, dict] = {}
+_SHOWN_MAX = 64  # panels remembered (one per open panel; old ones dropped first)
 
-HELP = """For each of the 47 MAAD-Face attributes: its distribution per source, and the real vs
-synthetic KL divergence in both directions (nats). D_KL(real || synthetic) large with
-D_KL(synthetic || real) small means the synthetic data covers only part of what real faces show.
-Click a bar to see the faces behind it. The numbers follow the App's current view."""
+HELP = """For each of the 47 MAAD-Face attributes: its distribution per source (raw shares), and
+the real vs synthetic KL divergence in both directions (nats; smoothing alpha inside the
+divergences only). D_KL(real || synthetic) large with D_KL(synthetic || real) small means the
+synthetic data covers only part of what real faces show. The numbers follow the App's view and
+sidebar filters. Click a bar to see the faces behind it; Back returns."""
 
 
 class AttributeComparisonPanel(foo.Panel):
@@ -36,213 +57,280 @@ class AttributeComparisonPanel(foo.Panel):
         )
 
     def on_load(self, ctx):
-        self.refresh(ctx)
+        _SHOWN.pop(_panel_id(ctx), None)  # render recomputes
 
     def on_change_view(self, ctx):
-        state, shown = ctx.panel.state, _stages(ctx.view)
-        if state.drilldown_pending or shown == state.drilldown_view:
-            state.set("drilldown_pending", False)
-            return  # our own click set this view: keep the charts of the view it came from
-        if state.base_view is not None and shown == _stages_of(state.base_view):
-            return  # the App repeats a view event (or Back returned): the charts show this view
-        self.refresh(ctx)
+        """A view event (a sidebar filter, the view bar, our own drill-down): render follows
+        it (a drill-down keeps the charts of the view it came from). Never sets the view, the
+        state or the data: any of them would drop the user's sidebar filters."""
 
     def on_change_dataset(self, ctx):
-        self.refresh(ctx)
+        _SHOWN.pop(_panel_id(ctx), None)
+
+    def on_control_change(self, ctx):
+        """A control changed (its new value is already in the panel state): render recomputes
+        the compared view, not a drill-down the App shows."""
 
     # ------------------------------------------------------------------ data
 
-    def refresh(self, ctx, changed: dict | None = None, view=None):
-        """Recompute (counts are cached per view) and ship the aggregates to the browser.
-
-        ``changed``: control values that replace the ones in the panel state. ``view``: the view
-        to describe, by default the App's; given (a control changed), it is the compared view,
-        and a drill-down the App shows stays as it is.
-
-        Each ``state.set``/``data.set`` is one message that re-renders the panel in the browser,
-        so all state goes in one patch and all chart data in another."""
-        from faceaudit import report
-        from fiftyone_plugin.compare import compute_comparison
-
-        state = ctx.panel.state
-        # on_change_view can come before on_load: fill in the controls' defaults
-        settings = {key: state.get(key) if state.get(key) is not None else value
-                    for key, value in DEFAULTS.items()} | (changed or {})
-        patch = {**settings, "computed": settings, "base_view": _view_json(view or ctx.view)}
-        if view is None:
-            patch |= {"drilldown_view": None, "drilldown_pending": False, "drilldown": None}
-        view = view or ctx.view
-        try:
-            _, result = compute_comparison(view, states=settings["states"], alpha=float(settings["alpha"]))
-        except ValueError as e:
-            state.set({**patch, "error": str(e)})
-            return
-        category = None if settings["category"] == CATEGORY_ALL else settings["category"]
-        attribute = settings["attribute"] if settings["attribute"] in result["attributes"] else "Male"
-        shown = settings["shown_state"] if settings["shown_state"] in result["states"] else "positive"
-        realness_state, realness_data = _realness(ctx, view)
-        state.set({
-            **patch, **realness_state, "error": None,
-            "sources": list(result["sources"]),
-            "overview_attributes": report.attributes_of(result, category),
-            "state_names": result["states"],
-            "summary": _summary(result),
-            "kl_table": [{**row, **{k: report.fmt(row[k]) for k in ("kl_real_synth", "kl_synth_real", "js")}}
-                         for row in report.kl_rows(result, category, settings["sort"])],
-        })
-        ctx.panel.data.set({
-            **realness_data,
-            "overview": report.overview_figure(result, shown, category)["data"],
-            "attribute_plot": report.attribute_figure(result, attribute)["data"],
-            "kl_plot": report.kl_figure(result, category)["data"],
-            "pairwise": report.pairwise_figure(result)["data"],
-        })
-
-    def on_realness_click(self, ctx):
-        """A histogram bar: that source's samples whose realness_nll falls in the bar's bin."""
-        from fiftyone_plugin.outliers import SCORE_FIELD
-        from fiftyone_plugin.views import score_range_view
-
-        state = ctx.panel.state
-        edges, sources, idx = state.realness_edges, state.realness_sources or [], ctx.params.get("trace_idx")
-        x = ctx.params.get("x")
-        if not edges or x is None or not isinstance(idx, int) or not 0 <= idx < len(sources):
-            return
-        k = min(range(len(edges) - 1), key=lambda i: abs((edges[i] + edges[i + 1]) / 2 - x))
-        view = score_range_view(_compared_view(ctx), sources[idx], SCORE_FIELD, edges[k], edges[k + 1])
-        _drill_down(ctx, view, f"**{sources[idx]}** with realness_nll in [{edges[k]:.2f}, {edges[k + 1]:.2f})")
-
-    def on_control_change(self, ctx):
-        """A control changed: recompute the compared view (not a drill-down the App shows).
-        Controls inside a row report their path in it (``controls.states``).
-
-        The form also reports every control's initial value when it mounts; those equal the
-        settings the charts were computed with (``computed``; the control's own state entry
-        already holds the new value, so it cannot tell), and recomputing for each would re-draw
-        all charts ten times."""
-        key = str(ctx.params.get("path")).rsplit(".", 1)[-1]  # "controls.states" -> "states"
-        value = ctx.params.get("value")
-        computed = ctx.panel.state.computed or {}
-        if key not in DEFAULTS or value is None or str(value) == str(computed.get(key)):
-            return
-        self.refresh(ctx, {key: value}, _compared_view(ctx) if ctx.panel.state.base_view else None)
+    def shown(self, ctx) -> dict:
+        """The charts, tables and texts of the compared view with the current settings:
+        computed once per (view, settings), counts cached per view."""
+        settings = _settings(ctx)
+        view = _compared_view(ctx)
+        key = json.dumps([_stages(view), settings, ctx.dataset.name], sort_keys=True, default=str)
+        entry = _SHOWN.get(_panel_id(ctx))
+        if entry is None or entry["key"] != key:
+            entry = {"key": key, "data": _panel_data(ctx, view, settings)}
+            _SHOWN.pop(_panel_id(ctx), None)
+            _SHOWN[_panel_id(ctx)] = entry
+            while len(_SHOWN) > _SHOWN_MAX:
+                _SHOWN.pop(next(iter(_SHOWN)))
+        return entry["data"]
 
     # ------------------------------------------------------------------ clicks
 
-    def on_overview_click(self, ctx):
-        """A bar of the overview: (source = trace, attribute = x, state shown)."""
-        source = _source_of_trace(ctx)
-        attribute, state = ctx.params.get("x"), ctx.panel.state.shown_state
-        self._show_faces(ctx, source, attribute, state)
-
-    def on_attribute_click(self, ctx):
-        """A bar of the one-attribute chart: (source = trace, state = x)."""
-        self._show_faces(ctx, _source_of_trace(ctx), ctx.panel.state.attribute, ctx.params.get("x"))
-
-    def _show_faces(self, ctx, source, attribute, state):
-        """Set the App's view to the faces behind a bar (within the view the charts show)."""
+    def on_bar_click(self, ctx):
+        """A bar of the overview or the one-attribute chart: its ``ids`` entry is
+        ``[source, attribute, state]``."""
         from fiftyone_plugin.views import attribute_state_view
 
-        if source is None or attribute is None or state is None:
+        picked = _clicked(ctx, 3)
+        if picked is None:
             return
+        source, attribute, state = picked
         view = attribute_state_view(_compared_view(ctx), source, attribute, state)
-        _drill_down(ctx, view, f"**{source}** with **{attribute} = {state}**", attribute=attribute)
+        _drill_down(ctx, view, f"{md_escape(source)} with **{attribute} = {state}**",
+                    {"picked.attribute": attribute})
+
+    def on_realness_click(self, ctx):
+        """A histogram bar: ``[source, low, high]``, that source's samples in the bin."""
+        from fiftyone_plugin.outliers import SCORE_FIELD
+        from fiftyone_plugin.views import score_range_view
+
+        picked = _clicked(ctx, 3)
+        if picked is None:
+            return
+        source, low, high = picked
+        view = score_range_view(_compared_view(ctx), source, SCORE_FIELD, float(low), float(high))
+        _drill_down(ctx, view, f"{md_escape(source)} with realness_nll in [{low:.2f}, {high:.2f})", {})
 
     def back_to_compared_view(self, ctx):
         """Return the App to the view the charts describe."""
-        ctx.panel.state.set({"drilldown_view": None, "drilldown": None})
-        ctx.ops.set_view(_compared_view(ctx))
+        view = _compared_view(ctx)
+        ctx.panel.state.set("drilldown", None)
+        ctx.ops.set_view(view)
+        ctx.faceaudit_view = view  # this request's render: ctx.view is still the drill-down
 
     # ------------------------------------------------------------------ layout
 
     def render(self, ctx):
+        from faceaudit import report
         from faceaudit.attributes import ATTRIBUTES, CATEGORIES
 
-        state = ctx.panel.state
-        panel = types.Object()
+        settings, data = _settings(ctx), self.shown(ctx)
+        panel = types.Object()  # a text's name must differ from every state key (state wins)
         panel.md("**Real vs synthetic face attributes** (MAAD-Face, 47)", name="title")
-        if state.error:
-            panel.md(f"**Nothing to compare:** {state.error}", name="error")
-            return types.Property(panel, view=types.GridView(orientation="vertical"))
-        panel.md(state.summary or "", name="summary")
-        if state.drilldown:
-            panel.md(state.drilldown, name="drilldown")
+        if data["error"]:
+            panel.md(data["error"], name="error_text")
+        panel.md(data["summary"], name="summary_text")
+        drill = _drilldown_of(ctx)
+        if drill is not None:
+            panel.md(drill.get("text", ""), name="drilldown_text")
+            panel.btn("back", label="Back to the compared view", variant="contained",
+                      on_click=self.back_to_compared_view)
 
-        controls = panel.h_stack("controls", gap=2)
-        controls.enum("states", ["three", "binary"], default=state.states, label="States",
-                      view=types.DropdownView(), on_change=self.on_control_change)
-        controls.float("alpha", default=state.alpha, min=0.0, label="Smoothing alpha",
+        controls = panel.h_stack("controls", gap=2, align_x="left")
+        shown_states = ["positive", "negative"] + (["undefined"] if settings["states"] == "three" else [])
+        for name, choices, label in (("states", ["three", "binary"], "States"),
+                                     ("category", [CATEGORY_ALL, *CATEGORIES], "Category"),
+                                     ("shown_state", shown_states, "Bars show"),
+                                     ("show", ["top", SHOW_ALL], f"Attributes (top {report.TOP_N} or all)")):
+            _control(controls, name, choices, f"{label}: {settings[name]}", self.on_control_change)
+        controls.float("alpha", min=0.0, label=f"Smoothing alpha: {settings['alpha']}",
                        on_change=self.on_control_change)
-        controls.enum("category", [CATEGORY_ALL, *CATEGORIES], default=state.category, label="Category",
-                      view=types.DropdownView(), on_change=self.on_control_change)
-        controls.enum("shown_state", list(state.state_names or ["positive"]), default=state.shown_state,
-                      label="Bars show", view=types.DropdownView(), on_change=self.on_control_change)
-        controls.btn("back", label="Back", on_click=self.back_to_compared_view)
 
-        layout = {"barmode": "group", "xaxis": {"tickangle": -45}, "legend": {"orientation": "h"},
-                  "margin": {"t": 30, "b": 110}, "height": 380,
-                  "title": {"text": f"share {state.shown_state} per attribute: click a bar for its faces"}}
-        panel.plot("overview", layout=layout, on_click=self.on_overview_click, height=50)
-
-        picked = panel.h_stack("picked", gap=2)
-        picked.enum("attribute", list(ATTRIBUTES), default=state.attribute, label="Attribute",
-                    view=types.DropdownView(), on_change=self.on_control_change)
-        panel.plot("attribute_plot", on_click=self.on_attribute_click, height=40,
-                   layout={"barmode": "group", "height": 300, "margin": {"t": 30},
-                           "title": {"text": f"{state.attribute}: state shares per source"}})
-
-        panel.enum("sort", list(SORT_KEYS), default=state.sort, label="Sort KL table by",
-                   view=types.DropdownView(), on_change=self.on_control_change)
-        table = types.TableView()
-        for key, label in (("attribute", "attribute"), ("category", "category"),
-                           ("kl_real_synth", "KL(real || synth)"), ("kl_synth_real", "KL(synth || real)"),
-                           ("js", "JS")):
-            table.add_column(key, label=label)
-        panel.list("kl_table", types.Object(), view=table, label="KL divergence per attribute (nats)")
-        panel.plot("kl_plot", height=40, layout={"barmode": "group", "height": 320, "margin": {"t": 30, "b": 110},
-                                                "xaxis": {"tickangle": -45}, "title": {"text": "KL, both directions"}})
-        panel.plot("pairwise", height=40, layout={"height": 320, "margin": {"t": 30},
-                                                 "yaxis": {"autorange": "reversed"},
-                                                 "title": {"text": "pairwise KL(row || column), mean over attributes"}})
-        if state.realness_edges:
-            panel.plot("realness", on_click=self.on_realness_click, height=40,
-                       layout={"barmode": "overlay", "height": 300, "margin": {"t": 30},
-                               "xaxis": {"title": {"text": "realness_nll (higher: less explained by real data)"}},
-                               "title": {"text": "realness_nll per source: click a bar for its faces"}})
+        _plot(panel, "overview", data, self.on_bar_click)
+        picked = panel.h_stack("picked", gap=2, align_x="left")
+        _control(picked, "attribute", list(ATTRIBUTES), f"Attribute: {settings['attribute']}",
+                 self.on_control_change)
+        _plot(panel, "attribute_plot", data, self.on_bar_click)
+        _control(panel, "sort", list(SORT_KEYS), f"Sort KL table by: {SORT_KEYS[settings['sort']]}",
+                 self.on_control_change)
+        panel.md(data["kl_table"], name="kl_table_text")
+        _plot(panel, "kl_plot", data)
+        _plot(panel, "pairwise", data)
+        if data.get("realness"):
+            _plot(panel, "realness", data, self.on_realness_click)
         return types.Property(panel, view=types.GridView(orientation="vertical", gap=2))
 
 
-def _realness(ctx, view) -> tuple[dict, dict]:
-    """The realness_nll histogram per source, as (panel state, panel data) entries; empty bins
-    and no chart when the dataset has not been scored."""
+def _control(parent, name: str, choices: list[str], label: str, on_change) -> None:
+    """A dropdown without a default, its current value in its label. A default would make the
+    form write every control into the panel state when it mounts, and the App reloads the page
+    on a state save, dropping the user's sidebar filters (see the module doc)."""
+    parent.enum(name, choices, label=label, view=types.DropdownView(), on_change=on_change)
+
+
+def _plot(panel, name: str, data: dict, on_click=None) -> None:
+    """A chart whose traces and layout travel in the rendered layout (see the module doc)."""
+    figure = data.get(name) or {"data": [], "layout": {}}
+    layout = {**figure["layout"], "height": figure["layout"].get("height", 320)}
+    panel.plot(name, data=figure["data"], layout=layout, config=_PLOT_CONFIG, on_click=on_click,
+               height=layout["height"])
+
+
+_PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+_REALNESS_LAYOUT = {
+    "barmode": "group", "bargap": 0.15, "height": 320, "showlegend": True,
+    "title": {"text": "realness_nll per source: click a bar for its faces", "x": 0, "xanchor": "left",
+              "font": {"size": 14}},
+    "legend": {"orientation": "h", "x": 0, "y": 1, "yanchor": "bottom"},
+    "modebar": {"orientation": "v"}, "margin": {"t": 70, "r": 40, "l": 50, "b": 50},
+    "xaxis": {"title": {"text": "realness_nll (higher: less explained by real data)"}},
+    "yaxis": {"title": {"text": "faces"}},
+}
+
+
+def _panel_data(ctx, view, settings: dict) -> dict:
+    """Every chart (plotly figure), table and text of the compared view. A view that cannot be
+    compared in full shows what it can (shares of the labelled sources, realness) with what is
+    missing beside it."""
+    from faceaudit import report
+    from fiftyone_plugin.compare import compute_comparison
+
+    shown = {"summary": "", "error": "", "kl_table": "", "realness": _realness(ctx, view)}
+    try:
+        _, result = compute_comparison(view, states=settings["states"], alpha=float(settings["alpha"]),
+                                       partial=True)
+    except ValueError as e:
+        return {**shown, "error": f"**Nothing to compare:** {md_escape(str(e))}"}
+    category = None if settings["category"] == CATEGORY_ALL else settings["category"]
+    top = report.TOP_N if settings["show"] == "top" else None
+    attribute = settings["attribute"] if settings["attribute"] in result["attributes"] else "Male"
+    state = settings["shown_state"] if settings["shown_state"] in result["states"] else "positive"
+    overview = report.overview_figure(result, state, category, top)
+    overview["layout"]["title"]["text"] += ": click a bar for its faces"
+    plot = report.attribute_figure(result, attribute)
+    for trace in overview["data"] + plot["data"]:  # what a click reports: [source, attribute, state]
+        trace["ids"] = [json.dumps(c) for c in trace["customdata"]]
+    plot["layout"]["title"]["text"] = f"{attribute}: state shares per source; " + plot["layout"]["title"]["text"].split(": ", 1)[1]
+    return {**shown, "summary": _summary(result, category),
+            "kl_table": _kl_table(report.kl_rows(result, category, settings["sort"])),
+            "overview": overview, "attribute_plot": plot,
+            "kl_plot": report.kl_figure(result, category, top),
+            "pairwise": {**report.pairwise_figure(result), "layout": {**report.pairwise_figure(result)["layout"],
+                                                                      "height": 320}}}
+
+
+def _kl_table(rows: list[dict]) -> str:
+    """The KL table as markdown (labelled attributes only; the summary names the others)."""
+    lines = ["**KL divergence per attribute** (nats)", "",
+             "| attribute | category | KL(real \\|\\| synth) | KL(synth \\|\\| real) | JS |", "|---|---|--:|--:|--:|"]
+    from faceaudit import report
+
+    lines += [f"| {r['attribute']} | {r['category']} | {report.cell(r, 'kl_real_synth')} | "
+              f"{report.cell(r, 'kl_synth_real')} | {report.cell(r, 'js')} |" for r in rows]
+    return "\n".join(lines)
+
+
+def _realness(ctx, view) -> dict | None:
+    """The realness_nll histogram per source: grouped bars on shared bins (every bar reachable),
+    the x axis fitted to the bins; a bar's id is ``[source, low, high]``. None when the dataset
+    has not been scored."""
+    from faceaudit.report import source_color
     from fiftyone_plugin.outliers import SCORE_FIELD
     from fiftyone_plugin.views import score_histograms
 
     hist = score_histograms(view, SCORE_FIELD) if SCORE_FIELD in ctx.dataset.get_field_schema() else None
     if not hist:
-        return {"realness_edges": None, "realness_sources": []}, {}
+        return None
     edges = hist["edges"]
     centers = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
-    bars = [{"type": "bar", "name": source, "x": centers, "y": counts, "opacity": 0.7,
-             "hovertemplate": f"{source}<br>" + "realness_nll ~%{x:.2f}: %{y}<extra></extra>"}
-            for source, counts in hist["counts"].items()]
-    return {"realness_edges": edges, "realness_sources": list(hist["counts"])}, {"realness": bars}
+    bars = [{"type": "bar", "name": source, "x": centers, "y": counts,
+             "marker": {"color": source_color(source)},
+             "ids": [json.dumps([source, a, b]) for a, b in zip(edges, edges[1:])],
+             "hovertemplate": f"{html_escape(source)}<br>" + "realness_nll ~%{x:.2f}: %{y}<extra></extra>"}
+            for source, counts in hist["counts"].items() if any(counts)]
+    layout = {**_REALNESS_LAYOUT, "xaxis": {**_REALNESS_LAYOUT["xaxis"], "range": [edges[0], edges[-1]]}}
+    return {"data": bars, "layout": layout}
 
 
-def _drill_down(ctx, view, what: str, **state) -> None:
-    """Set the App's view to the faces behind a click, remembering it as the panel's own change
-    (so on_change_view keeps the charts of the view they describe)."""
-    ctx.panel.state.set({**state, "drilldown_view": _stages(view), "drilldown_pending": True,
-                         "drilldown": f"Showing the {view.count()} faces of {what}; "
-                                      "*Back* returns to the compared view."})
+def _drill_down(ctx, view, what: str, state: dict) -> None:
+    """Set the App's view to the faces behind a click. The drill-down is remembered as the
+    match stage it adds and the view it came from: whatever else the App adds to the view (a
+    sort, a filter), a view holding that stage is still the drill-down, and Back returns."""
+    n = view.count()
+    faces = "Showing 1 face" if n == 1 else f"Showing the {n:,} faces"
+    base = _compared_view(ctx)
+    ctx.panel.state.set({**state, "drilldown": {"base": _view_json(base),
+                                                "stage": _stage_key(view._stages[-1]._serialize()),
+                                                "text": f"{faces} of {what}"}})
     ctx.ops.set_view(view)
 
 
+def _drilldown_of(ctx) -> dict | None:
+    """The panel's drill-down if the App's view still holds its stage, else None."""
+    drill = ctx.panel.state.drilldown
+    if not drill or not drill.get("stage"):
+        return None
+    stages = {_stage_key(stage) for stage in json_util.loads(_view_json(ctx.view))}
+    return drill if drill["stage"] in stages else None
+
+
 def _compared_view(ctx):
-    """The view the charts were computed on (kept in the panel state as its stages)."""
+    """The view the charts describe: the App's (sidebar filters included), or in a drill-down
+    the view the drill-down came from."""
     from fiftyone.core.view import DatasetView
 
-    return DatasetView._build(ctx.dataset, json_util.loads(ctx.panel.state.base_view or "[]"))
+    if getattr(ctx, "faceaudit_view", None) is not None:
+        return ctx.faceaudit_view
+    drill = _drilldown_of(ctx)
+    if drill is None:
+        return ctx.view
+    return DatasetView._build(ctx.dataset, json_util.loads(drill["base"]))
+
+
+def _settings(ctx) -> dict:
+    """The controls' values (defaults until the form reports them)."""
+    state = ctx.panel.state
+    values = {path.rsplit(".", 1)[-1]: state.get(path) for path in CONTROLS}
+    settings = {k: v if v is not None else CONTROLS[p] for (k, v), p in zip(values.items(), CONTROLS)}
+    try:
+        settings["alpha"] = float(settings["alpha"])
+    except (TypeError, ValueError):
+        settings["alpha"] = CONTROLS["controls.alpha"]
+    if settings["sort"] not in SORT_KEYS:
+        settings["sort"] = CONTROLS["sort"]
+    return settings
+
+
+def _shown_rows(settings: dict) -> int:
+    from faceaudit import report
+    from faceaudit.attributes import ATTRIBUTES, CATEGORY_OF
+
+    category = settings["category"]
+    n = sum(1 for a in ATTRIBUTES if category == CATEGORY_ALL or CATEGORY_OF.get(a) == category)
+    return min(n, report.TOP_N) if settings["show"] == "top" else n
+
+
+def _shown_words(settings: dict) -> str:
+    from faceaudit import report
+
+    return f"top {report.TOP_N}" if settings["show"] == "top" else "all"
+
+
+def _clicked(ctx, size: int) -> list | None:
+    """The clicked bar's ``ids`` entry (a JSON list of ``size`` items), or None."""
+    try:
+        picked = json.loads(ctx.params.get("id") or "null")
+    except ValueError:
+        return None
+    return picked if isinstance(picked, list) and len(picked) == size else None
+
+
+def _panel_id(ctx) -> str:
+    return str(ctx.params.get("panel_id"))
 
 
 def _view_json(view) -> str:
@@ -252,30 +340,45 @@ def _view_json(view) -> str:
     return json_util.dumps(view._serialize())
 
 
-def _stages_of(text: str) -> str:
-    """The stages of a view's JSON without their ids, for comparing views across a round trip
-    to the App."""
-    return json_util.dumps([{k: v for k, v in stage.items() if k != "_uuid"}
-                            for stage in json_util.loads(text)], sort_keys=True)
+def _stage_key(stage: dict) -> str:
+    """A stage as text without its id, to recognise it after a round trip through the App."""
+    return json_util.dumps({k: v for k, v in stage.items() if k != "_uuid"}, sort_keys=True)
 
 
 def _stages(view) -> str:
-    return _stages_of(_view_json(view))
+    return json_util.dumps([json_util.loads(_stage_key(s)) for s in view._serialize()])
 
 
-def _source_of_trace(ctx) -> str | None:
-    sources = ctx.panel.state.sources or []
-    idx = ctx.params.get("trace_idx")
-    return sources[idx] if isinstance(idx, int) and 0 <= idx < len(sources) else None
+def md_escape(text: str) -> str:
+    """``text`` as literal markdown: a user's name (a source) must not become a link, an image,
+    emphasis or an autolinked URL (the App's markdown links bare URLs even when escaped). A code
+    span is shown as it is, its fence longer than any run of backticks inside."""
+    run = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    pad = " " if text[:1] == "`" or text[-1:] == "`" else ""
+    return f"{'`' * (run + 1)}{pad}{text}{pad}{'`' * (run + 1)}"
 
 
-def _summary(result: dict) -> str:
-    parts = [f"**{s}** ({i['domain']}, {i['labelled']:,} labelled)" for s, i in result["sources"].items()]
-    text = (f"{' · '.join(parts)}  \nstates: {'/'.join(result['states'])}, alpha {result['alpha']}; "
-            "KL in nats, `inf` where alpha = 0 meets an empty state")
+def html_escape(text: str) -> str:
+    """``text`` inside a plotly hover template (which reads HTML and ``%{...}``)."""
+    import html
+
+    return html.escape(text).replace("%", "&#37;")
+
+
+def _summary(result: dict, category: str | None) -> str:
+    from faceaudit import report
+
+    parts = [f"{md_escape(s)} ({i['domain']}, {i['labelled']:,} labelled)" for s, i in result["sources"].items()]
+    text = (f"{' · '.join(parts)}  \nstates: {'/'.join(result['states'])}; shares are raw, alpha "
+            f"{result['alpha']} smooths the divergences only; KL in nats, `inf` where alpha = 0 meets an empty state")
+    for note in result.get("notes") or []:
+        text += f"  \n**Missing:** {md_escape(note)}; the charts show the rest"
+    unlabelled = report.not_labelled(result, category)
+    if unlabelled:
+        text += f"  \n**{report.NOT_LABELLED}** (no source has a positive or negative label): {', '.join(unlabelled)}"
     consistency = result.get("identity_consistency") or {}
     if consistency:
-        cells = [f"{s}: {c['mean_disagreement']:.3f} ({c['identities']} ids)" if c["applicable"]
-                 and c["mean_disagreement"] is not None else f"{s}: n/a" for s, c in consistency.items()]
+        cells = [f"{md_escape(s)}: {c['mean_disagreement']:.3f} ({c['identities']} ids)" if c["applicable"]
+                 and c["mean_disagreement"] is not None else f"{md_escape(s)}: n/a" for s, c in consistency.items()]
         text += "  \nidentity disagreement (Male, Asian, White, Black): " + " · ".join(cells)
     return text

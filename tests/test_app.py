@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from fiftyone import ViewField as F
 
+from faceaudit.attributes import ATTRIBUTES
 from fiftyone_plugin import labels
 from fiftyone_plugin.ingest import load_face_dataset
 from test_labels import write_csv
@@ -81,12 +82,15 @@ def test_panel_shows_bars_and_kl_table_and_a_click_filters_the_grid(app):
 
 def _drive(page, ds, session, url):
     """Open the panel, check what it shows, click a bar, check the grid."""
+    from faceaudit import report
+    from fiftyone_plugin.compare import compute_comparison
+
     _open(page, url, 28)
     _open_panel(page)
     page.get_by_text("KL divergence per attribute").wait_for(timeout=60_000)
     overview = page.locator(".js-plotly-plot").first
     overview.locator("g.point path").first.wait_for(state="attached", timeout=60_000)
-    assert overview.locator("g.point path").count() == 2 * 47  # two sources x 47 attributes
+    assert overview.locator("g.point path").count() == 2 * report.TOP_N  # two sources x the top attributes
     text = page.inner_text("body")
     assert "real-faces (real, 16 labelled)" in text and "synth-faces (synthetic, 12 labelled)" in text
     page.screenshot(path=str(ARTIFACTS / "panel.png"))
@@ -94,34 +98,33 @@ def _drive(page, ds, session, url):
     page.screenshot(path=str(ARTIFACTS / "panel-kl-table.png"))
 
     # the KL table's top row is the attribute with the largest KL(real || synth), as compare says
-    from fiftyone_plugin.compare import compute_comparison
-
     _, result = compute_comparison(ds)
-    top = max(result["attributes"], key=lambda a: result["attributes"][a]["real_vs_synthetic"]["kl_real_synth"])
-    value = result["attributes"][top]["real_vs_synthetic"]["kl_real_synth"]
-    assert re.search(rf"{top}\s+\S+[^\n]*\s{value:.4f}", text), f"{top} {value:.4f} not in the table"
+    top = report.kl_rows(result)[0]
+    first_row = page.locator("table", has_text="KL(real || synth)").first.locator("tr").nth(1).inner_text()
+    assert first_row.split()[0] == top["attribute"] and report.fmt(top["kl_real_synth"]) in first_row
 
-    # click the first bar: source real-faces, attribute Male, state positive
+    # the overview's first bar: source real-faces, the attribute at the top, state positive
     overview.locator("g.point path").first.click(force=True)
+    j = ATTRIBUTES.index(top["attribute"])
     expected = ds.match((F("source") == "real-faces")
-                        & (F(labels.CODE_FIELD).substr(start=0, count=1) == "p")).count()
+                        & (F(labels.CODE_FIELD).substr(start=j, count=1) == "p")).count()
+    page.get_by_text(f"{top['attribute']} = positive").wait_for(timeout=60_000)
     page.get_by_text(f"{expected} samples", exact=True).wait_for(timeout=60_000)
-    page.get_by_text("Male = positive").wait_for(timeout=60_000)
     page.screenshot(path=str(ARTIFACTS / "panel-after-click.png"))
     deadline = time.time() + 30
     while (session.view is None or session.view.count() != expected) and time.time() < deadline:
         time.sleep(0.2)
     assert session.view is not None and session.view.count() == expected
     assert set(session.view.values("source")) == {"real-faces"}
-    assert {c[0] for c in session.view.values(labels.CODE_FIELD)} == {"p"}
+    assert {c[j] for c in session.view.values(labels.CODE_FIELD)} == {"p"}
 
     # a control recomputes the compared view (both sources), not the drill-down's real faces:
     # binary states leave undefined out, and the drill-down stays
-    page.get_by_text("three", exact=True).first.click()
+    page.get_by_text("States: three", exact=True).locator("xpath=following::*[@role='combobox'][1]").click()
     page.get_by_role("option", name="binary").click()
-    page.get_by_text("states: positive/negative, alpha").wait_for(timeout=60_000)
+    page.get_by_text("states: positive/negative;").wait_for(timeout=60_000)
     text = page.inner_text("body")
-    assert "synth-faces (synthetic, 12 labelled)" in text and "Male = positive" in text
+    assert "synth-faces (synthetic, 12 labelled)" in text and f"{top['attribute']} = positive" in text
 
     # the panel follows the App's view: without one real identity, 12 real faces are counted
     session.view = ds.match(F("identity") != "real-faces-0")

@@ -98,8 +98,8 @@ def test_counts_and_divergences_equal_scipy(labelled, tmp_path, states, alpha):
     for attr in ATTRIBUTES:
         entry = result["attributes"][attr]
         assert entry["counts"] == {s: truth[s][attr] for s in SOURCES}
-        for s in SOURCES:
-            want = smoothed(truth[s][attr], state_names, alpha)
+        for s in SOURCES:  # the shares are raw: smoothing lives inside the divergences only
+            want = smoothed(truth[s][attr], state_names, 0.0)
             assert [entry["distributions"][s][st] for st in state_names] == pytest.approx(want, abs=1e-12)
         p, q = smoothed(real[attr], state_names, alpha), smoothed(synth[attr], state_names, alpha)
         rvs = entry["real_vs_synthetic"]
@@ -258,3 +258,75 @@ def test_a_damaged_code_is_named_not_miscounted(tmp_path, faces, dataset_name, d
     for view in (ds, ds.match(fo.ViewField("identity") != "nobody")):
         with pytest.raises(ValueError, match="mac_code that is not 47 characters of p, n, u"):
             compute_comparison(view)
+
+
+def _counts(*rows):
+    """(S, A, 3) counts: one row per source, each attribute given the same (p, n, u)."""
+    return np.array([[row] * len(ATTRIBUTES) for row in rows], dtype=np.int64)
+
+
+def test_js_is_finite_with_alpha_zero_and_equals_scipy():
+    """JS is bounded by ln 2 whatever the supports; scipy's jensenshannon squared is the reference."""
+    from scipy.spatial.distance import jensenshannon
+
+    from faceaudit import stats
+
+    comparison = stats.compare(["r", "s"], ["real", "synthetic"], [5, 5], _counts((5, 0, 0), (0, 5, 0)),
+                               "three", 0.0)
+    assert np.allclose(comparison.js, np.log(2))
+    p, q = np.array([0.7, 0.3, 0.0]), np.array([0.0, 0.4, 0.6])
+    assert stats.js_divergence(p, q) == pytest.approx(jensenshannon(p, q) ** 2)
+    rvs = comparison.to_json()["attributes"]["Male"]["real_vs_synthetic"]
+    assert rvs["js"] == pytest.approx(np.log(2)) and rvs["kl_real_synth"] is None  # KL is inf, JS is not
+
+
+def test_an_attribute_no_source_labelled_is_marked_not_zero():
+    from faceaudit import report, stats
+
+    counts = _counts((3, 2, 1), (1, 4, 1))
+    j = ATTRIBUTES.index("Attractive")
+    counts[:, j] = [0, 0, 6]  # every face undefined: a model that does not predict it
+    for states, alpha in (("three", 0.5), ("binary", 0.0)):
+        result = stats.compare(["r", "s"], ["real", "synthetic"], [6, 6], counts, states, alpha).to_json()
+        entry = result["attributes"]["Attractive"]
+        assert entry["labelled"] is False and entry["real_vs_synthetic"]["kl_real_synth"] is None
+        assert entry["real_vs_synthetic"]["kl_real_synth_reason"].startswith("not labelled")
+        assert "Attractive" not in [r["attribute"] for r in report.kl_rows(result)]
+        assert report.not_labelled(result) == ["Attractive"]
+        row = next(r for r in report.kl_rows(result, sort="attribute") if r["attribute"] == "Attractive")
+        assert report.cell(row, "js") == "not labelled"
+        assert all(r["kl_real_synth"] is not None for r in report.kl_rows(result))
+
+
+def test_a_partial_view_gives_what_can_be_computed():
+    """An unlabelled source, or only one domain: an error by default (the CLI), a result with
+    notes when asked (the panel): raw shares of the labelled sources, no divergence."""
+    from faceaudit import stats
+
+    counts = _counts((3, 1, 0), (0, 0, 0))
+    with pytest.raises(stats.StatsError, match="source 'u' has no labelled samples"):
+        stats.compare(["r", "u"], ["real", "synthetic"], [4, 2], counts)
+    result = stats.compare(["r", "u"], ["real", "synthetic"], [4, 2], counts, partial=True).to_json()
+    assert result["notes"][0] == "source 'u' has no labelled samples in this view"
+    assert "no synthetic source to compare with" in result["notes"][1]
+    male = result["attributes"]["Male"]
+    assert male["distributions"]["r"] == {"positive": 0.75, "negative": 0.25, "undefined": 0.0}
+    assert male["distributions"]["u"] == {"positive": None, "negative": None, "undefined": None}
+    assert male["real_vs_synthetic"]["kl_real_synth"] is None
+    assert "no synthetic source" in male["real_vs_synthetic"]["kl_real_synth_reason"]
+    assert male["pairwise"]["r"]["r"] == 0.0 and male["pairwise"]["r"]["u"] is None
+
+
+def test_source_colours_are_stable_and_figures_show_raw_shares():
+    from faceaudit import report, stats
+
+    result = stats.compare(["r", "s"], ["real", "synthetic"], [4, 4], _counts((3, 1, 0), (1, 1, 2)),
+                           "three", 2.0).to_json()
+    overview = report.overview_figure(result, "positive", "Demographics")
+    assert [len(t["y"]) for t in overview["data"]] == [7, 7]
+    assert overview["data"][0]["x"][0] == 0.75  # raw 3/4, not (3+2)/(4+6)
+    assert {t["marker"]["color"] for t in overview["data"]} == {report.source_color("r"), report.source_color("s")}
+    bigger = stats.compare(["a", "r", "s"], ["real", "real", "synthetic"], [4, 4, 4],
+                           _counts((1, 1, 0), (3, 1, 0), (1, 1, 2))).to_json()
+    assert report.source_colors(bigger)["r"] == report.source_colors(result)["r"]  # adding a source changes none
+    assert len(report.overview_figure(result, top=report.TOP_N)["data"][0]["y"]) == report.TOP_N
