@@ -168,13 +168,21 @@ def cmd_train_mac(args: argparse.Namespace) -> int:
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
+    from faceaudit import params
+
+    shard = params.shard(args.shard)
+    device = params.device(args.device)
     _fiftyone_env()
+    if args.shard == params.SHARD_AUTO:
+        import torch
+
+        device = params.rank_device(device, torch.cuda.is_available())
     from fiftyone_plugin.annotate import iter_annotate
 
     report = _run(iter_annotate(
         args.dataset, checkpoint=args.checkpoint, model=args.model, source=args.source,
-        device=args.device, batch_size=args.batch_size, workers=args.workers,
-        mc_passes=args.mc_passes, threshold=args.threshold,
+        device=device, batch_size=args.batch_size, workers=args.workers,
+        mc_passes=args.mc_passes, threshold=args.threshold, shard=shard,
     ), "batch", args.quiet)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
     return 0
@@ -314,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     ann.add_argument("--workers", type=int, help="image-reading processes (default: min(8, cores))")
     ann.add_argument("--mc-passes", type=int, help="stochastic passes for reliability (default: the checkpoint's)")
     ann.add_argument("--threshold", type=float, help="reliability under which a label is undefined")
+    ann.add_argument("--shard", metavar="I/N",
+                     help="label only shard I of N (a fixed hash of each sample's id); 'auto' takes "
+                     "I/N from RANK/WORLD_SIZE (torchrun) or SLURM_PROCID/SLURM_NTASKS and the GPU from LOCAL_RANK")
     ann.add_argument("--json", action="store_true")
     ann.add_argument("--quiet", action="store_true")
     ann.set_defaults(func=cmd_annotate)

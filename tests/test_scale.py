@@ -1,0 +1,135 @@
+"""Annotation spread over workers: `--shard I/N` subprocesses (one SIGKILLed and restarted),
+torchrun's `--shard auto`, and delegated shards run by `fiftyone delegated launch` workers.
+Every sample ends labelled exactly once, with the labels one process gives."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fiftyone as fo
+import pytest
+
+from fiftyone_plugin import labels
+from fiftyone_plugin.annotate import shard_match, todo_view
+from fiftyone_plugin.ingest import load_face_dataset
+
+BIN = Path(sys.executable).parent
+FACEAUDIT = str(BIN / "faceaudit")
+N_FACES = 240
+
+
+@pytest.fixture(scope="module")
+def tiny_mac(tmp_path_factory) -> str:
+    """An untrained tiny MAC: its labels are arbitrary but fixed, which is all sharding needs."""
+    import torch
+
+    from faceaudit.model import MAC, MACConfig
+    from faceaudit.model.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    net = MAC(MACConfig(backbone="tiny", embedding_size=32, hidden=(32,), branch_hidden=8, mc_passes=4,
+                        threshold=0.55))
+    path = tmp_path_factory.mktemp("mac") / "tiny.pt"
+    save_checkpoint(net, str(path))
+    return str(path)
+
+
+@pytest.fixture
+def two_copies(faces, tmp_path, dataset_name):
+    """The same faces loaded twice: ``dataset_name`` for the sharded run, a copy for one process."""
+    faces.identity_tree(tmp_path / "ids", {f"id{k:03d}": 6 for k in range(N_FACES // 6)})
+    load_face_dataset(str(tmp_path / "ids"), source="s", domain="synthetic", dataset_name=dataset_name)
+    single = dataset_name + "-single"
+    fo.load_dataset(dataset_name).clone(single, persistent=True)
+    yield dataset_name, single
+    fo.delete_dataset(single)
+
+
+def annotate_args(dataset: str, ckpt: str, *extra: str) -> list[str]:
+    return ["annotate", "--dataset", dataset, "--checkpoint", ckpt, "--device", "cpu", "--batch-size", "2",
+            "--workers", "0", "--json", "--quiet", *extra]
+
+
+def finish(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    return json.loads(out)
+
+
+def start(args, env) -> subprocess.Popen:
+    return subprocess.Popen([FACEAUDIT, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def labels_by_path(name: str) -> dict[str, tuple]:
+    ds = fo.load_dataset(name)
+    ds.reload()
+    fields = ["filepath", labels.CODE_FIELD, *labels.LABEL_FIELDS]
+    return {row[0]: tuple(row[1:]) for row in zip(*ds.values(fields))}
+
+
+def shard_sizes(name: str, n: int) -> list[int]:
+    ds = fo.load_dataset(name)
+    return [ds.mongo([{"$match": shard_match((i, n))}]).count() for i in range(n)]
+
+
+def test_shards_partition_the_samples(two_copies):
+    name, _ = two_copies
+    for n in (1, 2, 3, 7):
+        sizes = shard_sizes(name, n)
+        assert sum(sizes) == N_FACES and min(sizes) > 0  # disjoint and covering, none empty
+    ds = fo.load_dataset(name)
+    ids = [set(todo_view(ds.view(), (i, 3)).values("id")) for i in range(3)]
+    assert not (ids[0] & ids[1]) and not (ids[1] & ids[2]) and len(set.union(*ids)) == N_FACES
+
+
+def test_two_shard_workers_one_killed_and_restarted_equal_one_process(tiny_mac, two_copies, cli_env):
+    name, single = two_copies
+    first = start(annotate_args(name, tiny_mac, "--shard", "0/2"), cli_env)
+    second = start(annotate_args(name, tiny_mac, "--shard", "1/2"), cli_env)
+    samples = fo.load_dataset(name)._sample_collection
+    shard0 = {"$and": [shard_match((0, 2)), {labels.CODE_FIELD: {"$exists": True}}]}
+    deadline = time.time() + 240
+    while samples.count_documents(shard0) < 10:
+        assert first.poll() is None, "shard 0 ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    partial = samples.count_documents(shard0)
+    sizes = shard_sizes(name, 2)
+    assert 10 <= partial < sizes[0]
+
+    restarted = finish(start(annotate_args(name, tiny_mac, "--shard", "0/2"), cli_env))
+    other = finish(second)
+    single_report = finish(start(annotate_args(single, tiny_mac), cli_env))
+
+    # exactly once: each worker labelled only what was left of its own shard
+    assert other["shard"] == "1/2" and other["labelled"] == sizes[1]
+    assert restarted["shard"] == "0/2" and restarted["labelled"] == sizes[0] - partial
+    assert single_report["labelled"] == N_FACES
+    sharded, one = labels_by_path(name), labels_by_path(single)
+    assert len(sharded) == N_FACES and all(v[0] is not None for v in sharded.values())
+    assert sharded == one  # the same labels, bit for bit, as one process
+
+
+def test_torchrun_shard_auto(tiny_mac, two_copies, cli_env, tmp_path):
+    name, single = two_copies
+    logs = tmp_path / "logs"
+    proc = subprocess.run(
+        [str(BIN / "torchrun"), "--nproc-per-node", "2", "--log-dir", str(logs), "--redirects", "1",
+         "--no-python", FACEAUDIT, *annotate_args(name, tiny_mac, "--shard", "auto")],
+        env={**cli_env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    reports = [json.loads(p.read_text()) for p in sorted(logs.rglob("stdout.log"))]
+    assert sorted(r["shard"] for r in reports) == ["0/2", "1/2"]
+    assert {r["device"] for r in reports} == {"cpu"}
+    assert sum(r["labelled"] for r in reports) == N_FACES
+    subprocess.run([FACEAUDIT, *annotate_args(single, tiny_mac)], env=cli_env, check=True, capture_output=True)
+    assert labels_by_path(name) == labels_by_path(single)
