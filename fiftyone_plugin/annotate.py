@@ -155,12 +155,15 @@ def iter_annotate(
 def _handle_batch(dataset, writer: ThreadPoolExecutor, report: AnnotateReport, ids, paths, result):
     """Queue the writing of one batch's labels (returns its future, or None) and tag its failures.
 
-    A sample someone else labelled meanwhile keeps its labels (the write skips it)."""
+    The write does not re-check that the sample is still unlabelled: that extra predicate takes
+    the update off MongoDB's ``_id`` fast path and halved the write-back's rate (bench/writeback.py).
+    The chunked selection already skips samples labelled before the chunk was read; in the rare
+    race left (the same shard run twice at once) the labels are deterministic, so the second
+    write stores the same values again."""
     in_flight = None
     if len(result.indices):
         batch_ids = [ids[i] for i in result.indices]
-        in_flight = writer.submit(labels.write_labels, dataset, batch_ids, result.states, result.signed,
-                                  only_unlabelled=True)
+        in_flight = writer.submit(labels.write_labels, dataset, batch_ids, result.states, result.signed)
         report.labelled += len(batch_ids)
     if result.failures:
         _mark_unreadable(dataset, [(ids[i], reason) for i, reason in result.failures])

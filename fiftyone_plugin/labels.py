@@ -111,10 +111,8 @@ def _set_sidebar_groups(dataset: fo.Dataset) -> None:
     dataset.save()
 
 
-def label_updates(ids: Iterable[ObjectId], states: np.ndarray, signed: np.ndarray,
-                  only_unlabelled: bool = False) -> list[UpdateOne]:
-    """One ``$set`` of all 48 label fields per sample (``only_unlabelled``: skip a sample that
-    has ``mac_code`` by now, e.g. labelled meanwhile by another worker)."""
+def label_updates(ids: Iterable[ObjectId], states: np.ndarray, signed: np.ndarray) -> list[UpdateOne]:
+    """One ``$set`` of all 48 label fields per sample."""
     now = schema.utc_now()
     codes = encode_codes(states)
     rounded = np.round(signed.astype(np.float64), 4)
@@ -125,13 +123,11 @@ def label_updates(ids: Iterable[ObjectId], states: np.ndarray, signed: np.ndarra
         update = dict(zip(LABEL_FIELDS, row))
         update[CODE_FIELD] = code
         update["last_modified_at"] = now
-        query = {"_id": _id, CODE_FIELD: {"$exists": False}} if only_unlabelled else {"_id": _id}
-        ops.append(UpdateOne(query, {"$set": update}))
+        ops.append(UpdateOne({"_id": _id}, {"$set": update}))
     return ops
 
 
-def write_labels(dataset: fo.Dataset, ids: list, states: np.ndarray, signed: np.ndarray | None = None,
-                 only_unlabelled: bool = False) -> int:
+def write_labels(dataset: fo.Dataset, ids: list, states: np.ndarray, signed: np.ndarray | None = None) -> int:
     """Write ``states`` (``(n, 47)`` int8) and the signed reliabilities (default: the states
     themselves, for labels that come without reliability) to the samples ``ids``.
 
@@ -144,13 +140,13 @@ def write_labels(dataset: fo.Dataset, ids: list, states: np.ndarray, signed: np.
     starts = range(0, len(ids), WRITE_BATCH)
     if len(starts) <= 1:
         for start in starts:
-            coll.bulk_write(label_updates(ids, states, signed, only_unlabelled), ordered=False)
+            coll.bulk_write(label_updates(ids, states, signed), ordered=False)
         return len(ids)
     with ThreadPoolExecutor(WRITE_THREADS) as pool:
         pending = []
         for start in starts:
             end = start + WRITE_BATCH
-            ops = label_updates(ids[start:end], states[start:end], signed[start:end], only_unlabelled)
+            ops = label_updates(ids[start:end], states[start:end], signed[start:end])
             pending.append(pool.submit(coll.bulk_write, ops, ordered=False))
             if len(pending) > WRITE_THREADS:  # bound the memory held by queued batches
                 pending.pop(0).result()

@@ -81,6 +81,7 @@ def shard_sizes(name: str, n: int) -> list[int]:
 
 def test_shards_partition_the_samples(two_copies):
     name, _ = two_copies
+    labels.ensure_label_schema(fo.load_dataset(name))
     for n in (1, 2, 3, 7):
         sizes = shard_sizes(name, n)
         assert sum(sizes) == N_FACES and min(sizes) > 0  # disjoint and covering, none empty
@@ -133,3 +134,25 @@ def test_torchrun_shard_auto(tiny_mac, two_copies, cli_env, tmp_path):
     assert sum(r["labelled"] for r in reports) == N_FACES
     subprocess.run([FACEAUDIT, *annotate_args(single, tiny_mac)], env=cli_env, check=True, capture_output=True)
     assert labels_by_path(name) == labels_by_path(single)
+
+
+def test_selection_streams_in_bounded_chunks_and_skips_what_others_labelled(two_copies):
+    import numpy as np
+
+    from fiftyone_plugin.annotate import iter_chunks
+
+    name, _ = two_copies
+    ds = fo.load_dataset(name)
+    labels.ensure_label_schema(ds)
+    chunks = iter_chunks(todo_view(ds.view()), chunk=50)
+    first_ids, _ = next(chunks)
+    assert len(first_ids) == 50
+    everything = todo_view(ds.view()).values("_id")
+    later = [i for i in everything if i > first_ids[-1]][:30]  # another worker labels these now
+    ones = np.ones((len(later), len(labels.LABEL_FIELDS)), dtype=np.int8)
+    labels.write_labels(ds, later, ones)
+    rest = [i for ids, _ in chunks for i in ids]
+    assert max(len(ids) for ids, _ in iter_chunks(todo_view(ds.view()), chunk=50)) <= 50
+    assert sorted(first_ids + rest + later) == sorted(everything)  # each once, none of theirs
+    assert not set(rest) & set(later)
+
