@@ -172,6 +172,13 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
     shard = params.shard(args.shard)
     device = params.device(args.device)
+    shards = params.shards(args.shards)
+    stale_after = params.seconds("stale_after", args.stale_after)
+    if args.delegate:
+        return _delegate(args, device, shards, stale_after)
+    if args.shards is not None:
+        raise params.ParamError("shards", "--shards N splits a delegated run: give --delegate too "
+                                "(or run N processes with --shard I/N)")
     _fiftyone_env()
     if args.shard == params.SHARD_AUTO:
         import torch
@@ -184,6 +191,38 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         device=device, batch_size=args.batch_size, workers=args.workers,
         mc_passes=args.mc_passes, threshold=args.threshold, shard=shard,
     ), "batch", args.quiet)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
+    return 0
+
+
+def _delegate(args: argparse.Namespace, device: str, shards: int, stale_after: float | None) -> int:
+    """``annotate --delegate --shards N``: queue the shards that still need a worker."""
+    from faceaudit import params
+
+    if args.shard is not None:
+        raise params.ParamError("shard", "--delegate queues every shard itself: leave --shard out")
+    if args.model != "mac" or not args.checkpoint:
+        raise params.ParamError("checkpoint", "--delegate runs the annotate_attributes operator, "
+                                "which needs a MAC checkpoint: give --checkpoint PATH")
+    _fiftyone_env()
+    from fiftyone_plugin.fanout import STALE_AFTER, fan_out
+
+    operator_params = {"checkpoint": args.checkpoint, "device": device, "batch_size": args.batch_size,
+                       "mc_passes": params.mc_passes(args.mc_passes)}
+    report = fan_out(args.dataset, shards, operator_params, source=args.source,
+                     stale_after=stale_after or STALE_AFTER)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from faceaudit import params
+
+    shards = params.shards(args.shards, default=None)
+    _fiftyone_env()
+    from fiftyone_plugin.fanout import shard_status
+
+    report = shard_status(args.dataset, shards, source=args.source)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
     return 0
 
@@ -325,9 +364,23 @@ def build_parser() -> argparse.ArgumentParser:
     ann.add_argument("--shard", metavar="I/N",
                      help="label only shard I of N (a fixed hash of each sample's id); 'auto' takes "
                      "I/N from RANK/WORLD_SIZE (torchrun) or SLURM_PROCID/SLURM_NTASKS and the GPU from LOCAL_RANK")
+    ann.add_argument("--delegate", action="store_true",
+                     help="queue delegated operations for `fiftyone delegated launch` workers instead of labelling here")
+    ann.add_argument("--shards", metavar="N", help="with --delegate: one operation per shard of N "
+                     "(only shards with unlabelled samples and no live operation are queued)")
+    ann.add_argument("--stale-after", metavar="SECONDS",
+                     help="with --delegate: an operation RUNNING without progress this long is taken "
+                     "for dead, marked failed and its shard queued again (default 900)")
     ann.add_argument("--json", action="store_true")
     ann.add_argument("--quiet", action="store_true")
     ann.set_defaults(func=cmd_annotate)
+
+    status = sub.add_parser("status", help="what is left to label, per shard, and the delegated shards' states")
+    status.add_argument("--dataset", default=DEFAULT_DATASET)
+    status.add_argument("--source", help="only this source")
+    status.add_argument("--shards", metavar="N", help="count left in N shards (default: the last --delegate's N)")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
 
     cmp = sub.add_parser(
         "compare",

@@ -63,8 +63,14 @@ def shard_match(shard: tuple[int, int]) -> dict:
     Every worker computes the same partition on the server without talking to the others, and a
     sample's shard never changes while others write labels."""
     i, n = shard
+    return {"$expr": {"$eq": [shard_key(n), i]}}
+
+
+def shard_key(count: int) -> dict:
+    """The aggregation expression of a sample's shard (0 .. ``count`` - 1): the hashed-index key
+    of its ``_id`` modulo ``count``, made non-negative (the key is a signed 64-bit integer)."""
     key = {"$toHashedIndexKey": "$_id"}
-    return {"$expr": {"$eq": [{"$mod": [{"$add": [{"$mod": [key, n]}, n]}, n]}, i]}}
+    return {"$mod": [{"$add": [{"$mod": [key, count]}, count]}, count]}
 
 
 def todo_view(view, shard: tuple[int, int] | None = None):

@@ -34,6 +34,9 @@ class AnnotateAttributes(foo.Operator):
         inputs.enum("device", ["auto", "cuda", "cpu"], default="auto", label="Device")
         inputs.int("batch_size", default=256, min=1, label="Batch size")
         inputs.int("mc_passes", label="Stochastic passes", description="Default: the checkpoint's")
+        inputs.int("shards", default=1, min=1, label="Split into N jobs",
+                   description="Queue N delegated operations, one shard each, for any number of "
+                   "`fiftyone delegated launch` workers")
         count = ctx.target_view().count() if ctx.dataset is not None else 0
         if count > IMMEDIATE_LIMIT:
             inputs.view("note", types.Notice(
@@ -47,9 +50,13 @@ class AnnotateAttributes(foo.Operator):
         return wants_delegation(ctx, default=True)
 
     def execute(self, ctx):
+        from faceaudit import params
         from fiftyone_plugin.annotate import iter_annotate
 
         p = ctx.params
+        if params.shards(p.get("shards")) > 1 and not p.get("shard"):
+            yield from _fan_out(ctx, params.shards(p.get("shards")))
+            return
         job = iter_annotate(
             ctx.dataset.name,
             checkpoint=p["checkpoint"],
@@ -57,8 +64,19 @@ class AnnotateAttributes(foo.Operator):
             device=p.get("device") or "auto",
             batch_size=p.get("batch_size") or 256,
             mc_passes=p.get("mc_passes") or None,
+            shard=params.shard(p.get("shard")),
         )
         report = yield from run_job(ctx, job)
         if not ctx.delegated:
             yield ctx.ops.notify(report.summary(), variant="success")
             yield ctx.ops.reload_dataset()
+
+
+def _fan_out(ctx, shards: int):
+    """Queue one delegated operation per shard (see :mod:`fiftyone_plugin.fanout`)."""
+    from fiftyone_plugin.fanout import fan_out
+
+    keys = ("checkpoint", "device", "batch_size", "mc_passes")
+    report = fan_out(ctx.dataset.name, shards, {k: ctx.params.get(k) for k in keys}, view=ctx.target_view())
+    if not ctx.delegated:
+        yield ctx.ops.notify(report.summary().splitlines()[-1], variant="success")

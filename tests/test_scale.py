@@ -156,3 +156,67 @@ def test_selection_streams_in_bounded_chunks_and_skips_what_others_labelled(two_
     assert sorted(first_ids + rest + later) == sorted(everything)  # each once, none of theirs
     assert not set(rest) & set(later)
 
+
+
+def _ops_by_state(name: str) -> dict[str, list]:
+    from fiftyone_plugin.fanout import shard_operations
+
+    states: dict[str, list] = {}
+    for shard, ops in shard_operations(name).items():
+        for op in ops:
+            states.setdefault(op.run_state, []).append(shard)
+    return states
+
+
+def _wait(condition, what: str, timeout: float = 240):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_delegated_shards_on_two_launchers_one_killed(tiny_mac, two_copies, cli_env, tmp_path):
+    from faceaudit.progress import drive
+    from fiftyone_plugin.annotate import iter_annotate
+
+    name, single = two_copies
+    delegate = ["annotate", "--dataset", name, "--checkpoint", tiny_mac, "--device", "cpu", "--batch-size", "1",
+                "--delegate", "--shards", "4", "--json"]
+    queued = json.loads(subprocess.run([FACEAUDIT, *delegate], env=cli_env, capture_output=True, text=True,
+                                       check=True).stdout)
+    assert queued["queued"] == ["0/4", "1/4", "2/4", "3/4"]
+    again = json.loads(subprocess.run([FACEAUDIT, *delegate], env=cli_env, capture_output=True, text=True,
+                                      check=True).stdout)
+    assert again["queued"] == []  # all four are queued already
+
+    def launcher(k):
+        log = open(tmp_path / f"launcher{k}.log", "w")
+        return subprocess.Popen([str(BIN / "fiftyone"), "delegated", "launch"], env=cli_env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+    first, second = launcher(0), launcher(1)
+    try:
+        _wait(lambda: len(_ops_by_state(name).get("running", [])) == 2, "both launchers to run a shard")
+        os.killpg(first.pid, signal.SIGKILL)  # the launcher and its image readers
+        first.wait()
+        _wait(lambda: len(_ops_by_state(name).get("completed", [])) == 3, "the other launcher to do the rest")
+        states = _ops_by_state(name)
+        assert len(states["running"]) == 1 and "queued" not in states  # the dead worker's shard
+        dead = states["running"][0]
+        time.sleep(2)
+        resumed = json.loads(subprocess.run([FACEAUDIT, *delegate, "--stale-after", "1"], env=cli_env,
+                                            capture_output=True, text=True, check=True).stdout)
+        assert resumed["queued"] == [dead] and len(resumed["failed_stale"]) == 1
+        _wait(lambda: len(_ops_by_state(name).get("completed", [])) == 4, "the re-queued shard")
+    finally:
+        os.killpg(second.pid, signal.SIGKILL)
+        second.wait()
+    states = _ops_by_state(name)
+    assert sorted(states["completed"]) == ["0/4", "1/4", "2/4", "3/4"]  # each shard completed once
+    assert states["failed"] == [dead] and set(states) == {"completed", "failed"}
+
+    status = subprocess.run([FACEAUDIT, "status", "--dataset", name], env=cli_env, capture_output=True,
+                            text=True, check=True).stdout
+    assert "0 samples left to label in 4 shards" in status and status.count("completed") == 4
+    drive(iter_annotate(single, checkpoint=tiny_mac, device="cpu", batch_size=1, workers=0))
+    assert labels_by_path(name) == labels_by_path(single)
