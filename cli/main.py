@@ -77,47 +77,36 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_OUTLIERS = 10
+def cmd_run(args: argparse.Namespace) -> int:
+    """The study a config describes (load, annotate, compare, outliers, reports), or the demo."""
+    from faceaudit import params
 
+    if args.config:
+        from faceaudit.config import load_config
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The whole pipeline on real demo faces: load, annotate (offline age/gender models),
-    compare real vs the demo's stand-in synthetic source, write an HTML report, tag the
-    synthetic faces real data explains least."""
-    from faceaudit.demo import DEMO_SOURCES, write_demo_faces
+        config = load_config(args.config)  # validated before anything is written
+    else:
+        from faceaudit.demo import demo_config
 
-    for folder, (source, domain) in zip(write_demo_faces(args.dir), DEMO_SOURCES):
-        report = _load(folder, args.quiet, source=source, domain=domain, dataset_name=args.dataset)
-        print(report.summary())
-    import fiftyone as fo
+        config = demo_config(args.dir, params.name("dataset", args.dataset))
+    _fiftyone_env()
+    from fiftyone_plugin.pipeline import open_app, run_study
 
-    from fiftyone_plugin import outliers
-    from fiftyone_plugin.annotate import iter_annotate
-    from fiftyone_plugin.compare import compute_comparison, store_comparison
-
-    from faceaudit import report as reports
-    from faceaudit.progress import drive
-
-    dataset = fo.load_dataset(args.dataset)
+    bar = _Bar("unit", args.quiet)
     try:
-        annotated = drive(iter_annotate(args.dataset, model="agegender", device="cpu", batch_size=32, workers=0))
-        print(annotated.summary())
-    except RuntimeError as e:  # the optional agegender extra is missing
-        print(f"annotation skipped: {e}")
-        return 0
-    _, result = compute_comparison(dataset)
-    store_comparison(dataset, result)
-    outliers.score_realness(dataset)
-    flagged = outliers.flag_outliers(dataset, top=DEMO_OUTLIERS)
-    print(f"{flagged} synthetic faces real data explains least tagged '{outliers.OUTLIER_TAG}' "
-          f"(saved view '{outliers.OUTLIERS_VIEW}')")
-    html = os.path.join(args.dir, "report.html")
-    with open(html, "w", encoding="utf-8") as f:
-        f.write(reports.to_html(result))
-    print("\n".join(reports.text_table(result).splitlines()[:8]))  # the attributes that differ most
-    print(f"dataset '{dataset.name}': {len(dataset)} samples, by source {dataset.count_values('source')}")
-    print(f"report: {html}")
-    print(f"open it in the App with:  .venv/bin/fiftyone app launch {dataset.name}")
+        study = run_study(config, bar, echo=lambda line: bar.bar.write(line, file=sys.stdout))
+    finally:
+        bar.close()
+    for step, what in study.steps.items():
+        if what:
+            print(f"{step}: {what}")
+    print(study.summary_table)
+    print("nothing new: the study was already complete" if study.nothing_new else
+          f"done: dataset '{study.dataset}'")
+    again = f" {args.config}" if args.config else ""
+    print(f"open it in the App with:  .venv/bin/faceaudit run{again} --app")
+    if args.app:
+        open_app(study.dataset)
     return 0
 
 
@@ -415,11 +404,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="score these attributes' combination jointly (at most 10), e.g. Male Bald Bangs")
     out.set_defaults(func=cmd_outliers)
 
-    demo = sub.add_parser("demo", help="write real demo faces (LFW via scikit-image) and load them")
-    demo.add_argument("--dir", default="demo-data", help="where to write the demo images")
-    demo.add_argument("--dataset", default=DEFAULT_DATASET)
-    demo.add_argument("--quiet", action="store_true")
-    demo.set_defaults(func=cmd_demo)
+    run = sub.add_parser(
+        "run", aliases=["demo"],
+        help="the whole study from a config (load, annotate, compare, outliers, reports); no config: the demo",
+        description="Run the study a TOML config describes (see study.toml); each step skips what is "
+        "done, so a rerun continues after an interruption and a finished study reruns as a no-op. "
+        "Without a config: the demo (real LFW faces via scikit-image, offline age/gender labels).",
+    )
+    run.add_argument("config", nargs="?", help="study config (TOML); default: the demo")
+    run.add_argument("--dir", default="demo-data", help="demo only: where to write the demo images")
+    run.add_argument("--dataset", default=DEFAULT_DATASET, help="demo only: the dataset (a config names its own)")
+    run.add_argument("--app", action="store_true", help="open the App on the dataset with the panel when done")
+    run.add_argument("--quiet", action="store_true")
+    run.set_defaults(func=cmd_run)
     return parser
 
 
