@@ -58,14 +58,20 @@ def run_study(config: StudyConfig, progress: Callable[[Progress], None] | None =
     dataset.reload()
     done = schema.get_info(dataset, INFO_KEY, {}) or {}
     inputs = {"labelled": dataset.exists(labels.CODE_FIELD).count(), "samples": dataset.count()}
-    compare_key = {**inputs, **asdict(config.comparison)}
+    compare_key = _key(inputs, asdict(config.comparison))
     result = _compare(dataset, config, compare_key, done, report)
-    outlier_key = {**inputs, **asdict(config.outliers), "states": config.comparison.states,
-                   "alpha": config.comparison.alpha}
+    outlier_key = _key(inputs, asdict(config.outliers), states=config.comparison.states,
+                       alpha=config.comparison.alpha)
     _outliers(dataset, config, outlier_key, done, report, echo)
     _write_reports(config, result, report, fresh=report.steps["compare"] != "skipped: labels unchanged")
     report.summary_table = "\n".join(reports.text_table(result).splitlines()[:8])
     return report
+
+
+def _key(*parts: dict, **more) -> dict:
+    """A step's inputs as the database gives them back (tuples become lists)."""
+    merged = {k: v for part in parts for k, v in part.items()} | more
+    return json.loads(json.dumps(merged))
 
 
 def _annotate(dataset, config: StudyConfig, progress, echo) -> str:
