@@ -220,3 +220,26 @@ def test_delegated_shards_on_two_launchers_one_killed(tiny_mac, two_copies, cli_
     assert "0 samples left to label in 4 shards" in status and status.count("completed") == 4
     drive(iter_annotate(single, checkpoint=tiny_mac, device="cpu", batch_size=1, workers=0))
     assert labels_by_path(name) == labels_by_path(single)
+
+
+def test_shard_and_device_from_torchrun_or_slurm_env():
+    from faceaudit import params
+
+    torchrun = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}
+    slurm = {"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "2"}
+    assert params.shard("auto", env=torchrun) == (3, 8) and params.shard("auto", env=slurm) == (5, 16)
+    assert params.shard("auto", env={}) == (0, 1) and params.shard(" 1 / 4 ") == (1, 4)
+    assert params.rank_device("auto", True, torchrun) == "cuda:1"
+    assert params.rank_device("cuda", True, slurm) == "cuda:2"
+    assert params.rank_device("auto", False, torchrun) == "auto"  # no CUDA: the engine picks the CPU
+    assert params.rank_device("cuda:0", True, torchrun) == "cuda:0"  # an explicit GPU is kept
+    for bad, message in [("4/4", "below the shard count"), ("1-4", "expected I/N"), ("-1/4", "expected I/N")]:
+        with pytest.raises(params.ParamError, match=message):
+            params.shard(bad)
+    with pytest.raises(params.ParamError, match="LOCAL_RANK: expected a whole number"):
+        params.rank_device("auto", True, {"LOCAL_RANK": "x"})
+    assert params.shards("4") == 4
+    with pytest.raises(params.ParamError, match="shards: must be at least 1"):
+        params.shards(0)
+    with pytest.raises(params.ParamError, match="stale_after: must be more than 0"):
+        params.seconds("stale_after", "0")
