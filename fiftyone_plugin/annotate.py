@@ -162,7 +162,8 @@ def _handle_batch(dataset, writer: ThreadPoolExecutor, report: AnnotateReport, i
     """Queue the writing of one batch's labels (returns its future, or None) and tag its failures.
 
     The write does not re-check that the sample is still unlabelled: that extra predicate takes
-    the update off MongoDB's ``_id`` fast path and halved the write-back's rate (bench/writeback.py).
+    the update off MongoDB's ``_id`` fast path (IDHACK); measured here, alternating 3 runs each of
+    30,000 samples, it cut ``write_labels``' rate by a third to a half.
     The chunked selection already skips samples labelled before the chunk was read; in the rare
     race left (the same shard run twice at once) the labels are deterministic, so the second
     write stores the same values again."""

@@ -21,7 +21,7 @@ from fiftyone_plugin.ingest import load_face_dataset
 
 BIN = Path(sys.executable).parent
 FACEAUDIT = str(BIN / "faceaudit")
-N_FACES = 240
+N_FACES = 120
 
 
 @pytest.fixture(scope="module")
