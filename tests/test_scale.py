@@ -67,6 +67,14 @@ def start(args, env) -> subprocess.Popen:
                             text=True)
 
 
+def one_process(name: str, ckpt: str):
+    """The reference: the whole dataset labelled by one process (this one), unsharded."""
+    from faceaudit.progress import drive
+    from fiftyone_plugin.annotate import iter_annotate
+
+    return drive(iter_annotate(name, checkpoint=ckpt, device="cpu", batch_size=2, workers=0))
+
+
 def labels_by_path(name: str) -> dict[str, tuple]:
     ds = fo.load_dataset(name)
     ds.reload()
@@ -107,9 +115,9 @@ def test_two_shard_workers_one_killed_and_restarted_equal_one_process(tiny_mac, 
     sizes = shard_sizes(name, 2)
     assert 10 <= partial < sizes[0]
 
-    restarted = finish(start(annotate_args(name, tiny_mac, "--shard", "0/2"), cli_env))
-    other = finish(second)
-    single_report = finish(start(annotate_args(single, tiny_mac), cli_env))
+    restarted = start(annotate_args(name, tiny_mac, "--shard", "0/2"), cli_env)
+    single_report = one_process(single, tiny_mac).to_dict()  # meanwhile, here
+    restarted, other = finish(restarted), finish(second)
 
     # exactly once: each worker labelled only what was left of its own shard
     assert other["shard"] == "1/2" and other["labelled"] == sizes[1]
@@ -132,7 +140,7 @@ def test_torchrun_shard_auto(tiny_mac, two_copies, cli_env, tmp_path):
     assert sorted(r["shard"] for r in reports) == ["0/2", "1/2"]
     assert {r["device"] for r in reports} == {"cpu"}
     assert sum(r["labelled"] for r in reports) == N_FACES
-    subprocess.run([FACEAUDIT, *annotate_args(single, tiny_mac)], env=cli_env, check=True, capture_output=True)
+    one_process(single, tiny_mac)
     assert labels_by_path(name) == labels_by_path(single)
 
 
@@ -176,9 +184,6 @@ def _wait(condition, what: str, timeout: float = 240):
 
 
 def test_delegated_shards_on_two_launchers_one_killed(tiny_mac, two_copies, cli_env, tmp_path):
-    from faceaudit.progress import drive
-    from fiftyone_plugin.annotate import iter_annotate
-
     name, single = two_copies
     delegate = ["annotate", "--dataset", name, "--checkpoint", tiny_mac, "--device", "cpu", "--batch-size", "1",
                 "--delegate", "--shards", "4", "--json"]
@@ -218,7 +223,7 @@ def test_delegated_shards_on_two_launchers_one_killed(tiny_mac, two_copies, cli_
     status = subprocess.run([FACEAUDIT, "status", "--dataset", name], env=cli_env, capture_output=True,
                             text=True, check=True).stdout
     assert "0 samples left to label in 4 shards" in status and status.count("completed") == 4
-    drive(iter_annotate(single, checkpoint=tiny_mac, device="cpu", batch_size=1, workers=0))
+    one_process(single, tiny_mac)
     assert labels_by_path(name) == labels_by_path(single)
 
 
