@@ -17,6 +17,7 @@ again continues where the dead worker stopped.
 from __future__ import annotations
 
 import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from fiftyone import ViewExpression
@@ -132,10 +133,8 @@ def fan_out(dataset_name: str, count: int, params: dict, view=None, source: str 
     """Queue one delegated ``annotate_attributes`` operation per shard of ``count`` that has
     unlabelled samples and no live operation; ``params`` are the operator's (checkpoint, device,
     batch_size, mc_passes); each operation gets its ``shard`` added."""
-    import fiftyone.operators as foo
-
     dataset = schema.open_dataset(dataset_name, create=False)
-    view = select_view(dataset, view, source)
+    view = select_view(dataset, view, source).view()  # an operator's target may be the Dataset itself
     report = FanOutReport(dataset.name)
     for shard, ops in shard_operations(dataset.name).items():
         for op in ops:
@@ -147,10 +146,20 @@ def fan_out(dataset_name: str, count: int, params: dict, view=None, source: str 
         name = f"{i}/{count}"
         if left and name not in live:
             ctx = {"dataset": dataset, "view": view, "params": {**params, "shard": name, "delegate": True}}
-            result = foo.execute_operator(ANNOTATE_URI, ctx=ctx, request_delegation=True)
+            result = _queue(ctx)
             if not result.delegated:
                 raise RuntimeError(f"shard {name} was not queued: {result.error or 'the operator ran it at once'}")
             report.queued.append(name)
     status = shard_status(dataset.name, count, view)
     report.shards = status.shards
     return report
+
+
+def _queue(ctx: dict):
+    """``foo.execute_operator(..., request_delegation=True)`` for one shard, on a thread of its
+    own: inside a running operator (the App's "Split into N jobs") an event loop is running, and
+    there ``execute_operator`` returns an unawaited task instead of queueing."""
+    import fiftyone.operators as foo
+
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(foo.execute_operator, ANNOTATE_URI, ctx=ctx, request_delegation=True).result()

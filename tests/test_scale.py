@@ -248,3 +248,21 @@ def test_shard_and_device_from_torchrun_or_slurm_env():
         params.shards(0)
     with pytest.raises(params.ParamError, match="stale_after: must be more than 0"):
         params.seconds("stale_after", "0")
+
+
+def test_operator_form_splits_into_n_delegated_jobs(tiny_mac, two_copies):
+    import fiftyone.operators as foo
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    from fiftyone_plugin.fanout import ANNOTATE_URI
+
+    name, _ = two_copies
+    ds = fo.load_dataset(name)
+    params = {"checkpoint": tiny_mac, "device": "cpu", "batch_size": 4, "shards": 3, "delegate": False}
+    result = foo.execute_operator(ANNOTATE_URI, ctx={"dataset": ds, "params": params})
+    assert result.error is None and not result.delegated
+    assert sorted(_ops_by_state(name)["queued"]) == ["0/3", "1/3", "2/3"]
+    DelegatedOperationService().execute_queued_operations(dataset_name=name)
+    assert sorted(_ops_by_state(name)["completed"]) == ["0/3", "1/3", "2/3"]
+    ds.reload()
+    assert ds.exists(labels.CODE_FIELD).count() == N_FACES
