@@ -130,48 +130,36 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_OUTLIERS = 10
+def cmd_run(args: argparse.Namespace) -> int:
+    """The study a config describes (load, annotate, compare, outliers, reports), or the demo."""
+    from faceaudit import params
 
+    if args.config:
+        from faceaudit.config import load_config
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The whole pipeline on real demo faces: load, annotate (offline age/gender models),
-    compare real vs the demo's stand-in synthetic source, write an HTML report, tag the
-    synthetic faces real data explains least."""
-    from faceaudit.demo import DEMO_SOURCES, write_demo_faces
+        config = load_config(args.config)  # validated before anything is written
+    else:
+        from faceaudit.demo import demo_config
 
-    for folder, (source, domain) in zip(write_demo_faces(args.dir), DEMO_SOURCES):
-        report = _load(folder, args.quiet, source=source, domain=domain, dataset_name=args.dataset)
-        print(report.summary())
-    import fiftyone as fo
+        config = demo_config(args.dir, params.name("dataset", args.dataset))
+    _fiftyone_env()
+    from fiftyone_plugin.pipeline import open_app, run_study
 
-    from fiftyone_plugin import outliers
-    from fiftyone_plugin.annotate import iter_annotate
-    from fiftyone_plugin.compare import compute_comparison, store_comparison
-
-    from faceaudit import report as reports
-    from faceaudit.progress import drive
-
-    dataset = fo.load_dataset(args.dataset)
+    bar = _Bar("unit", args.quiet)
     try:
-        annotated = drive(iter_annotate(args.dataset, model="agegender", device="cpu", batch_size=32, workers=0))
-        print(annotated.summary())
-    except RuntimeError as e:  # the optional agegender extra is missing
-        print(f"annotation skipped: {e}")
-        return 0
-    _, result = compute_comparison(dataset)
-    store_comparison(dataset, result)
-    outliers.score_realness(dataset)
-    flagged = outliers.flag_outliers(dataset, top=DEMO_OUTLIERS)
-    print(f"{flagged} synthetic faces real data explains least tagged '{outliers.OUTLIER_TAG}' "
-          f"(saved view '{outliers.OUTLIERS_VIEW}')")
-    html = os.path.join(args.dir, "report.html")
-    from fiftyone_plugin.reporting import write_html_report
-
-    write_html_report(dataset, result, html)
-    print("\n".join(reports.text_table(result).splitlines()[:8]))  # the attributes that differ most
-    print(f"dataset '{dataset.name}': {len(dataset)} samples, by source {dataset.count_values('source')}")
-    print(f"report: {html}")
-    print(f"open it in the App with:  .venv/bin/fiftyone app launch {dataset.name}")
+        study = run_study(config, bar, echo=lambda line: bar.bar.write(line, file=sys.stdout))
+    finally:
+        bar.close()
+    for step, what in study.steps.items():
+        if what:
+            print(f"{step}: {what}")
+    print(study.summary_table)
+    print("nothing new: the study was already complete" if study.nothing_new else
+          f"done: dataset '{study.dataset}'")
+    again = f" {args.config}" if args.config else ""
+    print(f"open it in the App with:  .venv/bin/faceaudit run{again} --app")
+    if args.app:
+        open_app(study.dataset)
     return 0
 
 
@@ -222,14 +210,62 @@ def cmd_train_mac(args: argparse.Namespace) -> int:
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
+    from faceaudit import params
+
+    shard = params.shard(args.shard)
+    device = params.device(args.device)
+    shards = params.shards(args.shards)
+    stale_after = params.seconds("stale_after", args.stale_after)
+    if args.delegate:
+        return _delegate(args, device, shards, stale_after)
+    if args.shards is not None:
+        raise params.ParamError("shards", "--shards N splits a delegated run: give --delegate too "
+                                "(or run N processes with --shard I/N)")
     _fiftyone_env()
+    if args.shard == params.SHARD_AUTO:
+        import torch
+
+        device = params.rank_device(device, torch.cuda.is_available())
     from fiftyone_plugin.annotate import iter_annotate
 
     report = _run(iter_annotate(
         args.dataset, checkpoint=args.checkpoint, model=args.model, source=args.source,
-        device=args.device, batch_size=args.batch_size, workers=args.workers,
-        mc_passes=args.mc_passes, threshold=args.threshold,
+        device=device, batch_size=args.batch_size, workers=args.workers,
+        mc_passes=args.mc_passes, threshold=args.threshold, shard=shard,
     ), "batch", args.quiet)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
+    return 0
+
+
+def _delegate(args: argparse.Namespace, device: str, shards: int, stale_after: float | None) -> int:
+    """``annotate --delegate --shards N``: queue the shards that still need a worker."""
+    from faceaudit import params
+
+    if args.shard is not None:
+        raise params.ParamError("shard", "--delegate queues every shard itself: leave --shard out")
+    _fiftyone_env()
+    from fiftyone_plugin.annotate import annotate_options
+    from fiftyone_plugin.fanout import STALE_AFTER, fan_out
+
+    # the same validation as a run in this process, before anything is queued
+    o = annotate_options(args.model, args.checkpoint, args.source, device, args.batch_size, args.workers,
+                         args.mc_passes, args.threshold)
+    operator_params = {"model": o.model, "checkpoint": o.checkpoint, "device": o.device,
+                       "batch_size": o.batch_size, "mc_passes": o.mc_passes, "threshold": o.threshold}
+    report = fan_out(args.dataset, shards, operator_params, source=args.source,
+                     stale_after=stale_after or STALE_AFTER)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from faceaudit import params
+
+    shards = params.shards(args.shards, default=None)
+    _fiftyone_env()
+    from fiftyone_plugin.fanout import shard_status
+
+    report = shard_status(args.dataset, shards, source=args.source)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
     return 0
 
@@ -371,9 +407,26 @@ def build_parser() -> argparse.ArgumentParser:
     ann.add_argument("--workers", type=int, help="image-reading processes (default: min(8, cores))")
     ann.add_argument("--mc-passes", type=int, help="stochastic passes for reliability (default: the checkpoint's)")
     ann.add_argument("--threshold", type=float, help="reliability under which a label is undefined")
+    ann.add_argument("--shard", metavar="I/N",
+                     help="label only shard I of N (a fixed hash of each sample's id); 'auto' takes "
+                     "I/N from RANK/WORLD_SIZE (torchrun) or SLURM_PROCID/SLURM_NTASKS and the GPU from LOCAL_RANK")
+    ann.add_argument("--delegate", action="store_true",
+                     help="queue delegated operations for `fiftyone delegated launch` workers instead of labelling here")
+    ann.add_argument("--shards", metavar="N", help="with --delegate: one operation per shard of N "
+                     "(only shards with unlabelled samples and no live operation are queued)")
+    ann.add_argument("--stale-after", metavar="SECONDS",
+                     help="with --delegate: an operation RUNNING without progress this long is taken "
+                     "for dead, marked failed and its shard queued again (default 900)")
     ann.add_argument("--json", action="store_true")
     ann.add_argument("--quiet", action="store_true")
     ann.set_defaults(func=cmd_annotate)
+
+    status = sub.add_parser("status", help="what is left to label, per shard, and the delegated shards' states")
+    status.add_argument("--dataset", default=DEFAULT_DATASET)
+    status.add_argument("--source", help="only this source")
+    status.add_argument("--shards", metavar="N", help="count left in N shards (default: the last --delegate's N)")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
 
     cmp = sub.add_parser(
         "compare",
@@ -408,11 +461,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="score these attributes' combination jointly (at most 10), e.g. Male Bald Bangs")
     out.set_defaults(func=cmd_outliers)
 
-    demo = sub.add_parser("demo", help="write real demo faces (LFW via scikit-image) and load them")
-    demo.add_argument("--dir", default="demo-data", help="where to write the demo images")
-    demo.add_argument("--dataset", default=DEFAULT_DATASET)
-    demo.add_argument("--quiet", action="store_true")
-    demo.set_defaults(func=cmd_demo)
+    run = sub.add_parser(
+        "run", aliases=["demo"],
+        help="the whole study from a config (load, annotate, compare, outliers, reports); no config: the demo",
+        description="Run the study a TOML config describes (see study.toml); each step skips what is "
+        "done, so a rerun continues after an interruption and a finished study reruns as a no-op. "
+        "Without a config: the demo (real LFW faces via scikit-image, offline age/gender labels).",
+    )
+    run.add_argument("config", nargs="?", help="study config (TOML); default: the demo")
+    run.add_argument("--dir", default="demo-data", help="demo only: where to write the demo images")
+    run.add_argument("--dataset", default=DEFAULT_DATASET, help="demo only: the dataset (a config names its own)")
+    run.add_argument("--app", action="store_true", help="open the App on the dataset with the panel when done")
+    run.add_argument("--quiet", action="store_true")
+    run.set_defaults(func=cmd_run)
     return parser
 
 

@@ -232,7 +232,8 @@ def identity_consistency(view, attributes: tuple[str, ...] = core.STABLE_ATTRIBU
     result = {}
     updates = []
     for source, groups in sorted(by_source.items()):
-        with_id = [g for g in groups if g["_id"]["i"] is not None]
+        # in identity order: $group's output order varies, and ties in "worst" must not follow it
+        with_id = sorted((g for g in groups if g["_id"]["i"] is not None), key=lambda g: str(g["_id"]["i"]))
         if not with_id:
             result[source] = asdict(SourceConsistency(False, reason="the source has no identities"))
             continue
@@ -240,7 +241,7 @@ def identity_consistency(view, attributes: tuple[str, ...] = core.STABLE_ATTRIBU
         neg = np.array([[g[f"n{k}"] for k in range(len(cols))] for g in with_id], dtype=float)
         share = core.identity_disagreement(pos, neg)
         score = core.identity_scores(share)
-        order = np.argsort(-np.nan_to_num(score, nan=-1))[:5]
+        order = np.argsort(-np.nan_to_num(score, nan=-1), kind="stable")[:5]
         result[source] = asdict(SourceConsistency(
             True, len(with_id), _num(_nanmean(score)),
             {a: _num(_nanmean(share[:, k])) for k, a in enumerate(attributes)},

