@@ -128,9 +128,14 @@ def _drive(page, ds, url):
     _filter(page, labels.UNDEFINED_FIELD, "Male")
     page.get_by_text(f"{undefined} samples", exact=True).wait_for(timeout=60_000)
 
-    page.mouse.click(420, 250)  # the first face of the grid: the modal opens
+    # the first face of the grid opens the modal, whose sidebar names the field a second time;
+    # the grid re-renders after a filter, so a click may land in between: click until it opens
+    deadline = time.time() + 90
+    while page.get_by_text(labels.UNDEFINED_FIELD, exact=True).count() < 2:
+        assert time.time() < deadline, "the modal did not open"
+        page.mouse.click(420, 250)
+        page.wait_for_timeout(3000)
     modal_field = page.get_by_text(labels.UNDEFINED_FIELD, exact=True).last
-    modal_field.wait_for(timeout=60_000)
     modal_field.click()  # expands the list's values
     page.get_by_text(labels.POSITIVE_FIELD, exact=True).last.click()
     page.locator("[data-cy='sidebar-group-ATTRIBUTES: DEMOGRAPHICS']").last.click()  # mac_Male 0.56 beside
