@@ -23,6 +23,7 @@ STATE_COLORS = {"positive": "#2ca02c", "negative": "#d62728", "undefined": "#7f7
 TOP_N = 15
 NOT_LABELLED = "not labelled"
 ROW_PX = 9  # height of one bar in a horizontal chart
+MIN_HEIGHT = 280  # a chart of a few attributes (a category, agegender's four) stays readable
 
 
 def source_color(source: str) -> str:
@@ -100,7 +101,7 @@ def bar_layout(title: str, rows: int, groups: int) -> dict:
             "modebar": {"orientation": "v"},
             "yaxis": {"autorange": "reversed", "automargin": True, "type": "category"},
             "margin": {"t": 70, "l": 10, "r": 40, "b": 40},
-            "height": 110 + rows * max(groups, 1) * ROW_PX + rows * 6}
+            "height": max(MIN_HEIGHT, 110 + rows * max(groups, 1) * ROW_PX + rows * 6)}
 
 
 def overview_figure(result: dict, state: str = "positive", category: str | None = None,
