@@ -118,7 +118,7 @@ def load_config(path: str) -> StudyConfig:
             raw = f.read()
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
-    text = raw.decode("utf-8", errors="replace")
+    text = raw.decode("utf-8-sig", errors="replace")  # editors on Windows write a byte-order mark
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -188,11 +188,54 @@ class _Validator:
             self.fail(table, key, f"{path} does not exist", index)
         return path
 
+    def text_value(self, table: str | None, key: str, values: dict, default: Any = None,
+                   index: int | None = None) -> Any:
+        """``values[key]`` when it is text (TOML strings only: ``dataset = 5`` or ``name = {a = 1}``
+        would otherwise become the names ``"5"`` and ``"{'a': 1}"``); ``default`` when absent."""
+        value = values.get(key, default)
+        if value is not None and not isinstance(value, str):
+            self.fail(table, key, f"expected text (a quoted TOML string), got {value!r}", index)
+        return value
+
+    def source_path(self, values: dict, i: int) -> str:
+        """A source's folder, or an InsightFace ``.rec`` file: a plain file is refused here, before
+        the sources listed earlier are loaded."""
+        path = self.path_value("sources", "path", values["path"], i)
+        if "://" in path:
+            self.fail("sources", "path", f"expected a folder on this machine, got {path!r}", i)
+        if os.path.isfile(path) and not path.endswith(".rec"):
+            self.fail("sources", "path", f"{path}: is a file, not a dataset folder or a .rec file", i)
+        return path
+
+    def report_path(self, key: str, value: Any, taken: dict[str, str]) -> str | None:
+        """A report file that can be written: not a folder, not another report's file, in a folder
+        that exists and is writable or can be created. Checked here, since the reports are
+        written last, after hours of loading and annotating."""
+        path = self.path_value("reports", key, value, must_exist=False)
+        if path is None:
+            return None
+        if "://" in value:
+            self.fail("reports", key, f"expected a file path on this machine, got {value!r}")
+        same = taken.get(os.path.realpath(path))
+        if same is not None:
+            self.fail("reports", key, f"{path} is also reports.{same}: each report needs its own file")
+        taken[os.path.realpath(path)] = key
+        if os.path.isdir(path):
+            self.fail("reports", key, f"{path} is a folder; give a file name")
+        parent = os.path.dirname(path)
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            self.fail("reports", key, f"cannot write {path}: {parent} is a file, not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            self.fail("reports", key, f"cannot write {path}: {parent} is not writable")
+        return path
+
     # -- the tables ----------------------------------------------------------------------------
 
     def study(self, data: dict) -> StudyConfig:
         self.known_keys(None, data, (*TOP_KEYS, *TABLES))
-        dataset = self.check(None, "dataset", params.name, "dataset", data.get("dataset", "faces"))
+        dataset = self.check(None, "dataset", params.name, "dataset", self.text_value(None, "dataset", data, "faces"))
         sources = data.get("sources")
         if not isinstance(sources, list) or not sources:
             self.fail("sources", None, "at least one [[sources]] table is needed (path, preset or name + domain)")
@@ -210,9 +253,9 @@ class _Validator:
         self.known_keys(t, values, TABLES[t], i)
         if "path" not in values:
             self.fail(t, None, "path is required", i)
-        path = self.path_value(t, "path", values["path"], i)
+        path = self.source_path(values, i)
         preset = self.check(t, "preset", get_preset, values["preset"], index=i) if "preset" in values else None
-        name = self.check(t, "name", params.name, "name", values.get("name", preset and preset.source),
+        name = self.check(t, "name", params.name, "name", self.text_value(t, "name", values, preset and preset.source, i),
                           index=i)
         domain = self.check(t, "domain", params.choice, "domain", values.get("domain", preset and preset.domain),
                             DOMAINS, index=i)
@@ -267,10 +310,11 @@ class _Validator:
         for a in joint:
             if a not in ATTRIBUTES:
                 self.fail(t, "joint", f"unknown attribute {a!r}: attributes are MAAD-Face's 47 (Male, Young, ...)")
-        tag = self.check(t, "tag", params.name, "tag", values.get("tag", "outlier"))
+        tag = self.check(t, "tag", params.name, "tag", self.text_value(t, "tag", values, "outlier"))
         return OutliersConfig(100 if top is None and threshold is None else top, threshold, tuple(joint), tag)
 
     def reports(self, values: Any) -> ReportsConfig:
         t = "reports"
         self.known_keys(t, values, TABLES[t])
-        return ReportsConfig(*(self.path_value(t, k, values.get(k), must_exist=False) for k in TABLES[t]))
+        taken: dict[str, str] = {}
+        return ReportsConfig(*(self.report_path(k, values.get(k), taken) for k in TABLES[t]))

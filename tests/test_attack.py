@@ -1,0 +1,105 @@
+"""Findings of an adversarial pass over ``faceaudit run`` configs, shards and fan-out: each test
+reproduces what was refused too late (after loading and annotating) or not at all."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from faceaudit.config import ConfigError, load_config
+
+
+def _config(directory: Path, faces_dir: Path, extra: str = "", dataset: str = '"atk"', name: str = '"r"',
+            bom: bool = False) -> Path:
+    """A small valid config (one real, one synthetic source, agegender), with ``extra`` appended."""
+    text = f'''dataset = {dataset}
+
+[[sources]]
+path = "{faces_dir}"
+name = {name}
+domain = "real"
+
+[[sources]]
+path = "{faces_dir}"
+name = "s"
+domain = "synthetic"
+
+[model]
+kind = "mac"
+checkpoint = "{faces_dir / 'a.png'}"
+{extra}
+'''
+    path = directory / "study.toml"
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode())
+    return path
+
+
+@pytest.fixture
+def faces_dir(tmp_path) -> Path:
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"not read by the config")
+    return folder
+
+
+def _refused(path: Path, *expected: str) -> str:
+    with pytest.raises(ConfigError) as error:
+        load_config(str(path))
+    text = str(error.value)
+    for part in expected:
+        assert part in text, text
+    return text
+
+
+def test_two_reports_on_one_path_are_refused(tmp_path, faces_dir):
+    # was: accepted, and the JSON report silently overwrote the HTML one
+    config = _config(tmp_path, faces_dir, '[reports]\nhtml = "out/r.x"\njson = "out/r.x"')
+    _refused(config, "line 18: reports.json:", "reports.html")
+    # the same file spelt two ways is the same file
+    config = _config(tmp_path, faces_dir, '[reports]\nhtml = "out/r.x"\ncsv = "out/../out/r.x"')
+    _refused(config, "reports.csv:", "reports.html")
+
+
+def test_report_paths_that_cannot_be_written_are_refused_before_anything_runs(tmp_path, faces_dir):
+    # was: refused only after load, annotate, compare and outliers, as "[Errno 17] File exists"
+    _refused(_config(tmp_path, faces_dir, '[reports]\nhtml = "study.toml/r.html"'),
+             "line 17: reports.html:", "is a file, not a folder")
+    _refused(_config(tmp_path, faces_dir, '[reports]\ncsv = "faces"'), "reports.csv:", "is a folder")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):  # root writes anywhere
+            _refused(_config(tmp_path, faces_dir, '[reports]\njson = "locked/sub/r.json"'),
+                     "reports.json:", "not writable")
+    finally:
+        locked.chmod(0o700)
+    ok = load_config(str(_config(tmp_path, faces_dir, '[reports]\nhtml = "new/deeper/r.html"')))
+    assert ok.reports.html == str(tmp_path / "new" / "deeper" / "r.html")
+
+
+def test_a_source_path_that_is_a_plain_file_is_refused_by_the_config(tmp_path, faces_dir):
+    # was: the sources before it were loaded, then "is a file, not a dataset folder or a .rec file"
+    text = _config(tmp_path, faces_dir).read_text().replace(f'path = "{faces_dir}"\nname = "s"',
+                                                            f'path = "{faces_dir / "a.png"}"\nname = "s"')
+    (tmp_path / "study.toml").write_text(text)
+    _refused(tmp_path / "study.toml", "line 9: sources[1].path:", "a.png", "not a dataset folder or a .rec file")
+    rec = faces_dir / "train.rec"
+    rec.write_bytes(b"")
+    (tmp_path / "study.toml").write_text(text.replace("a.png\"\nname", "train.rec\"\nname"))
+    assert load_config(str(tmp_path / "study.toml")).sources[1].path == str(rec)
+
+
+@pytest.mark.parametrize("key,value", [("dataset", '["a"]'), ("dataset", "5"), ("name", "{a = 1}"),
+                                       ("name", "true")])
+def test_names_of_the_wrong_type_are_refused(tmp_path, faces_dir, key, value):
+    # was: dataset = ["a"] created the dataset "['a']", name = {a = 1} the source "{'a': 1}"
+    config = _config(tmp_path, faces_dir, **{key: value})
+    _refused(config, f"{'sources[0].' if key == 'name' else ''}{key}:", "expected text")
+
+
+def test_a_config_saved_with_a_byte_order_mark_is_read(tmp_path, faces_dir):
+    # was: "not valid TOML: Invalid statement (at line 1, column 1)" (editors on Windows write a BOM)
+    assert load_config(str(_config(tmp_path, faces_dir, bom=True))).dataset == "atk"
