@@ -65,7 +65,9 @@ def run_study(config: StudyConfig, progress: Callable[[Progress], None] | None =
     outlier_key = _key(inputs, asdict(config.outliers), states=config.comparison.states,
                        alpha=config.comparison.alpha)
     _outliers(dataset, config, outlier_key, done, report, echo)
-    _write_reports(dataset, config, result, report, fresh=report.steps["compare"] != "skipped: labels unchanged")
+    # the HTML report shows the outliers too: new tags make the reports stale as a new comparison does
+    fresh = not (report.steps["compare"].startswith("skipped") and report.steps["outliers"].startswith("skipped"))
+    _write_reports(dataset, config, result, report, fresh=fresh)
     report.summary_table = "\n".join(reports.text_table(result).splitlines()[:8])
     return report
 
@@ -133,7 +135,7 @@ def _record(dataset, step: str, key: dict) -> None:
 def _write_reports(dataset, config: StudyConfig, result: dict, report: StudyReport, fresh: bool) -> None:
     """Write each configured report that is missing, or all of them after a new comparison. The
     HTML report carries its provenance (run, sources, realness, outliers' thumbnails)."""
-    writers = {"html": lambda r, path: reports.to_html(r, report_context(dataset, path)),
+    writers = {"html": lambda r, path: reports.to_html(r, report_context(dataset, path, tag=config.outliers.tag)),
                "json": lambda r, path: json.dumps(r, indent=1), "csv": lambda r, path: reports.to_csv(r)}
     for kind, write in writers.items():
         path = getattr(config.reports, kind)

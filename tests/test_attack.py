@@ -103,3 +103,45 @@ def test_names_of_the_wrong_type_are_refused(tmp_path, faces_dir, key, value):
 def test_a_config_saved_with_a_byte_order_mark_is_read(tmp_path, faces_dir):
     # was: "not valid TOML: Invalid statement (at line 1, column 1)" (editors on Windows write a BOM)
     assert load_config(str(_config(tmp_path, faces_dir, bom=True))).dataset == "atk"
+
+
+from test_scale import tiny_mac  # noqa: E402,F401 - a fixture
+
+
+def test_reports_follow_new_outlier_settings_and_name_the_configured_tag(faces, tmp_path, tiny_mac,  # noqa: F811
+                                                                         dataset_name):
+    # was: changing [outliers] top re-tagged the faces but kept the old HTML ("reports up to date":
+    # it said 3 faces were tagged when 4 were), and a config's own tag was not the one shown
+    from fiftyone_plugin.pipeline import run_study
+
+    faces.identity_tree(tmp_path / "real", {f"p{k}": 3 for k in range(3)})
+    faces.identity_tree(tmp_path / "synth", {f"q{k}": 3 for k in range(3)}, start=20)
+    text = f'''dataset = "{dataset_name}"
+[[sources]]
+path = "{tmp_path / 'real'}"
+name = "r"
+domain = "real"
+[[sources]]
+path = "{tmp_path / 'synth'}"
+name = "s"
+domain = "synthetic"
+[model]
+checkpoint = "{tiny_mac}"
+device = "cpu"
+workers = 0
+[outliers]
+top = 3
+tag = "suspect"
+[reports]
+html = "r.html"
+'''
+    config = tmp_path / "study.toml"
+    config.write_text(text)
+    run_study(load_config(str(config)), echo=lambda line: None)
+    html = (tmp_path / "r.html").read_text()
+    assert "3 faces carry the tag <code>suspect</code>" in html
+    config.write_text(text.replace("top = 3", "top = 4"))
+    study = run_study(load_config(str(config)), echo=lambda line: None)
+    assert study.steps["outliers"] == "4 synthetic samples tagged 'suspect'"
+    assert study.written == [str(tmp_path / "r.html")], study.steps
+    assert "4 faces carry the tag <code>suspect</code>" in (tmp_path / "r.html").read_text()
