@@ -17,6 +17,7 @@ again continues where the dead worker stopped.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
@@ -69,23 +70,35 @@ def shard_remaining(view, count: int) -> list[int]:
     return [int(counts.get(i, 0)) for i in range(count)]
 
 
-def shard_operations(dataset_name: str) -> dict[str, list]:
-    """The annotation operations queued on ``dataset_name`` for a shard, by shard ("I/N"), oldest first."""
+def shard_operations(dataset_name: str, view=None) -> dict[str, list]:
+    """The annotation operations queued on ``dataset_name`` for a shard, by shard ("I/N"), oldest
+    first; given ``view``, only those that label that selection (shard 0/2 of ``--source r`` is
+    not shard 0/2 of ``--source s``)."""
     from fiftyone.operators.delegated import DelegatedOperationService
 
+    wanted = None if view is None else _stages(view._serialize())
     by_shard: dict[str, list] = {}
     ops = DelegatedOperationService().list_operations(operator=ANNOTATE_URI, dataset_name=dataset_name)
     for op in sorted(ops, key=lambda o: o.queued_at or dt.datetime.min):
         shard = _params(op).get("shard")
-        if shard:
+        if shard and (wanted is None or _stages(_request(op).get("view")) == wanted):
             by_shard.setdefault(str(shard), []).append(op)
     return by_shard
 
 
+def _stages(serialized) -> list:
+    """A serialized view's stages without their random ``_uuid``s, to compare selections."""
+    if isinstance(serialized, str):
+        serialized = json.loads(serialized)
+    return [{k: v for k, v in stage.items() if k != "_uuid"} for stage in serialized or []]
+
+
+def _request(op) -> dict:
+    return getattr(getattr(op, "context", None), "request_params", None) or {}
+
+
 def _params(op) -> dict:
-    context = getattr(op, "context", None)
-    request = getattr(context, "request_params", None) or {}
-    return request.get("params") or {}
+    return _request(op).get("params") or {}
 
 
 def _last_sign_of_life(op) -> dt.datetime:
@@ -111,12 +124,13 @@ def shard_status(dataset_name: str, count: int | None = None, view=None, source:
     """What is left in each of ``count`` shards (default: the count of the latest fan-out, else
     1) and the state of each shard's latest operation."""
     dataset = schema.open_dataset(dataset_name, create=False)
-    ops = shard_operations(dataset.name)
+    selected = select_view(dataset, view, source).view()
+    ops = shard_operations(dataset.name, selected)
     if count is None:
         latest = max((o for group in ops.values() for o in group), key=lambda o: o.queued_at or dt.datetime.min,
                      default=None)
         count = int(_params(latest)["shard"].split("/")[1]) if latest is not None else 1
-    left = shard_remaining(select_view(dataset, view, source), count)
+    left = shard_remaining(selected, count)
     report = FanOutReport(dataset.name, queued=None)
     for i, n_left in enumerate(left):
         name = f"{i}/{count}"
@@ -140,7 +154,7 @@ def fan_out(dataset_name: str, count: int, params: dict, view=None, source: str 
         for op in ops:
             if _fail_if_stale(op, stale_after):
                 report.failed_stale.append(f"{shard} ({op.id})")
-    live = {shard for shard, ops in shard_operations(dataset.name).items()
+    live = {shard for shard, ops in shard_operations(dataset.name, view).items()
             if any(op.run_state in ACTIVE_STATES for op in ops)}
     for i, left in enumerate(shard_remaining(view, count)):
         name = f"{i}/{count}"

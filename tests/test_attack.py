@@ -145,3 +145,23 @@ html = "r.html"
     assert study.steps["outliers"] == "4 synthetic samples tagged 'suspect'"
     assert study.written == [str(tmp_path / "r.html")], study.steps
     assert "4 faces carry the tag <code>suspect</code>" in (tmp_path / "r.html").read_text()
+
+
+def test_fan_out_of_one_source_does_not_block_or_report_another(faces, tmp_path, tiny_mac, dataset_name):  # noqa: F811
+    # was: after `annotate --delegate --shards 2 --source r`, the same for --source s queued nothing
+    # and reported r's operations as s's shards ("queued"): s was never labelled by the launchers
+    from fiftyone_plugin.fanout import fan_out, shard_status
+    from fiftyone_plugin.ingest import load_face_dataset
+
+    faces.identity_tree(tmp_path / "real", {f"p{k}": 3 for k in range(2)})
+    faces.identity_tree(tmp_path / "synth", {f"q{k}": 3 for k in range(2)}, start=20)
+    load_face_dataset(str(tmp_path / "real"), source="r", domain="real", dataset_name=dataset_name)
+    load_face_dataset(str(tmp_path / "synth"), source="s", domain="synthetic", dataset_name=dataset_name)
+    options = {"model": "mac", "checkpoint": tiny_mac, "device": "cpu", "batch_size": 2}
+    assert fan_out(dataset_name, 2, options, source="r").queued == ["0/2", "1/2"]
+    assert {s.state for s in shard_status(dataset_name, 2, source="s").shards} == {None}  # nothing of s queued
+    second = fan_out(dataset_name, 2, options, source="s")
+    assert second.queued == [s.shard for s in second.shards if s.left], second.summary()
+    assert second.queued and all(s.state == "queued" for s in second.shards if s.left)
+    assert fan_out(dataset_name, 2, options, source="s").queued == []  # and only once
+    assert fan_out(dataset_name, 2, options, source="r").queued == []
