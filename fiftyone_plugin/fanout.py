@@ -5,7 +5,8 @@ share the queue; FiftyOne claims each queued operation atomically
 (``set_running(required_state=QUEUED)``), so each shard runs on one worker.
 
 Re-running :func:`fan_out` queues only the shards that still have unlabelled samples and are not
-queued or running already. A worker that dies (killed, host lost) leaves its operation RUNNING
+queued or running already; fan-outs started together take turns (a lock document in the
+database), so each shard is queued once. A worker that dies (killed, host lost) leaves its operation RUNNING
 forever: FiftyOne's open-source launcher neither notices nor times it out (only ``fiftyone
 delegated fail ID`` or a monitored launcher's pings touch it). So an operation RUNNING whose
 last sign of life (``updated_at``, or its progress's ``updated_at``; the annotator reports
@@ -18,7 +19,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from fiftyone import ViewExpression
@@ -150,20 +154,22 @@ def fan_out(dataset_name: str, count: int, params: dict, view=None, source: str 
     dataset = schema.open_dataset(dataset_name, create=False)
     view = select_view(dataset, view, source).view()  # an operator's target may be the Dataset itself
     report = FanOutReport(dataset.name)
-    for shard, ops in shard_operations(dataset.name).items():
-        for op in ops:
-            if _fail_if_stale(op, stale_after):
-                report.failed_stale.append(f"{shard} ({op.id})")
-    live = {shard for shard, ops in shard_operations(dataset.name, view).items()
-            if any(op.run_state in ACTIVE_STATES for op in ops)}
-    for i, left in enumerate(shard_remaining(view, count)):
-        name = f"{i}/{count}"
-        if left and name not in live:
-            ctx = {"dataset": dataset, "view": view, "params": {**params, "shard": name, "delegate": True}}
-            result = _queue(ctx)
-            if not result.delegated:
-                raise RuntimeError(f"shard {name} was not queued: {result.error or 'the operator ran it at once'}")
-            report.queued.append(name)
+    with _fan_out_lock(dataset.name) as still_alive:  # list and queue as one step: no shard twice
+        for shard, ops in shard_operations(dataset.name).items():
+            for op in ops:
+                if _fail_if_stale(op, stale_after):
+                    report.failed_stale.append(f"{shard} ({op.id})")
+        live = {shard for shard, ops in shard_operations(dataset.name, view).items()
+                if any(op.run_state in ACTIVE_STATES for op in ops)}
+        for i, left in enumerate(shard_remaining(view, count)):
+            name = f"{i}/{count}"
+            if left and name not in live:
+                ctx = {"dataset": dataset, "view": view, "params": {**params, "shard": name, "delegate": True}}
+                result = _queue(ctx)
+                if not result.delegated:
+                    raise RuntimeError(f"shard {name} was not queued: {result.error or 'the operator ran it at once'}")
+                report.queued.append(name)
+                still_alive()
     status = shard_status(dataset.name, count, view)
     report.shards = status.shards
     return report
@@ -177,3 +183,37 @@ def _queue(ctx: dict):
 
     with ThreadPoolExecutor(1) as thread:
         return thread.submit(foo.execute_operator, ANNOTATE_URI, ctx=ctx, request_delegation=True).result()
+
+
+#: the collection (in FiftyOne's database) that holds one lock document per dataset being fanned out
+LOCKS = "faceaudit_locks"
+#: a lock not renewed for this long belongs to a fan-out that died (killed between two shards)
+LOCK_EXPIRES = 120.0
+
+
+@contextmanager
+def _fan_out_lock(dataset_name: str, wait: float = 600.0):
+    """Hold the fan-out lock of ``dataset_name`` (processes and hosts alike: it is a document with
+    a unique ``_id`` in the shared database) while listing and queueing, so that fan-outs started
+    together queue each shard once. Yields a function that renews the lock; a lock left by a
+    fan-out that was killed expires after :data:`LOCK_EXPIRES` seconds."""
+    import fiftyone.core.odm as foo_db
+    from pymongo.errors import DuplicateKeyError
+
+    locks, key, owner = foo_db.get_db_conn()[LOCKS], f"fan_out:{dataset_name}", uuid.uuid4().hex
+    deadline = time.monotonic() + wait
+    while True:
+        expired = schema.utc_now() - dt.timedelta(seconds=LOCK_EXPIRES)
+        locks.delete_one({"_id": key, "renewed_at": {"$lt": expired}})
+        try:
+            locks.insert_one({"_id": key, "owner": owner, "renewed_at": schema.utc_now()})
+            break
+        except DuplicateKeyError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"dataset '{dataset_name}': another fan-out has held the queue for over "
+                                   f"{wait:.0f} s; try again when it is done") from None
+            time.sleep(0.2)
+    try:
+        yield lambda: locks.update_one({"_id": key, "owner": owner}, {"$set": {"renewed_at": schema.utc_now()}})
+    finally:
+        locks.delete_one({"_id": key, "owner": owner})

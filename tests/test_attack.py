@@ -165,3 +165,32 @@ def test_fan_out_of_one_source_does_not_block_or_report_another(faces, tmp_path,
     assert second.queued and all(s.state == "queued" for s in second.shards if s.left)
     assert fan_out(dataset_name, 2, options, source="s").queued == []  # and only once
     assert fan_out(dataset_name, 2, options, source="r").queued == []
+
+
+def test_two_fan_outs_at_once_queue_each_shard_once(faces, tmp_path, tiny_mac, dataset_name):  # noqa: F811
+    # was: two `annotate --delegate --shards 3` started together both saw no operation and both
+    # queued: shards with two operations, each labelled by two launchers
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import fiftyone as fo
+
+    from fiftyone_plugin.fanout import fan_out, shard_operations
+    from fiftyone_plugin.ingest import load_face_dataset
+
+    faces.identity_tree(tmp_path / "synth", {f"q{k}": 4 for k in range(4)})
+    load_face_dataset(str(tmp_path / "synth"), source="s", domain="synthetic", dataset_name=dataset_name)
+    options = {"model": "mac", "checkpoint": tiny_mac, "device": "cpu", "batch_size": 2}
+    for count in (2, 3, 4):
+        start = threading.Barrier(3)
+
+        def queue(_):
+            start.wait()
+            return fan_out(dataset_name, count, options).queued
+
+        with ThreadPoolExecutor(3) as pool:
+            queued = list(pool.map(queue, range(3)))
+        ops = shard_operations(dataset_name, fo.load_dataset(dataset_name).view())
+        mine = {shard: len(group) for shard, group in ops.items() if shard.endswith(f"/{count}")}
+        assert mine == {f"{i}/{count}": 1 for i in range(count)}, queued
+        assert sorted(s for q in queued for s in q) == sorted(mine), queued
