@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from fiftyone import ViewExpression
+
+from faceaudit.attributes import ATTRIBUTES
 
 from . import schema
 from .annotate import select_view, shard_key, todo_view
@@ -153,6 +156,7 @@ def fan_out(dataset_name: str, count: int, params: dict, view=None, source: str 
     batch_size, mc_passes); each operation gets its ``shard`` added."""
     dataset = schema.open_dataset(dataset_name, create=False)
     view = select_view(dataset, view, source).view()  # an operator's target may be the Dataset itself
+    params = _checked_checkpoint(params)
     report = FanOutReport(dataset.name)
     with _fan_out_lock(dataset.name) as still_alive:  # list and queue as one step: no shard twice
         for shard, ops in shard_operations(dataset.name).items():
@@ -173,6 +177,20 @@ def fan_out(dataset_name: str, count: int, params: dict, view=None, source: str 
     status = shard_status(dataset.name, count, view)
     report.shards = status.shards
     return report
+
+
+def _checked_checkpoint(params: dict) -> dict:
+    """``params`` with a local MAC checkpoint made absolute, once it loads here: the launchers run
+    in other folders (a relative path would name another file, or none), and a checkpoint that
+    cannot load would fail every shard after it was queued, not before."""
+    checkpoint = params.get("checkpoint")
+    if params.get("model", "mac") != "mac" or not checkpoint:
+        return params
+    from faceaudit.model import load_checkpoint
+
+    checkpoint = checkpoint if "://" in checkpoint else os.path.abspath(checkpoint)
+    load_checkpoint(checkpoint, attributes=ATTRIBUTES)  # raises naming the file and the problem
+    return {**params, "checkpoint": checkpoint}
 
 
 def _queue(ctx: dict):

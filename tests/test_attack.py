@@ -194,3 +194,30 @@ def test_two_fan_outs_at_once_queue_each_shard_once(faces, tmp_path, tiny_mac, d
         mine = {shard: len(group) for shard, group in ops.items() if shard.endswith(f"/{count}")}
         assert mine == {f"{i}/{count}": 1 for i in range(count)}, queued
         assert sorted(s for q in queued for s in q) == sorted(mine), queued
+
+
+def test_fan_out_checks_the_checkpoint_and_queues_its_absolute_path(faces, tmp_path, tiny_mac, dataset_name,  # noqa: F811
+                                                                   monkeypatch):
+    # was: `annotate --delegate --shards 2 --checkpoint /etc/passwd` queued two operations that
+    # every launcher then failed, and a relative --checkpoint was queued as it was, so launchers
+    # (another working folder, another host) looked for it relative to their own folder
+    import shutil
+
+    import fiftyone as fo
+
+    from fiftyone_plugin.fanout import fan_out, shard_operations
+    from fiftyone_plugin.ingest import load_face_dataset
+
+    faces.identity_tree(tmp_path / "synth", {f"q{k}": 3 for k in range(2)})
+    load_face_dataset(str(tmp_path / "synth"), source="s", domain="synthetic", dataset_name=dataset_name)
+    (tmp_path / "bogus.pt").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    shutil.copy(tiny_mac, tmp_path / "mac.pt")
+    monkeypatch.chdir(tmp_path)
+    for bad in ("bogus.pt", "missing.pt"):
+        with pytest.raises(ValueError, match=bad):
+            fan_out(dataset_name, 2, {"model": "mac", "checkpoint": bad, "device": "cpu"})
+        assert shard_operations(dataset_name) == {}
+    assert fan_out(dataset_name, 2, {"model": "mac", "checkpoint": "mac.pt", "device": "cpu"}).queued
+    ops = shard_operations(dataset_name, fo.load_dataset(dataset_name).view())
+    assert {op.context.request_params["params"]["checkpoint"] for group in ops.values() for op in group} == \
+        {str(tmp_path / "mac.pt")}
