@@ -221,3 +221,14 @@ def test_fan_out_checks_the_checkpoint_and_queues_its_absolute_path(faces, tmp_p
     ops = shard_operations(dataset_name, fo.load_dataset(dataset_name).view())
     assert {op.context.request_params["params"]["checkpoint"] for group in ops.values() for op in group} == \
         {str(tmp_path / "mac.pt")}
+
+
+def test_label_files_keep_names_that_begin_or_end_with_a_space(tmp_path):
+    # was: export-labels wrote the folder " sp" as it is and import-labels stripped it to "sp", so
+    # the row named no sample ("1 rows name no sample of the source (e.g. sp/x6.png)")
+    from faceaudit.labels_io import read_maad_csv, write_maad_csv
+
+    names = [(" sp/a.png", " sp"), ("tail /b.png", "tail "), ("\ttab/c.png", "\ttab"), ("=x/d.png", "=x")]
+    write_maad_csv(str(tmp_path / "l.csv"), [(f, i, [1] * 47) for f, i in names])
+    table = read_maad_csv(str(tmp_path / "l.csv"))
+    assert list(zip(table.filenames, table.identities)) == names
