@@ -47,6 +47,7 @@ def run_study(config: StudyConfig, progress: Callable[[Progress], None] | None =
     """Run every step of the study ``config`` describes (validated by :func:`faceaudit.config.load_config`)."""
     from .ingest import iter_load
 
+    _check_domains(config)
     report = StudyReport(config.dataset)
     added = 0
     for s in config.sources:
@@ -70,6 +71,22 @@ def run_study(config: StudyConfig, progress: Callable[[Progress], None] | None =
     _write_reports(dataset, config, result, report, fresh=fresh)
     report.summary_table = "\n".join(reports.text_table(result).splitlines()[:8])
     return report
+
+
+def _check_domains(config: StudyConfig) -> None:
+    """Refuse, before anything is loaded, a study that cannot be compared: the config's sources
+    and those already in the dataset must include a real and a synthetic one (else the study
+    would load and annotate everything, then stop at the comparison)."""
+    import fiftyone as fo
+
+    domains = {s.domain for s in config.sources}
+    if fo.dataset_exists(config.dataset):
+        stored = schema.sources_info(schema.open_dataset(config.dataset, create=False))
+        domains |= {info.get("domain") for info in stored.values()}
+    for domain in ("real", "synthetic"):
+        if domain not in domains:
+            raise ValueError(f"dataset '{config.dataset}': no {domain} source to compare with, in the config "
+                             f"or already loaded; add a [[sources]] table with domain = \"{domain}\"")
 
 
 def _key(*parts: dict, **more) -> dict:

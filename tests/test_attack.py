@@ -232,3 +232,25 @@ def test_label_files_keep_names_that_begin_or_end_with_a_space(tmp_path):
     write_maad_csv(str(tmp_path / "l.csv"), [(f, i, [1] * 47) for f, i in names])
     table = read_maad_csv(str(tmp_path / "l.csv"))
     assert list(zip(table.filenames, table.identities)) == names
+
+
+def test_a_study_without_a_synthetic_source_is_refused_before_loading(faces, tmp_path, tiny_mac,  # noqa: F811
+                                                                      dataset_name):
+    # was: every source was loaded and annotated (hours on a real study), then compare said
+    # "the view has no synthetic source to compare with"
+    import fiftyone as fo
+
+    from fiftyone_plugin.ingest import load_face_dataset
+    from fiftyone_plugin.pipeline import run_study
+
+    faces.identity_tree(tmp_path / "real", {f"p{k}": 2 for k in range(2)})
+    faces.identity_tree(tmp_path / "synth", {f"q{k}": 2 for k in range(2)}, start=20)
+    config = tmp_path / "study.toml"
+    config.write_text(f'dataset = "{dataset_name}"\n[[sources]]\npath = "{tmp_path / "real"}"\nname = "r"\n'
+                      f'domain = "real"\n[model]\ncheckpoint = "{tiny_mac}"\ndevice = "cpu"\n')
+    with pytest.raises(ValueError, match="no synthetic source"):
+        run_study(load_config(str(config)), echo=lambda line: None)
+    assert not fo.dataset_exists(dataset_name)
+    # a synthetic source loaded into the dataset before counts: the config may list only the rest
+    load_face_dataset(str(tmp_path / "synth"), source="s", domain="synthetic", dataset_name=dataset_name)
+    assert run_study(load_config(str(config)), echo=lambda line: None).steps["compare"] == "computed"
