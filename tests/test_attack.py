@@ -254,3 +254,19 @@ def test_a_study_without_a_synthetic_source_is_refused_before_loading(faces, tmp
     # a synthetic source loaded into the dataset before counts: the config may list only the rest
     load_face_dataset(str(tmp_path / "synth"), source="s", domain="synthetic", dataset_name=dataset_name)
     assert run_study(load_config(str(config)), echo=lambda line: None).steps["compare"] == "computed"
+
+
+def test_run_refuses_demo_options_with_a_config_and_repeats_them_in_its_app_hint(tmp_path, faces_dir, capsys):
+    # was: `run study.toml --dataset other` ignored --dataset without a word, and the demo's last
+    # line, `faceaudit run --app`, left out --dataset/--dir: it opened (and re-ran) another dataset
+    from faceaudit_cli import main
+    from faceaudit_cli.main import app_hint, build_parser
+
+    config = _config(tmp_path, faces_dir)
+    assert main(["run", str(config), "--dataset", "other"]) == 2
+    assert "--dataset" in capsys.readouterr().err
+    assert main(["run", str(config), "--dir", "x"]) == 2
+    assert "--dir" in capsys.readouterr().err
+    demo = build_parser().parse_args(["run", "--dataset", "mine", "--dir", "/tmp/d d"])
+    assert app_hint(demo) == ".venv/bin/faceaudit run --dir '/tmp/d d' --dataset mine --app"
+    assert app_hint(build_parser().parse_args(["run", "s.toml"])) == ".venv/bin/faceaudit run s.toml --app"
