@@ -60,6 +60,8 @@ def test_two_reports_on_one_path_are_refused(tmp_path, faces_dir):
     # the same file spelt two ways is the same file
     config = _config(tmp_path, faces_dir, '[reports]\nhtml = "out/r.x"\ncsv = "out/../out/r.x"')
     _refused(config, "reports.csv:", "reports.html")
+    # a report must not overwrite the config that asks for it (written last, after the whole run)
+    _refused(_config(tmp_path, faces_dir, '[reports]\nhtml = "study.toml"'), "reports.html:", "the config")
 
 
 def test_report_paths_that_cannot_be_written_are_refused_before_anything_runs(tmp_path, faces_dir):

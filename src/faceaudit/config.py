@@ -218,7 +218,8 @@ class _Validator:
             self.fail("reports", key, f"expected a file path on this machine, got {value!r}")
         same = taken.get(os.path.realpath(path))
         if same is not None:
-            self.fail("reports", key, f"{path} is also reports.{same}: each report needs its own file")
+            what = same if same.startswith("the ") else f"reports.{same}"
+            self.fail("reports", key, f"{path} is also {what}: each report needs its own file")
         taken[os.path.realpath(path)] = key
         if os.path.isdir(path):
             self.fail("reports", key, f"{path} is a folder; give a file name")
@@ -316,5 +317,5 @@ class _Validator:
     def reports(self, values: Any) -> ReportsConfig:
         t = "reports"
         self.known_keys(t, values, TABLES[t])
-        taken: dict[str, str] = {}
+        taken = {os.path.realpath(self.path): "the config itself"}  # a report must not overwrite it
         return ReportsConfig(*(self.report_path(k, values.get(k), taken) for k in TABLES[t]))
