@@ -272,3 +272,19 @@ def test_run_refuses_demo_options_with_a_config_and_repeats_them_in_its_app_hint
     demo = build_parser().parse_args(["run", "--dataset", "mine", "--dir", "/tmp/d d"])
     assert app_hint(demo) == ".venv/bin/faceaudit run --dir '/tmp/d d' --dataset mine --app"
     assert app_hint(build_parser().parse_args(["run", "s.toml"])) == ".venv/bin/faceaudit run s.toml --app"
+
+
+@pytest.mark.parametrize("text", ["real\u202egnp.exe", "a\u2066b", "line\u2028break", "para\u2029x"])
+def test_names_refuse_bidi_overrides_and_line_separators(text):
+    # was: accepted; a right-to-left override shows "real\u202egnp.exe" as "realexe.png" in a
+    # terminal, the App and the report (Trojan Source), and U+2028/U+2029 break lines
+    from faceaudit import params
+
+    with pytest.raises(params.ParamError, match="source: must not contain"):
+        params.name("source", text)
+
+
+def test_names_keep_joiners_that_scripts_need():
+    from faceaudit import params
+
+    assert params.name("source", "می\u200cخواهم") == "می\u200cخواهم"  # Persian zero-width non-joiner

@@ -106,6 +106,9 @@ def choice(param: str, value: Any, choices, default: str | None = None) -> str |
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: bidirectional embeddings, overrides and isolates (a name shown reversed: "Trojan Source") and
+#: the Unicode line and paragraph separators; joiners that scripts need (U+200C/D) stay allowed
+_BIDI_OR_BREAK = re.compile("[\u202a-\u202e\u2066-\u2069\u2028\u2029]")
 
 
 def name(param: str, value: Any, required: bool = True) -> str | None:
@@ -125,6 +128,8 @@ def name(param: str, value: Any, required: bool = True) -> str | None:
         raise ParamError(param, f"must not start with '$' (MongoDB reads it as a field path): {text!r}")
     if _CONTROL.search(text) or any(unicodedata.category(c) in ("Cc", "Cs") for c in text):
         raise ParamError(param, f"must not contain control characters: {ascii(text)}")
+    if _BIDI_OR_BREAK.search(text):
+        raise ParamError(param, f"must not contain text-direction overrides or line separators: {ascii(text)}")
     if len(text) > MAX_NAME:
         raise ParamError(param, f"must be at most {MAX_NAME} characters, got {len(text)}")
     return text
