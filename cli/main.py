@@ -286,12 +286,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from fiftyone_plugin.compare import compute_comparison, store_comparison
 
-    from faceaudit import report
+    from faceaudit import params, report
 
+    outputs = params.output_files({"json": args.json, "html": args.html, "csv": args.csv})
     dataset = _open_dataset(args.dataset)
     _, result = compute_comparison(dataset, states=args.states, alpha=args.alpha,
                                    bootstrap=args.bootstrap, seed=args.seed, attributes=args.attributes)
     store_comparison(dataset, result)
+    for path in filter(None, outputs.values()):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
     written = []
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -288,3 +288,22 @@ def test_names_keep_joiners_that_scripts_need():
     from faceaudit import params
 
     assert params.name("source", "می\u200cخواهم") == "می\u200cخواهم"  # Persian zero-width non-joiner
+
+
+def test_compare_checks_its_output_files_before_computing(tmp_path, faces_dir, capsys, dataset_name):
+    # was: `compare --html study.toml/x.html` or two outputs on one file computed and stored the
+    # comparison, then failed with "[Errno 20] Not a directory" (or wrote one file over the other)
+    import fiftyone as fo
+
+    from faceaudit_cli import main
+    from fiftyone_plugin.compare import stored_comparison
+    from fiftyone_plugin.ingest import load_face_dataset
+
+    load_face_dataset(str(faces_dir), source="s", domain="synthetic", dataset_name=dataset_name,
+                      check_images=False)
+    for outputs, problem in ((["--html", str(faces_dir / "a.png" / "x.html")], "is a file, not a folder"),
+                             (["--csv", str(tmp_path / "o"), "--json", str(tmp_path / "o")], "is also"),
+                             (["--json", str(faces_dir)], "is a folder")):
+        assert main(["compare", "--dataset", dataset_name, *outputs]) == 2
+        assert problem in capsys.readouterr().err
+    assert stored_comparison(fo.load_dataset(dataset_name)) is None

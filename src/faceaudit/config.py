@@ -207,31 +207,6 @@ class _Validator:
             self.fail("sources", "path", f"{path}: is a file, not a dataset folder or a .rec file", i)
         return path
 
-    def report_path(self, key: str, value: Any, taken: dict[str, str]) -> str | None:
-        """A report file that can be written: not a folder, not another report's file, in a folder
-        that exists and is writable or can be created. Checked here, since the reports are
-        written last, after hours of loading and annotating."""
-        path = self.path_value("reports", key, value, must_exist=False)
-        if path is None:
-            return None
-        if "://" in value:
-            self.fail("reports", key, f"expected a file path on this machine, got {value!r}")
-        same = taken.get(os.path.realpath(path))
-        if same is not None:
-            what = same if same.startswith("the ") else f"reports.{same}"
-            self.fail("reports", key, f"{path} is also {what}: each report needs its own file")
-        taken[os.path.realpath(path)] = key
-        if os.path.isdir(path):
-            self.fail("reports", key, f"{path} is a folder; give a file name")
-        parent = os.path.dirname(path)
-        while not os.path.exists(parent):
-            parent = os.path.dirname(parent)
-        if not os.path.isdir(parent):
-            self.fail("reports", key, f"cannot write {path}: {parent} is a file, not a folder")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            self.fail("reports", key, f"cannot write {path}: {parent} is not writable")
-        return path
-
     # -- the tables ----------------------------------------------------------------------------
 
     def study(self, data: dict) -> StudyConfig:
@@ -317,5 +292,13 @@ class _Validator:
     def reports(self, values: Any) -> ReportsConfig:
         t = "reports"
         self.known_keys(t, values, TABLES[t])
-        taken = {os.path.realpath(self.path): "the config itself"}  # a report must not overwrite it
-        return ReportsConfig(*(self.report_path(k, values.get(k), taken) for k in TABLES[t]))
+        paths = {}
+        for key in TABLES[t]:
+            paths[key] = self.path_value(t, key, values.get(key), must_exist=False)
+            if paths[key] is not None and "://" in paths[key]:
+                self.fail(t, key, f"expected a file path on this machine, got {paths[key]!r}")
+        try:  # checked here: the reports are written last, after hours of loading and annotating
+            checked = params.output_files(paths, {os.path.realpath(self.path): "the config itself"}, "reports.")
+        except params.ParamError as e:
+            self.fail(t, e.param, str(e).split(": ", 1)[1])
+        return ReportsConfig(**checked)

@@ -246,3 +246,40 @@ def seconds(param: str, value: Any, default: float | None = None) -> float | Non
     if result is not None and result <= 0:
         raise ParamError(param, f"must be more than 0 seconds, got {result:g}")
     return result
+
+
+# ----------------------------------------------------------------------------- outputs (helper "attack")
+
+
+def output_files(paths: dict[str, Any], taken: dict[str, str] | None = None,
+                 prefix: str = "--") -> dict[str, str | None]:
+    """Report files (``{param: path}``; blank: not wanted) that can be written, checked before any
+    work, since reports are written last: each path is not a folder, is no other output's file
+    (nor one of ``taken``: ``{real path: what it is}``), and lies in a folder that exists and is
+    writable or can be created. Errors name another output as ``prefix + param``. Returns the
+    absolute paths."""
+    taken = dict(taken or {})
+    checked: dict[str, str | None] = {}
+    for param, value in paths.items():
+        if _is_blank(value):
+            checked[param] = None
+            continue
+        path = os.path.abspath(os.path.expanduser(str(value)))
+        same = taken.get(os.path.realpath(path))
+        if same is not None:
+            raise ParamError(param, f"{path} is also {same}: each report needs its own file")
+        taken[os.path.realpath(path)] = prefix + param
+        if os.path.isdir(path):
+            raise ParamError(param, f"{path} is a folder; give a file name")
+        parent = os.path.dirname(path)
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise ParamError(param, f"cannot write {path}: {parent} is a file, not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ParamError(param, f"cannot write {path}: {parent} is not writable")
+        checked[param] = path
+    return checked
+
+
+__all__ += ["output_files"]
