@@ -307,3 +307,22 @@ def test_compare_checks_its_output_files_before_computing(tmp_path, faces_dir, c
         assert main(["compare", "--dataset", dataset_name, *outputs]) == 2
         assert problem in capsys.readouterr().err
     assert stored_comparison(fo.load_dataset(dataset_name)) is None
+
+
+def test_a_lock_left_by_a_killed_fan_out_expires(faces, tmp_path, tiny_mac, dataset_name):  # noqa: F811
+    import datetime as dt
+    import time
+
+    import fiftyone.core.odm as foo_db
+
+    from fiftyone_plugin import fanout
+    from fiftyone_plugin.ingest import load_face_dataset
+
+    faces.identity_tree(tmp_path / "synth", {"q": 3})
+    load_face_dataset(str(tmp_path / "synth"), source="s", domain="synthetic", dataset_name=dataset_name)
+    locks = foo_db.get_db_conn()[fanout.LOCKS]
+    old = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - dt.timedelta(seconds=fanout.LOCK_EXPIRES + 5)
+    locks.insert_one({"_id": f"fan_out:{dataset_name}", "owner": "killed", "renewed_at": old})
+    start = time.monotonic()
+    assert fanout.fan_out(dataset_name, 1, {"model": "mac", "checkpoint": tiny_mac}).queued == ["0/1"]
+    assert time.monotonic() - start < 30 and locks.find_one({"_id": f"fan_out:{dataset_name}"}) is None
