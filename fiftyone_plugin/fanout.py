@@ -165,6 +165,10 @@ def fan_out(dataset_name: str, count: int, params: dict, view=None, source: str 
                     report.failed_stale.append(f"{shard} ({op.id})")
         live = {shard for shard, ops in shard_operations(dataset.name, view).items()
                 if any(op.run_state in ACTIVE_STATES for op in ops)}
+        other = sorted(shard for shard in live if shard.split("/")[1] != str(count))
+        if other:  # their shards overlap these: every sample would be labelled twice
+            raise ValueError(f"dataset '{dataset.name}': shards {', '.join(other)} of this selection are still "
+                             f"queued or running; wait for them, or rerun with --shards {other[0].split('/')[1]}")
         for i, left in enumerate(shard_remaining(view, count)):
             name = f"{i}/{count}"
             if left and name not in live:

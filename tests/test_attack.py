@@ -176,6 +176,7 @@ def test_two_fan_outs_at_once_queue_each_shard_once(faces, tmp_path, tiny_mac, d
     from concurrent.futures import ThreadPoolExecutor
 
     import fiftyone as fo
+    from fiftyone.operators.delegated import DelegatedOperationService
 
     from fiftyone_plugin.fanout import fan_out, shard_operations
     from fiftyone_plugin.ingest import load_face_dataset
@@ -193,9 +194,12 @@ def test_two_fan_outs_at_once_queue_each_shard_once(faces, tmp_path, tiny_mac, d
         with ThreadPoolExecutor(3) as pool:
             queued = list(pool.map(queue, range(3)))
         ops = shard_operations(dataset_name, fo.load_dataset(dataset_name).view())
-        mine = {shard: len(group) for shard, group in ops.items() if shard.endswith(f"/{count}")}
+        mine = {shard: len(group) for shard, group in ops.items()}
         assert mine == {f"{i}/{count}": 1 for i in range(count)}, queued
         assert sorted(s for q in queued for s in q) == sorted(mine), queued
+        for group in ops.values():  # clear the queue for the next round
+            for op in group:
+                DelegatedOperationService().delete_operation(op.id)
 
 
 def test_fan_out_checks_the_checkpoint_and_queues_its_absolute_path(faces, tmp_path, tiny_mac, dataset_name,  # noqa: F811
@@ -326,3 +330,19 @@ def test_a_lock_left_by_a_killed_fan_out_expires(faces, tmp_path, tiny_mac, data
     start = time.monotonic()
     assert fanout.fan_out(dataset_name, 1, {"model": "mac", "checkpoint": tiny_mac}).queued == ["0/1"]
     assert time.monotonic() - start < 30 and locks.find_one({"_id": f"fan_out:{dataset_name}"}) is None
+
+
+def test_fan_out_with_another_shard_count_while_shards_are_live_is_refused(faces, tmp_path, tiny_mac,  # noqa: F811
+                                                                           dataset_name):
+    # was: `--shards 3` after `--shards 2` (still queued) queued three more operations over the
+    # same samples: every sample labelled twice, by two launchers
+    from fiftyone_plugin.fanout import fan_out, shard_operations
+    from fiftyone_plugin.ingest import load_face_dataset
+
+    faces.identity_tree(tmp_path / "synth", {f"q{k}": 3 for k in range(3)})
+    load_face_dataset(str(tmp_path / "synth"), source="s", domain="synthetic", dataset_name=dataset_name)
+    options = {"model": "mac", "checkpoint": tiny_mac}
+    queued = fan_out(dataset_name, 2, options).queued
+    with pytest.raises(ValueError, match="--shards 2"):
+        fan_out(dataset_name, 3, options)
+    assert sorted(shard_operations(dataset_name)) == sorted(queued)
