@@ -188,7 +188,7 @@ def _checked_checkpoint(params: dict) -> dict:
     in other folders (a relative path would name another file, or none), and a checkpoint that
     cannot load would fail every shard after it was queued, not before."""
     checkpoint = params.get("checkpoint")
-    if params.get("model", "mac") != "mac" or not checkpoint:
+    if (params.get("model") or "mac") != "mac" or not checkpoint:  # the App sends model: None
         return params
     from faceaudit.model import load_checkpoint
 

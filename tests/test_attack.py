@@ -219,9 +219,9 @@ def test_fan_out_checks_the_checkpoint_and_queues_its_absolute_path(faces, tmp_p
     (tmp_path / "bogus.pt").write_text("root:x:0:0:root:/root:/bin/bash\n")
     shutil.copy(tiny_mac, tmp_path / "mac.pt")
     monkeypatch.chdir(tmp_path)
-    for bad in ("bogus.pt", "missing.pt"):
+    for bad, model in (("bogus.pt", "mac"), ("missing.pt", "mac"), ("bogus.pt", None)):  # the App: None
         with pytest.raises(ValueError, match=bad):
-            fan_out(dataset_name, 2, {"model": "mac", "checkpoint": bad, "device": "cpu"})
+            fan_out(dataset_name, 2, {"model": model, "checkpoint": bad, "device": "cpu"})
         assert shard_operations(dataset_name) == {}
     assert fan_out(dataset_name, 2, {"model": "mac", "checkpoint": "mac.pt", "device": "cpu"}).queued
     ops = shard_operations(dataset_name, fo.load_dataset(dataset_name).view())
