@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 
 from faceaudit.presets import PRESETS
 from faceaudit.textsafe import printable
 
 DEFAULT_DATASET = "faces"  # fiftyone_plugin.schema.DEFAULT_DATASET, without importing FiftyOne
+DEMO_DIR = "demo-data"  # where `faceaudit run` (the demo) writes its images
 # How long a command waits for a reachable database given by FIFTYONE_DATABASE_URI (or a replica
 # set's new primary) before it says the connection was lost; pymongo's default is 30 s. Set
 # serverSelectionTimeoutMS in the URI to choose another. A replica set elects a new primary in
@@ -137,11 +139,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.config:
         from faceaudit.config import load_config
 
+        for option in ("dataset", "dir"):
+            if getattr(args, option) is not None:
+                raise params.ParamError(option, f"--{option} is for the demo only: the config names the "
+                                        "dataset and the source folders")
         config = load_config(args.config)  # validated before anything is written
     else:
         from faceaudit.demo import demo_config
 
-        config = demo_config(args.dir, params.name("dataset", args.dataset))
+        config = demo_config(DEMO_DIR if args.dir is None else args.dir,
+                             params.name("dataset", DEFAULT_DATASET if args.dataset is None else args.dataset))
     _fiftyone_env()
     from fiftyone_plugin.pipeline import open_app, run_study
 
@@ -156,11 +163,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(study.summary_table)
     print("nothing new: the study was already complete" if study.nothing_new else
           f"done: dataset '{study.dataset}'")
-    again = f" {args.config}" if args.config else ""
-    print(f"open it in the App with:  .venv/bin/faceaudit run{again} --app")
+    print(f"open it in the App with:  {app_hint(args)}")
     if args.app:
         open_app(study.dataset)
     return 0
+
+
+def app_hint(args: argparse.Namespace) -> str:
+    """The command that opens this run's dataset in the App (the same run again, with ``--app``)."""
+    given = [args.config] if args.config else []
+    given += [f"--{o} {shlex.quote(getattr(args, o))}" for o in ("dir", "dataset") if getattr(args, o)]
+    return " ".join([".venv/bin/faceaudit run", *given, "--app"])
 
 
 def _open_dataset(name: str):
@@ -273,12 +286,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from fiftyone_plugin.compare import compute_comparison, store_comparison
 
-    from faceaudit import report
+    from faceaudit import params, report
 
+    outputs = params.output_files({"json": args.json, "html": args.html, "csv": args.csv})
     dataset = _open_dataset(args.dataset)
     _, result = compute_comparison(dataset, states=args.states, alpha=args.alpha,
                                    bootstrap=args.bootstrap, seed=args.seed, attributes=args.attributes)
     store_comparison(dataset, result)
+    for path in filter(None, outputs.values()):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
     written = []
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
@@ -469,8 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Without a config: the demo (real LFW faces via scikit-image, offline age/gender labels).",
     )
     run.add_argument("config", nargs="?", help="study config (TOML); default: the demo")
-    run.add_argument("--dir", default="demo-data", help="demo only: where to write the demo images")
-    run.add_argument("--dataset", default=DEFAULT_DATASET, help="demo only: the dataset (a config names its own)")
+    run.add_argument("--dir", help=f"demo only: where to write the demo images (default: {DEMO_DIR})")
+    run.add_argument("--dataset", help=f"demo only: the dataset (default: {DEFAULT_DATASET}; a config names its own)")
     run.add_argument("--app", action="store_true", help="open the App on the dataset with the panel when done")
     run.add_argument("--quiet", action="store_true")
     run.set_defaults(func=cmd_run)

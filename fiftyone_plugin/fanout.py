@@ -5,7 +5,8 @@ share the queue; FiftyOne claims each queued operation atomically
 (``set_running(required_state=QUEUED)``), so each shard runs on one worker.
 
 Re-running :func:`fan_out` queues only the shards that still have unlabelled samples and are not
-queued or running already. A worker that dies (killed, host lost) leaves its operation RUNNING
+queued or running already; fan-outs started together take turns (a lock document in the
+database), so each shard is queued once. A worker that dies (killed, host lost) leaves its operation RUNNING
 forever: FiftyOne's open-source launcher neither notices nor times it out (only ``fiftyone
 delegated fail ID`` or a monitored launcher's pings touch it). So an operation RUNNING whose
 last sign of life (``updated_at``, or its progress's ``updated_at``; the annotator reports
@@ -17,10 +18,17 @@ again continues where the dead worker stopped.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from fiftyone import ViewExpression
+
+from faceaudit.attributes import ATTRIBUTES
 
 from . import schema
 from .annotate import select_view, shard_key, todo_view
@@ -69,23 +77,35 @@ def shard_remaining(view, count: int) -> list[int]:
     return [int(counts.get(i, 0)) for i in range(count)]
 
 
-def shard_operations(dataset_name: str) -> dict[str, list]:
-    """The annotation operations queued on ``dataset_name`` for a shard, by shard ("I/N"), oldest first."""
+def shard_operations(dataset_name: str, view=None) -> dict[str, list]:
+    """The annotation operations queued on ``dataset_name`` for a shard, by shard ("I/N"), oldest
+    first; given ``view``, only those that label that selection (shard 0/2 of ``--source r`` is
+    not shard 0/2 of ``--source s``)."""
     from fiftyone.operators.delegated import DelegatedOperationService
 
+    wanted = None if view is None else _stages(view._serialize())
     by_shard: dict[str, list] = {}
     ops = DelegatedOperationService().list_operations(operator=ANNOTATE_URI, dataset_name=dataset_name)
     for op in sorted(ops, key=lambda o: o.queued_at or dt.datetime.min):
         shard = _params(op).get("shard")
-        if shard:
+        if shard and (wanted is None or _stages(_request(op).get("view")) == wanted):
             by_shard.setdefault(str(shard), []).append(op)
     return by_shard
 
 
+def _stages(serialized) -> list:
+    """A serialized view's stages without their random ``_uuid``s, to compare selections."""
+    if isinstance(serialized, str):
+        serialized = json.loads(serialized)
+    return [{k: v for k, v in stage.items() if k != "_uuid"} for stage in serialized or []]
+
+
+def _request(op) -> dict:
+    return getattr(getattr(op, "context", None), "request_params", None) or {}
+
+
 def _params(op) -> dict:
-    context = getattr(op, "context", None)
-    request = getattr(context, "request_params", None) or {}
-    return request.get("params") or {}
+    return _request(op).get("params") or {}
 
 
 def _last_sign_of_life(op) -> dt.datetime:
@@ -111,12 +131,13 @@ def shard_status(dataset_name: str, count: int | None = None, view=None, source:
     """What is left in each of ``count`` shards (default: the count of the latest fan-out, else
     1) and the state of each shard's latest operation."""
     dataset = schema.open_dataset(dataset_name, create=False)
-    ops = shard_operations(dataset.name)
+    selected = select_view(dataset, view, source).view()
+    ops = shard_operations(dataset.name, selected)
     if count is None:
         latest = max((o for group in ops.values() for o in group), key=lambda o: o.queued_at or dt.datetime.min,
                      default=None)
         count = int(_params(latest)["shard"].split("/")[1]) if latest is not None else 1
-    left = shard_remaining(select_view(dataset, view, source), count)
+    left = shard_remaining(selected, count)
     report = FanOutReport(dataset.name, queued=None)
     for i, n_left in enumerate(left):
         name = f"{i}/{count}"
@@ -135,24 +156,45 @@ def fan_out(dataset_name: str, count: int, params: dict, view=None, source: str 
     batch_size, mc_passes); each operation gets its ``shard`` added."""
     dataset = schema.open_dataset(dataset_name, create=False)
     view = select_view(dataset, view, source).view()  # an operator's target may be the Dataset itself
+    params = _checked_checkpoint(params)
     report = FanOutReport(dataset.name)
-    for shard, ops in shard_operations(dataset.name).items():
-        for op in ops:
-            if _fail_if_stale(op, stale_after):
-                report.failed_stale.append(f"{shard} ({op.id})")
-    live = {shard for shard, ops in shard_operations(dataset.name).items()
-            if any(op.run_state in ACTIVE_STATES for op in ops)}
-    for i, left in enumerate(shard_remaining(view, count)):
-        name = f"{i}/{count}"
-        if left and name not in live:
-            ctx = {"dataset": dataset, "view": view, "params": {**params, "shard": name, "delegate": True}}
-            result = _queue(ctx)
-            if not result.delegated:
-                raise RuntimeError(f"shard {name} was not queued: {result.error or 'the operator ran it at once'}")
-            report.queued.append(name)
+    with _fan_out_lock(dataset.name) as still_alive:  # list and queue as one step: no shard twice
+        for shard, ops in shard_operations(dataset.name).items():
+            for op in ops:
+                if _fail_if_stale(op, stale_after):
+                    report.failed_stale.append(f"{shard} ({op.id})")
+        live = {shard for shard, ops in shard_operations(dataset.name, view).items()
+                if any(op.run_state in ACTIVE_STATES for op in ops)}
+        other = sorted(shard for shard in live if shard.split("/")[1] != str(count))
+        if other:  # their shards overlap these: every sample would be labelled twice
+            raise ValueError(f"dataset '{dataset.name}': shards {', '.join(other)} of this selection are still "
+                             f"queued or running; wait for them, or rerun with --shards {other[0].split('/')[1]}")
+        for i, left in enumerate(shard_remaining(view, count)):
+            name = f"{i}/{count}"
+            if left and name not in live:
+                ctx = {"dataset": dataset, "view": view, "params": {**params, "shard": name, "delegate": True}}
+                result = _queue(ctx)
+                if not result.delegated:
+                    raise RuntimeError(f"shard {name} was not queued: {result.error or 'the operator ran it at once'}")
+                report.queued.append(name)
+                still_alive()
     status = shard_status(dataset.name, count, view)
     report.shards = status.shards
     return report
+
+
+def _checked_checkpoint(params: dict) -> dict:
+    """``params`` with a local MAC checkpoint made absolute, once it loads here: the launchers run
+    in other folders (a relative path would name another file, or none), and a checkpoint that
+    cannot load would fail every shard after it was queued, not before."""
+    checkpoint = params.get("checkpoint")
+    if (params.get("model") or "mac") != "mac" or not checkpoint:  # the App sends model: None
+        return params
+    from faceaudit.model import load_checkpoint
+
+    checkpoint = checkpoint if "://" in checkpoint else os.path.abspath(checkpoint)
+    load_checkpoint(checkpoint, attributes=ATTRIBUTES)  # raises naming the file and the problem
+    return {**params, "checkpoint": checkpoint}
 
 
 def _queue(ctx: dict):
@@ -163,3 +205,37 @@ def _queue(ctx: dict):
 
     with ThreadPoolExecutor(1) as thread:
         return thread.submit(foo.execute_operator, ANNOTATE_URI, ctx=ctx, request_delegation=True).result()
+
+
+#: the collection (in FiftyOne's database) that holds one lock document per dataset being fanned out
+LOCKS = "faceaudit_locks"
+#: a lock not renewed for this long belongs to a fan-out that died (killed between two shards)
+LOCK_EXPIRES = 120.0
+
+
+@contextmanager
+def _fan_out_lock(dataset_name: str, wait: float = 600.0):
+    """Hold the fan-out lock of ``dataset_name`` (processes and hosts alike: it is a document with
+    a unique ``_id`` in the shared database) while listing and queueing, so that fan-outs started
+    together queue each shard once. Yields a function that renews the lock; a lock left by a
+    fan-out that was killed expires after :data:`LOCK_EXPIRES` seconds."""
+    import fiftyone.core.odm as foo_db
+    from pymongo.errors import DuplicateKeyError
+
+    locks, key, owner = foo_db.get_db_conn()[LOCKS], f"fan_out:{dataset_name}", uuid.uuid4().hex
+    deadline = time.monotonic() + wait
+    while True:
+        expired = schema.utc_now() - dt.timedelta(seconds=LOCK_EXPIRES)
+        locks.delete_one({"_id": key, "renewed_at": {"$lt": expired}})
+        try:
+            locks.insert_one({"_id": key, "owner": owner, "renewed_at": schema.utc_now()})
+            break
+        except DuplicateKeyError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"dataset '{dataset_name}': another fan-out has held the queue for over "
+                                   f"{wait:.0f} s; try again when it is done") from None
+            time.sleep(0.2)
+    try:
+        yield lambda: locks.update_one({"_id": key, "owner": owner}, {"$set": {"renewed_at": schema.utc_now()}})
+    finally:
+        locks.delete_one({"_id": key, "owner": owner})

@@ -47,6 +47,7 @@ def run_study(config: StudyConfig, progress: Callable[[Progress], None] | None =
     """Run every step of the study ``config`` describes (validated by :func:`faceaudit.config.load_config`)."""
     from .ingest import iter_load
 
+    _check_domains(config)
     report = StudyReport(config.dataset)
     added = 0
     for s in config.sources:
@@ -65,9 +66,27 @@ def run_study(config: StudyConfig, progress: Callable[[Progress], None] | None =
     outlier_key = _key(inputs, asdict(config.outliers), states=config.comparison.states,
                        alpha=config.comparison.alpha)
     _outliers(dataset, config, outlier_key, done, report, echo)
-    _write_reports(dataset, config, result, report, fresh=report.steps["compare"] != "skipped: labels unchanged")
+    # the HTML report shows the outliers too: new tags make the reports stale as a new comparison does
+    fresh = not (report.steps["compare"].startswith("skipped") and report.steps["outliers"].startswith("skipped"))
+    _write_reports(dataset, config, result, report, fresh=fresh)
     report.summary_table = "\n".join(reports.text_table(result).splitlines()[:8])
     return report
+
+
+def _check_domains(config: StudyConfig) -> None:
+    """Refuse, before anything is loaded, a study that cannot be compared: the config's sources
+    and those already in the dataset must include a real and a synthetic one (else the study
+    would load and annotate everything, then stop at the comparison)."""
+    import fiftyone as fo
+
+    domains = {s.domain for s in config.sources}
+    if fo.dataset_exists(config.dataset):
+        stored = schema.sources_info(schema.open_dataset(config.dataset, create=False))
+        domains |= {info.get("domain") for info in stored.values()}
+    for domain in ("real", "synthetic"):
+        if domain not in domains:
+            raise ValueError(f"dataset '{config.dataset}': no {domain} source to compare with, in the config "
+                             f"or already loaded; add a [[sources]] table with domain = \"{domain}\"")
 
 
 def _key(*parts: dict, **more) -> dict:
@@ -133,7 +152,7 @@ def _record(dataset, step: str, key: dict) -> None:
 def _write_reports(dataset, config: StudyConfig, result: dict, report: StudyReport, fresh: bool) -> None:
     """Write each configured report that is missing, or all of them after a new comparison. The
     HTML report carries its provenance (run, sources, realness, outliers' thumbnails)."""
-    writers = {"html": lambda r, path: reports.to_html(r, report_context(dataset, path)),
+    writers = {"html": lambda r, path: reports.to_html(r, report_context(dataset, path, tag=config.outliers.tag)),
                "json": lambda r, path: json.dumps(r, indent=1), "csv": lambda r, path: reports.to_csv(r)}
     for kind, write in writers.items():
         path = getattr(config.reports, kind)

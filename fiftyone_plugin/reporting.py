@@ -37,9 +37,10 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def report_context(view, html_path: str, outliers: int = OUTLIER_THUMBNAILS) -> dict:
+def report_context(view, html_path: str, outliers: int = OUTLIER_THUMBNAILS, tag: str = OUTLIER_TAG) -> dict:
     """The provenance and per-sample summaries of ``view`` (a Dataset or DatasetView) that the
-    report shows beside the comparison; image paths are relative to ``html_path``'s folder."""
+    report shows beside the comparison; image paths are relative to ``html_path``'s folder, and
+    the outliers are the samples tagged ``tag``."""
     view = view.view()
     dataset = view._dataset
     scored = SCORE_FIELD in dataset.get_field_schema()
@@ -49,7 +50,7 @@ def report_context(view, html_path: str, outliers: int = OUTLIER_THUMBNAILS) -> 
         "annotation": schema.get_info(dataset, "annotation"),
         "sources": schema.sources_info(dataset),
         "realness": realness_summary(view) if scored else None,
-        "outliers": outlier_gallery(view, html_path, outliers) if scored else None,
+        "outliers": outlier_gallery(view, html_path, outliers, tag) if scored else None,
     }
 
 
@@ -71,15 +72,15 @@ def realness_summary(view, bins: int = REALNESS_BINS) -> dict | None:
     return {"run": schema.get_info(view._dataset, "realness"), "edges": list(edges), "sources": per_source}
 
 
-def outlier_gallery(view, html_path: str, limit: int = OUTLIER_THUMBNAILS) -> dict:
+def outlier_gallery(view, html_path: str, limit: int = OUTLIER_THUMBNAILS, tag: str = OUTLIER_TAG) -> dict:
     """The samples tagged as outliers, highest ``realness_nll`` first (at most ``limit``), each
     with its image as a URL relative to the report's folder."""
-    tagged = view.match_tags(OUTLIER_TAG)
+    tagged = view.match_tags(tag)
     folder = os.path.dirname(os.path.abspath(html_path))
     rows = tagged.sort_by(SCORE_FIELD, reverse=True).limit(limit)
     paths, sources, identities, scores = rows.values(["filepath", schema.SOURCE, schema.IDENTITY, SCORE_FIELD])
     return {
-        "tag": OUTLIER_TAG,
+        "tag": tag,
         "tagged": tagged.count(),
         "samples": [{"image": relative_url(p, folder), "source": s, "identity": i, "score": v}
                     for p, s, i, v in zip(paths, sources, identities, scores)],

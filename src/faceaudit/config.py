@@ -118,7 +118,7 @@ def load_config(path: str) -> StudyConfig:
             raw = f.read()
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
-    text = raw.decode("utf-8", errors="replace")
+    text = raw.decode("utf-8-sig", errors="replace")  # editors on Windows write a byte-order mark
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -188,11 +188,30 @@ class _Validator:
             self.fail(table, key, f"{path} does not exist", index)
         return path
 
+    def text_value(self, table: str | None, key: str, values: dict, default: Any = None,
+                   index: int | None = None) -> Any:
+        """``values[key]`` when it is text (TOML strings only: ``dataset = 5`` or ``name = {a = 1}``
+        would otherwise become the names ``"5"`` and ``"{'a': 1}"``); ``default`` when absent."""
+        value = values.get(key, default)
+        if value is not None and not isinstance(value, str):
+            self.fail(table, key, f"expected text (a quoted TOML string), got {value!r}", index)
+        return value
+
+    def source_path(self, values: dict, i: int) -> str:
+        """A source's folder, or an InsightFace ``.rec`` file: a plain file is refused here, before
+        the sources listed earlier are loaded."""
+        path = self.path_value("sources", "path", values["path"], i)
+        if "://" in path:
+            self.fail("sources", "path", f"expected a folder on this machine, got {path!r}", i)
+        if os.path.isfile(path) and not path.endswith(".rec"):
+            self.fail("sources", "path", f"{path}: is a file, not a dataset folder or a .rec file", i)
+        return path
+
     # -- the tables ----------------------------------------------------------------------------
 
     def study(self, data: dict) -> StudyConfig:
         self.known_keys(None, data, (*TOP_KEYS, *TABLES))
-        dataset = self.check(None, "dataset", params.name, "dataset", data.get("dataset", "faces"))
+        dataset = self.check(None, "dataset", params.name, "dataset", self.text_value(None, "dataset", data, "faces"))
         sources = data.get("sources")
         if not isinstance(sources, list) or not sources:
             self.fail("sources", None, "at least one [[sources]] table is needed (path, preset or name + domain)")
@@ -210,9 +229,9 @@ class _Validator:
         self.known_keys(t, values, TABLES[t], i)
         if "path" not in values:
             self.fail(t, None, "path is required", i)
-        path = self.path_value(t, "path", values["path"], i)
+        path = self.source_path(values, i)
         preset = self.check(t, "preset", get_preset, values["preset"], index=i) if "preset" in values else None
-        name = self.check(t, "name", params.name, "name", values.get("name", preset and preset.source),
+        name = self.check(t, "name", params.name, "name", self.text_value(t, "name", values, preset and preset.source, i),
                           index=i)
         domain = self.check(t, "domain", params.choice, "domain", values.get("domain", preset and preset.domain),
                             DOMAINS, index=i)
@@ -267,10 +286,19 @@ class _Validator:
         for a in joint:
             if a not in ATTRIBUTES:
                 self.fail(t, "joint", f"unknown attribute {a!r}: attributes are MAAD-Face's 47 (Male, Young, ...)")
-        tag = self.check(t, "tag", params.name, "tag", values.get("tag", "outlier"))
+        tag = self.check(t, "tag", params.name, "tag", self.text_value(t, "tag", values, "outlier"))
         return OutliersConfig(100 if top is None and threshold is None else top, threshold, tuple(joint), tag)
 
     def reports(self, values: Any) -> ReportsConfig:
         t = "reports"
         self.known_keys(t, values, TABLES[t])
-        return ReportsConfig(*(self.path_value(t, k, values.get(k), must_exist=False) for k in TABLES[t]))
+        paths = {}
+        for key in TABLES[t]:
+            paths[key] = self.path_value(t, key, values.get(key), must_exist=False)
+            if paths[key] is not None and "://" in paths[key]:
+                self.fail(t, key, f"expected a file path on this machine, got {paths[key]!r}")
+        try:  # checked here: the reports are written last, after hours of loading and annotating
+            checked = params.output_files(paths, {os.path.realpath(self.path): "the config itself"}, "reports.")
+        except params.ParamError as e:
+            self.fail(t, e.param, str(e).split(": ", 1)[1])
+        return ReportsConfig(**checked)

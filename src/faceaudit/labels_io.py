@@ -79,8 +79,10 @@ def read_maad_csv(path: str) -> LabelTable:
                 ) from None
             if not row[0].strip():
                 raise LabelFileError(f"{path}: line {lineno}: empty Filename")
-            filenames.append(csv_uncell(row[0].strip()))
-            identities.append(csv_uncell(row[1].strip()))
+            # names are kept as written: folders may begin or end with a space, and what
+            # write_maad_csv wrote must read back (the csv module already took the line ends)
+            filenames.append(csv_uncell(row[0]))
+            identities.append(csv_uncell(row[1]))
             rows.append(values)
     states = np.array(rows, dtype=np.int8).reshape(len(rows), len(ATTRIBUTES))
     return LabelTable(filenames, identities, states)

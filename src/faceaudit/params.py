@@ -106,6 +106,9 @@ def choice(param: str, value: Any, choices, default: str | None = None) -> str |
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: bidirectional embeddings, overrides and isolates (a name shown reversed: "Trojan Source") and
+#: the Unicode line and paragraph separators; joiners that scripts need (U+200C/D) stay allowed
+_BIDI_OR_BREAK = re.compile("[\u202a-\u202e\u2066-\u2069\u2028\u2029]")
 
 
 def name(param: str, value: Any, required: bool = True) -> str | None:
@@ -125,6 +128,8 @@ def name(param: str, value: Any, required: bool = True) -> str | None:
         raise ParamError(param, f"must not start with '$' (MongoDB reads it as a field path): {text!r}")
     if _CONTROL.search(text) or any(unicodedata.category(c) in ("Cc", "Cs") for c in text):
         raise ParamError(param, f"must not contain control characters: {ascii(text)}")
+    if _BIDI_OR_BREAK.search(text):
+        raise ParamError(param, f"must not contain text-direction overrides or line separators: {ascii(text)}")
     if len(text) > MAX_NAME:
         raise ParamError(param, f"must be at most {MAX_NAME} characters, got {len(text)}")
     return text
@@ -241,3 +246,40 @@ def seconds(param: str, value: Any, default: float | None = None) -> float | Non
     if result is not None and result <= 0:
         raise ParamError(param, f"must be more than 0 seconds, got {result:g}")
     return result
+
+
+# ----------------------------------------------------------------------------- outputs (helper "attack")
+
+
+def output_files(paths: dict[str, Any], taken: dict[str, str] | None = None,
+                 prefix: str = "--") -> dict[str, str | None]:
+    """Report files (``{param: path}``; blank: not wanted) that can be written, checked before any
+    work, since reports are written last: each path is not a folder, is no other output's file
+    (nor one of ``taken``: ``{real path: what it is}``), and lies in a folder that exists and is
+    writable or can be created. Errors name another output as ``prefix + param``. Returns the
+    absolute paths."""
+    taken = dict(taken or {})
+    checked: dict[str, str | None] = {}
+    for param, value in paths.items():
+        if _is_blank(value):
+            checked[param] = None
+            continue
+        path = os.path.abspath(os.path.expanduser(str(value)))
+        same = taken.get(os.path.realpath(path))
+        if same is not None:
+            raise ParamError(param, f"{path} is also {same}: each report needs its own file")
+        taken[os.path.realpath(path)] = prefix + param
+        if os.path.isdir(path):
+            raise ParamError(param, f"{path} is a folder; give a file name")
+        parent = os.path.dirname(path)
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise ParamError(param, f"cannot write {path}: {parent} is a file, not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ParamError(param, f"cannot write {path}: {parent} is not writable")
+        checked[param] = path
+    return checked
+
+
+__all__ += ["output_files"]
