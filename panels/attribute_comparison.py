@@ -18,9 +18,9 @@ also replaces each chart whole: no chart keeps an old tail. A plot click reports
 
 Opening the panel (any panel: Histograms and Embeddings do the same) saves the spaces too, and
 the reload drops the sidebar filters that were active; so do the state saves of a control
-change. The panel remembers the filters it saw then and puts them back, once, through the App's
-built-in ``set_filters`` operator when the next view event arrives without them (see
-:func:`_restore_filters`).
+change. The panel remembers the filters it saw then and, for a few seconds, puts them back
+through the App's built-in ``set_filters`` operator whenever a view event arrives without them
+(see :func:`_restore_filters`).
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ _SHOWN_MAX = 64  # panels remembered (one per open panel; old ones dropped first
 #: reload has dropped them and they are put back (see _restore_filters)
 _HELD: dict[str, tuple[float, dict]] = {}
 #: seconds after an open or a control change within which filters found gone are put back (the
-#: App's reload drops them ~1-2 s after; later, an empty sidebar is the user's own doing)
-RESTORE_WINDOW_S = 20.0
+#: App's reloads drop them 1-5 s after; later, an empty sidebar is the user's own doing)
+RESTORE_WINDOW_S = 15.0
 
 HELP = """For each of the 47 MAAD-Face attributes: its distribution per source (raw shares), and
 the real vs synthetic KL divergence in both directions (nats; smoothing alpha inside the
@@ -358,10 +358,12 @@ def _sidebar_filters(ctx) -> dict:
 
 
 def _hold_filters(ctx) -> None:
-    """Remember the sidebar filters of this request, which the App is about to drop."""
+    """Remember the sidebar filters of this request, which the App is about to drop. A request
+    without filters keeps what is held: the form reports its controls again when it mounts,
+    and those requests can come after the drop (then they carry none)."""
     filters = _sidebar_filters(ctx)
-    _HELD.pop(_panel_id(ctx), None)
     if filters:
+        _HELD.pop(_panel_id(ctx), None)
         _HELD[_panel_id(ctx)] = (time.monotonic(), filters)
         while len(_HELD) > _SHOWN_MAX:
             _HELD.pop(next(iter(_HELD)))
@@ -373,19 +375,23 @@ def _restore_filters(ctx) -> None:
     FiftyOne 1.22's App saves the session's spaces when a panel opens or its state changes
     (the ``sessionSpaces`` writer: ``router.replace(..., {event: "spaces"})``); that is a hard
     route load (only ``event == "modal"`` is soft) which re-runs ``DatasetPageQuery`` and
-    leaves the sidebar filters empty, ~1-2 s after the open. The first view event that arrives
-    without the held filters within :data:`RESTORE_WINDOW_S` puts them back through the App's
-    built-in ``set_filters`` operator; once, so a user who clears them later keeps them
-    cleared. Filters the user changed meanwhile (other, non-empty ones) are theirs: kept."""
+    leaves the sidebar filters empty. One open saves the spaces more than once, so the drop can
+    come again after a restore (seen 1 s and 5 s after an open on a loaded machine). Within
+    :data:`RESTORE_WINDOW_S` of the hold, every view event without filters puts the held ones
+    back through the App's built-in ``set_filters`` operator; filters the user changes meanwhile
+    become the held ones. The price: a user who clears every filter within that window gets
+    them back once more (clear again after it)."""
     held = _HELD.get(_panel_id(ctx))
     if held is None:
         return
     when, filters = held
+    if time.monotonic() - when > RESTORE_WINDOW_S:
+        del _HELD[_panel_id(ctx)]
+        return
     now = _sidebar_filters(ctx)
-    if now == filters:
-        return  # not dropped (yet)
-    del _HELD[_panel_id(ctx)]
-    if not now and time.monotonic() - when <= RESTORE_WINDOW_S:
+    if now:
+        _HELD[_panel_id(ctx)] = (when, now)  # the user's, or the held ones back
+    else:
         ctx.trigger("set_filters", params=filters)
 
 
