@@ -15,12 +15,19 @@ goes there, from a per-panel cache of the last computation; panel state holds on
 user sets (controls, a drill-down), written when the user acts on the panel. A replaced layout
 also replaces each chart whole: no chart keeps an old tail. A plot click reports the bar's
 ``ids`` entry, so the click handlers need no state either.
+
+Opening the panel (any panel: Histograms and Embeddings do the same) saves the spaces too, and
+the reload drops the sidebar filters that were active; so do the state saves of a control
+change. The panel remembers the filters it saw then and, for a few seconds, puts them back
+through the App's built-in ``set_filters`` operator whenever a view event arrives without them
+(see :func:`_restore_filters`).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 
 from bson import json_util
 import fiftyone.operators as foo
@@ -37,6 +44,12 @@ CONTROLS = {"controls.states": "three", "controls.alpha": 0.5, "controls.categor
 #: reports every control's value when it mounts and the App repeats view events: those reuse it
 _SHOWN: dict[str, dict] = {}
 _SHOWN_MAX = 64  # panels remembered (one per open panel; old ones dropped first)
+#: per panel: (when, the sidebar filters) seen at an open or a control change, until the App's
+#: reload has dropped them and they are put back (see _restore_filters)
+_HELD: dict[str, tuple[float, dict]] = {}
+#: seconds after an open or a control change within which filters found gone are put back (the
+#: App's reloads drop them 1-5 s after; later, an empty sidebar is the user's own doing)
+RESTORE_WINDOW_S = 15.0
 
 HELP = """For each of the 47 MAAD-Face attributes: its distribution per source (raw shares), and
 the real vs synthetic KL divergence in both directions (nats; smoothing alpha inside the
@@ -58,18 +71,23 @@ class AttributeComparisonPanel(foo.Panel):
 
     def on_load(self, ctx):
         _SHOWN.pop(_panel_id(ctx), None)  # render recomputes
+        _hold_filters(ctx)  # opening the panel reloads the App's page, which drops them
 
     def on_change_view(self, ctx):
         """A view event (a sidebar filter, the view bar, our own drill-down): render follows
         it (a drill-down keeps the charts of the view it came from). Never sets the view, the
-        state or the data: any of them would drop the user's sidebar filters."""
+        state or the data: any of them would drop the user's sidebar filters. Puts back the
+        filters that opening the panel (or a control change) dropped."""
+        _restore_filters(ctx)
 
     def on_change_dataset(self, ctx):
         _SHOWN.pop(_panel_id(ctx), None)
 
     def on_control_change(self, ctx):
         """A control changed (its new value is already in the panel state): render recomputes
-        the compared view, not a drill-down the App shows."""
+        the compared view, not a drill-down the App shows. The App saved that state, and its
+        reload drops the sidebar filters: they are held to be put back."""
+        _hold_filters(ctx)
 
     # ------------------------------------------------------------------ data
 
@@ -331,6 +349,50 @@ def _clicked(ctx, size: int) -> list | None:
 
 def _panel_id(ctx) -> str:
     return str(ctx.params.get("panel_id"))
+
+
+def _sidebar_filters(ctx) -> dict:
+    """The App's sidebar filters sent with this request (the ExecutionContext has no attribute
+    for them; ``ctx.view`` already applies them)."""
+    return dict(ctx.request_params.get("filters") or {})
+
+
+def _hold_filters(ctx) -> None:
+    """Remember the sidebar filters of this request, which the App is about to drop. A request
+    without filters keeps what is held: the form reports its controls again when it mounts,
+    and those requests can come after the drop (then they carry none)."""
+    filters = _sidebar_filters(ctx)
+    if filters:
+        _HELD.pop(_panel_id(ctx), None)
+        _HELD[_panel_id(ctx)] = (time.monotonic(), filters)
+        while len(_HELD) > _SHOWN_MAX:
+            _HELD.pop(next(iter(_HELD)))
+
+
+def _restore_filters(ctx) -> None:
+    """Put back held filters that a view event shows gone.
+
+    FiftyOne 1.22's App saves the session's spaces when a panel opens or its state changes
+    (the ``sessionSpaces`` writer: ``router.replace(..., {event: "spaces"})``); that is a hard
+    route load (only ``event == "modal"`` is soft) which re-runs ``DatasetPageQuery`` and
+    leaves the sidebar filters empty. One open saves the spaces more than once, so the drop can
+    come again after a restore (seen 1 s and 5 s after an open on a loaded machine). Within
+    :data:`RESTORE_WINDOW_S` of the hold, every view event without filters puts the held ones
+    back through the App's built-in ``set_filters`` operator; filters the user changes meanwhile
+    become the held ones. The price: a user who clears every filter within that window gets
+    them back once more (clear again after it)."""
+    held = _HELD.get(_panel_id(ctx))
+    if held is None:
+        return
+    when, filters = held
+    if time.monotonic() - when > RESTORE_WINDOW_S:
+        del _HELD[_panel_id(ctx)]
+        return
+    now = _sidebar_filters(ctx)
+    if now:
+        _HELD[_panel_id(ctx)] = (when, now)  # the user's, or the held ones back
+    else:
+        ctx.trigger("set_filters", params=filters)
 
 
 def _view_json(view) -> str:

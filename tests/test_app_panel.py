@@ -6,6 +6,7 @@ test-artifacts/panel-*.png."""
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 
@@ -126,8 +127,14 @@ def _shot(page, name: str) -> None:
 def _sidebar_filter(page, field: str, values: list[str]) -> None:
     """Tick ``values`` of a string field in the App's sidebar, as a user does."""
     box = page.get_by_placeholder(f"+ filter by {field}")
-    if not box.is_visible():  # a click on the field's name opens (or closes) its filter
+    for _ in range(3):  # a click on the field's name opens (or closes) its filter; right after
+        if box.is_visible():  # the page loads, the sidebar may not answer the first click yet
+            break
         page.get_by_text(field, exact=True).first.click()
+        try:
+            box.wait_for(timeout=10_000)
+        except Exception:
+            continue
     for value in values:
         box.click()
         box.fill(value)
@@ -176,14 +183,60 @@ def test_sidebar_filters_hold_and_the_numbers_follow_them(server, page, tmp_path
     time.sleep(5)
     _shot(page, "filter-added")
     assert page.get_by_text("12 samples", exact=True).is_visible(), "the sidebar filter was dropped"
-    kept = {"real-faces": ("real-faces-1", "real-faces-2"), "synth-faces": ("synth-faces-0",)}
-    overview = _plot(page, "per attribute")
-    for trace in overview["traces"]:
+    _assert_overview_counts(page, rows, {"real-faces": ("real-faces-1", "real-faces-2"),
+                                         "synth-faces": ("synth-faces-0",)})
+
+
+def _still_shown(page, text: str, failure: str, timeout: float = 20) -> None:
+    """``text`` is shown, or comes back within ``timeout`` s (a loaded machine is slow)."""
+    try:
+        page.get_by_text(text, exact=True).wait_for(timeout=timeout * 1000)
+    except Exception as error:
+        counts = re.findall(r"\d+ samples?", page.inner_text("body"))
+        raise AssertionError(f"{failure}: the grid shows {counts[:1]}, not {text!r}") from error
+
+
+def _assert_overview_counts(page, rows, kept: dict[str, tuple[str, ...]]) -> None:
+    """The overview's bars are the raw positive shares of the ``kept`` identities' rows."""
+    for trace in _plot(page, "per attribute")["traces"]:
         source = trace["customdata"][0][0]
         mine = [r for r in rows[source] if r[1] in kept[source]]
         values = trace["x"] if trace["orientation"] == "h" else trace["y"]
         attrs = [c[1] for c in trace["customdata"]]
         assert values == pytest.approx([raw_share(mine, a, "positive") for a in attrs], abs=1e-9)
+
+
+def test_a_filter_set_before_the_panel_opens_holds_and_so_after_a_control_change(server, page, tmp_path,
+                                                                                 faces, dataset_name):
+    """9.3, second half: a sidebar filter active when the panel opens. Opening any panel saves
+    the session's spaces and the App's reload drops the filter ~1-2 s later (FiftyOne 1.22; the
+    built-in Histograms panel too); the panel puts it back. A control change saves panel state,
+    with the same reload: the filter holds too."""
+    _, url = server
+    rows = _labelled(tmp_path, faces, dataset_name, {"real-faces": ("real", 4, True),
+                                                       "synth-faces": ("synthetic", 3, True)})
+    _open(page, url + dataset_name, 28)
+    _sidebar_filter(page, "identity", ["real-faces-1", "synth-faces-0"])  # before the panel opens
+    page.get_by_text("8 samples", exact=True).wait_for()
+    _open_panel(page)
+    page.get_by_text("real-faces (real, 4 labelled)").wait_for(timeout=90_000)
+    time.sleep(6)  # the reload that drops the filter comes within ~2 s of the open
+    _shot(page, "filter-then-open")
+    _still_shown(page, "8 samples", "opening the panel dropped the sidebar filter")
+    body = page.inner_text("body")
+    assert "real-faces (real, 4 labelled)" in body and "synth-faces (synthetic, 4 labelled)" in body
+    kept = {"real-faces": ("real-faces-1",), "synth-faces": ("synth-faces-0",)}
+    _assert_overview_counts(page, rows, kept)
+
+    _choose(page, "Category: all", "Demographics")  # a panel state save
+    _wait_plot(page, "per attribute", lambda p: len(p["traces"][0]["y"]) < 15, timeout=60)
+    time.sleep(6)
+    _shot(page, "filter-then-control")
+    _still_shown(page, "8 samples", "a control change dropped the sidebar filter")
+    assert "synth-faces (synthetic, 4 labelled)" in page.inner_text("body")
+    _assert_overview_counts(page, rows, kept)
+    time.sleep(12)  # past the panel's restore window (15 s): nothing drops the filter later
+    assert page.get_by_text("8 samples", exact=True).is_visible(), "the sidebar filter was dropped late"
 
 
 def test_controls_replace_the_charts_and_a_drill_down_survives_a_sort(server, page, tmp_path, faces, dataset_name):
