@@ -197,7 +197,7 @@ def test_the_demo_astronaut_crop_reads_female():
     from faceaudit.agegender import AgeGenderModel
     from faceaudit.demo import astronaut_face
 
-    face = torch.from_numpy(astronaut_face()).permute(2, 0, 1)[None]
+    face = torch.from_numpy(np.array(astronaut_face())).permute(2, 0, 1)[None]
     image = torch.nn.functional.interpolate(face.float(), size=(320, 320), mode="bilinear").round().to(torch.uint8)
     states, signed = AgeGenderModel().predict(image)
     assert states[0, ATTRIBUTES.index("Male")] == -1 and signed[0, ATTRIBUTES.index("Male")] <= -0.6
