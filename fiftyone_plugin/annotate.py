@@ -48,7 +48,7 @@ def annotate_options(model="mac", checkpoint=None, source=None, device="auto", b
     from the App's forms accepted); raises a ``ValueError`` naming the argument. Nothing is
     opened or written here, so every door refuses before any write."""
     model = params.choice("model", model, MODELS, "mac")
-    checkpoint = None if checkpoint is None or str(checkpoint).strip() == "" else str(checkpoint).strip()
+    checkpoint = None if params.is_blank(checkpoint) else str(checkpoint).strip()
     if model == "mac" and checkpoint is None:
         raise AnnotateError("a MAC checkpoint is needed: give --checkpoint PATH (train one with faceaudit train-mac)")
     return AnnotateOptions(

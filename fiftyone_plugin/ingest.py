@@ -104,19 +104,15 @@ def resolve_options(
     source: str | None, domain: str | None, format: str | None, preset: str | None
 ) -> tuple[str, str, str]:
     """Fill source name, domain and format from a preset; explicit options win. Validates them."""
-    if not _blank(preset):
+    if not params.is_blank(preset):
         p = get_preset(preset)
         source, domain, format = source or p.source, domain or p.domain, format or p.format
-    if _blank(source):
+    if params.is_blank(source):
         raise LoadError("source: a name is required: give --source NAME (or a --preset)")
-    if _blank(domain):
+    if params.is_blank(domain):
         raise LoadError(f"domain: required, one of {', '.join(DOMAINS)}: give --domain real|synthetic (or a --preset)")
     return (params.name("source", source), params.choice("domain", domain, DOMAINS),
             params.choice("format", format, ("auto", *FORMATS), "auto"))
-
-
-def _blank(value) -> bool:
-    return value is None or str(value).strip() == ""
 
 
 def iter_load(

@@ -18,7 +18,7 @@ import unicodedata
 from typing import Any
 
 __all__ = [
-    "ParamError", "to_bool", "to_int", "to_float", "choice", "name", "threshold", "alpha",
+    "ParamError", "is_blank", "to_bool", "to_int", "to_float", "choice", "name", "threshold", "alpha",
     "mc_passes", "batch_size", "workers", "device", "shard", "SHARD_AUTO",
 ]
 
@@ -34,13 +34,14 @@ class ParamError(ValueError):
         super().__init__(f"{param}: {problem}")
 
 
-def _is_blank(value: Any) -> bool:
+def is_blank(value: Any) -> bool:
+    """No value given: None, or text that is empty or only spaces (what an empty form field sends)."""
     return value is None or (isinstance(value, str) and value.strip() == "")
 
 
 def to_bool(param: str, value: Any, default: bool | None = None) -> bool | None:
     """A boolean from a bool, 0/1, or the strings the App's forms send ("true"/"false")."""
-    if _is_blank(value):
+    if is_blank(value):
         return default
     if isinstance(value, bool):
         return value
@@ -57,7 +58,7 @@ def to_bool(param: str, value: Any, default: bool | None = None) -> bool | None:
 def to_int(param: str, value: Any, default: int | None = None, minimum: int | None = None,
            maximum: int | None = None) -> int | None:
     """An integer (``"5"`` and ``5.0`` accepted, ``5.5``, ``nan`` and ``True`` refused)."""
-    if _is_blank(value):
+    if is_blank(value):
         return default
     if isinstance(value, bool):
         raise ParamError(param, f"expected a whole number, got {value!r}")
@@ -78,7 +79,7 @@ def to_int(param: str, value: Any, default: int | None = None, minimum: int | No
 def to_float(param: str, value: Any, default: float | None = None, minimum: float | None = None,
              maximum: float | None = None) -> float | None:
     """A finite float in [minimum, maximum]; ``nan`` and infinities are refused."""
-    if _is_blank(value):
+    if is_blank(value):
         return default
     if isinstance(value, bool):
         raise ParamError(param, f"expected a number, got {value!r}")
@@ -97,7 +98,7 @@ def to_float(param: str, value: Any, default: float | None = None, minimum: floa
 
 def choice(param: str, value: Any, choices, default: str | None = None) -> str | None:
     """One of ``choices`` (compared as text)."""
-    if _is_blank(value):
+    if is_blank(value):
         return default
     text = str(value).strip()
     if text not in choices:
@@ -117,7 +118,7 @@ def name(param: str, value: Any, required: bool = True) -> str | None:
     Names are stored and later compared with stored values; MongoDB reads a string that starts
     with ``$`` as a field path in aggregation expressions, and control characters print as
     terminal escape sequences. Both are refused here, once for every door."""
-    if _is_blank(value):
+    if is_blank(value):
         if required:
             raise ParamError(param, "a name is required")
         return None
@@ -164,7 +165,7 @@ _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 def device(value: Any, default: str = "auto", param: str = "device") -> str:
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
-    if _is_blank(value):
+    if is_blank(value):
         return default
     text = str(value).strip()
     if not _DEVICE.match(text):
@@ -180,7 +181,7 @@ def shard(value: Any, env: dict[str, str] | None = None, param: str = "shard") -
 
     ``auto`` reads torchrun's ``RANK``/``WORLD_SIZE``, else Slurm's ``SLURM_PROCID``/``SLURM_NTASKS``;
     with neither set it is ``(0, 1)``."""
-    if _is_blank(value):
+    if is_blank(value):
         return None
     if isinstance(value, (tuple, list)) and len(value) == 2:
         index, count = value
@@ -261,7 +262,7 @@ def output_files(paths: dict[str, Any], taken: dict[str, str] | None = None,
     taken = dict(taken or {})
     checked: dict[str, str | None] = {}
     for param, value in paths.items():
-        if _is_blank(value):
+        if is_blank(value):
             checked[param] = None
             continue
         path = os.path.abspath(os.path.expanduser(str(value)))
