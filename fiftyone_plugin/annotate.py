@@ -16,6 +16,7 @@ import fiftyone as fo
 
 from faceaudit import params
 from faceaudit.attributes import ATTRIBUTES
+from faceaudit.config import MODELS
 from faceaudit.progress import Progress
 
 from . import labels, schema
@@ -23,9 +24,6 @@ from . import labels, schema
 
 class AnnotateError(ValueError):
     """Bad input to an annotation run (empty view, unknown source, ...)."""
-
-
-MODELS = ("mac", "agegender")
 
 
 @dataclass(frozen=True)

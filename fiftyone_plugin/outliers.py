@@ -16,6 +16,7 @@ from fiftyone import ViewField as F
 from faceaudit import outliers as core
 from faceaudit import params
 from faceaudit.attributes import ATTRIBUTES
+from faceaudit.config import STATES
 
 from . import bulk, counts, labels, schema
 
@@ -23,7 +24,6 @@ SCORE_FIELD = "realness_nll"
 DISAGREEMENT_FIELD = "identity_disagreement"
 OUTLIER_TAG = "outlier"
 OUTLIERS_VIEW = "synthetic_outliers"
-STATES = ("three", "binary")
 MAX_JOINT = 10  # 3**10 combinations: the joint table travels inside the update
 DEFAULT_SHARE = 0.05  # the form's default K: this share of the scored synthetic samples
 
