@@ -303,7 +303,7 @@ def export_labels(dataset: fo.Dataset, path: str, source: str | None = None) -> 
     view = dataset.exists(CODE_FIELD)
     if source is not None:
         view = view.match({schema.SOURCE: source})
-    roots = {s: os.path.normpath(info["root"]) for s, info in schema.sources_info(dataset).items()}
+    roots = {s: os.path.normpath(info["root"]) for s, info in schema.checked_sources(dataset).items()}
     imported = IMPORTED_IDENTITY in dataset.get_field_schema()
     fields = [schema.SOURCE, "filepath", schema.IDENTITY, CODE_FIELD] + ([IMPORTED_IDENTITY] if imported else [])
     values = view.values(fields)
