@@ -115,6 +115,13 @@ class DatasetGone(RuntimeError):
         super().__init__(f"dataset {name!r} was deleted while this command ran; nothing more is written")
 
 
+def ensure_exists(dataset: fo.Dataset) -> None:
+    """Raise :class:`DatasetGone` when ``dataset`` was deleted (by another process) meanwhile:
+    its samples' updates would match nothing and the command would go on writing nowhere."""
+    if not foo_db.get_db_conn().datasets.count_documents({"_id": dataset._doc.id}, limit=1):
+        raise DatasetGone(dataset.name)
+
+
 class BrokenSource(ValueError):
     """A source's record in the dataset's info lacks what every command needs (root, domain)."""
 
@@ -251,3 +258,29 @@ def source_root(dataset: fo.Dataset, source: str) -> str:
             f"(loaded sources: {', '.join(sorted(sources_info(dataset))) or 'none'})"
         )
     return os.path.normpath(info["root"])
+
+
+def source_folders(dataset: fo.Dataset | None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """``{real path: "source 'x''s folder"}`` for every source of ``dataset`` (and ``extra``):
+    the folders no output may be written into (:func:`faceaudit.params.output_files`)."""
+    folders = dict(extra or {})
+    for source, record in (sources_info(dataset) if dataset is not None else {}).items():
+        if (record or {}).get("root"):
+            folders[os.path.realpath(record["root"])] = f"the folder of source {source!r}"
+    return folders
+
+
+def check_outputs(dataset: fo.Dataset | None, paths: dict, prefix: str = "--", overwrite: bool = False,
+                  taken: dict[str, str] | None = None, protected: dict[str, str] | None = None) -> dict:
+    """:func:`faceaudit.params.output_files` with the dataset's source folders protected, and no
+    output that is the file of one of its samples (one loaded from outside its source's root).
+    Every door that writes a file calls this before its first write."""
+    checked = params.output_files(paths, taken, prefix, source_folders(dataset, protected), overwrite)
+    if dataset is not None:
+        wanted = {spelling: param for param, p in checked.items() if p for spelling in (p, os.path.realpath(p))}
+        hit = dataset._sample_collection.find_one({"filepath": {"$in": sorted(wanted)}}, {"filepath": 1})
+        if hit is not None:
+            param = wanted[hit["filepath"]]
+            raise params.ParamError(param, f"{hit['filepath']} is an image of dataset {dataset.name!r}; "
+                                    "choose another output file")
+    return checked
