@@ -14,8 +14,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from faceaudit import params, report
     from fiftyone_plugin.compare import compute_comparison, store_comparison
 
-    outputs = params.output_files({"json": args.json, "html": args.html, "csv": args.csv})
+    from fiftyone_plugin.schema import check_outputs
+
+    params.output_files({"json": args.json, "html": args.html, "csv": args.csv}, overwrite=True)  # before opening
     dataset = open_dataset(args.dataset)
+    outputs = check_outputs(dataset, {"json": args.json, "html": args.html, "csv": args.csv},
+                            overwrite=args.overwrite)
     _, result = compute_comparison(dataset, states=args.states, alpha=args.alpha,
                                    bootstrap=args.bootstrap, seed=args.seed, attributes=args.attributes)
     store_comparison(dataset, result)
@@ -59,4 +63,6 @@ def register(sub) -> None:
     cmp.add_argument("--json", metavar="FILE", help="write the result as JSON")
     cmp.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
     cmp.add_argument("--csv", metavar="FILE", help="write a CSV (one row per attribute)")
+    cmp.add_argument("--overwrite", action="store_true",
+                     help="replace existing files that faceaudit did not write (never a dataset's images)")
     cmp.set_defaults(func=cmd_compare)

@@ -19,7 +19,7 @@ def cmd_import_labels(args: argparse.Namespace) -> int:
 def cmd_export_labels(args: argparse.Namespace) -> int:
     from fiftyone_plugin.labels import export_labels
 
-    n = export_labels(open_dataset(args.dataset), args.file, source=args.source)
+    n = export_labels(open_dataset(args.dataset), args.file, source=args.source, overwrite=args.overwrite)
     print(f"{n} labelled samples written to {args.file}")
     return 0
 
@@ -43,4 +43,6 @@ def register(sub) -> None:
     exp.add_argument("file")
     exp.add_argument("--dataset", default=DEFAULT_DATASET)
     exp.add_argument("--source", help="only this source (default: all)")
+    exp.add_argument("--overwrite", action="store_true",
+                     help="replace an existing file (never a dataset's image or a file in a source's folder)")
     exp.set_defaults(func=cmd_export_labels)

@@ -46,7 +46,8 @@ def annotate_options(model="mac", checkpoint=None, source=None, device="auto", b
     from the App's forms accepted); raises a ``ValueError`` naming the argument. Nothing is
     opened or written here, so every door refuses before any write."""
     model = params.choice("model", model, MODELS, "mac")
-    checkpoint = None if params.is_blank(checkpoint) else str(checkpoint).strip()
+    checkpoint = (params.checkpoint_file(checkpoint) if model == "mac"
+                  else None if params.is_blank(checkpoint) else str(checkpoint).strip())
     if model == "mac" and checkpoint is None:
         raise AnnotateError("a MAC checkpoint is needed: give --checkpoint PATH (train one with faceaudit train-mac)")
     return AnnotateOptions(
@@ -194,6 +195,7 @@ def iter_annotate(
             for result in engine.run(paths):
                 if in_flight is not None:
                     in_flight.result()
+                schema.ensure_exists(dataset)  # deleted meanwhile: stop now, not after every batch
                 in_flight = _handle_batch(dataset, writer, report, ids, paths, result)
                 done += 1
                 yield Progress(done, max(total_batches, done), f"{report.labelled} labelled, {report.failed} failed")

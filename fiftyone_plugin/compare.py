@@ -28,8 +28,8 @@ def compute_comparison(view, states: str = "three", alpha: float = 0.5, bootstra
     ``partial`` (the panel) a comparison of what there is, ``notes`` saying what is missing."""
     states = params.choice("states", states, tuple(stats.STATE_SETS), "three")
     alpha = params.alpha(alpha)
-    bootstrap = params.to_int("bootstrap", bootstrap, 0, minimum=0, maximum=100_000)
-    seed = params.to_int("seed", seed, 0, minimum=0)
+    bootstrap = params.bootstrap(bootstrap)
+    seed = params.seed(seed)
     unknown = [a for a in attributes or [] if a not in ATTRIBUTES]
     if unknown:
         raise CompareError(f"unknown attribute {unknown[0]!r}: attributes are MAAD-Face's 47 "

@@ -107,7 +107,7 @@ def _fixed_docs(coll, command: dict, doc_size: int, head: np.ndarray) -> np.ndar
 def _count_whole_dataset(dataset) -> StateCounts:
     """The unfiltered dataset: per-source covered index scans, two at a time (mongod scans one
     while the client slices the other's replies; see ``bench/compare.py``)."""
-    info = schema.sources_info(dataset)
+    info = schema.checked_sources(dataset)  # one line for a damaged record, not "domain None"
     with ThreadPoolExecutor(max_workers=2) as pool:
         per_source = list(pool.map(lambda source: _count_source(dataset, source), sorted(info)))
     kept = [(s, n, c) for s, n, c in per_source if n]
@@ -133,7 +133,7 @@ def count_states(view) -> StateCounts:
     The whole dataset is counted from the ``(source, mac_code)`` index; a filtered view in one
     pass over its documents."""
     dataset = view._dataset
-    info = schema.sources_info(dataset)
+    info = schema.checked_sources(dataset)
     if not view._serialize() and labels.has_counts_index(dataset) and _sources_all_known(dataset, info):
         return _count_whole_dataset(dataset)
     known = sorted(info)

@@ -142,7 +142,7 @@ def iter_load(
     found = scan(path, format, extract_to)
 
     dataset = schema.open_dataset(dataset_name)
-    _check_source_compatible(dataset, source, domain, found.root)
+    repair = _check_source_compatible(dataset, source, domain, found.root)
 
     report = LoadReport(dataset.name, source, domain, found.format, found.root, found.description,
                         max_pixels=max_pixels,
@@ -151,6 +151,8 @@ def iter_load(
     def register_source() -> None:  # before the first write, so a killed load knows its root
         schema.record_source(dataset, source, root=found.root, domain=domain, format=found.format)
 
+    if repair:  # a damaged record (no root or domain): this load's options re-record it
+        register_source()
     yield Progress(0, len(found.units), found.description)
     with _ChunkWriter(dataset, source, domain, check_images, report, register_source, max_pixels) as writer:
         for done, unit in enumerate(found.units, 1):
@@ -194,11 +196,13 @@ def add_records(
     return report
 
 
-def _check_source_compatible(dataset, source: str, domain: str, root: str) -> None:
+def _check_source_compatible(dataset, source: str, domain: str, root: str) -> bool:
+    """Refuse a load that contradicts ``source``'s record; True when the record is damaged (it
+    lacks its root or domain) and this load is to repair it."""
     known = schema.sources_info(dataset).get(source)
     if known is None:
-        return
-    if known.get("domain") != domain:
+        return False
+    if known.get("domain") and known["domain"] != domain:
         raise LoadError(
             f"source {source!r} is already in dataset {dataset.name!r} as {known.get('domain')}, "
             f"not {domain}"
@@ -207,6 +211,7 @@ def _check_source_compatible(dataset, source: str, domain: str, root: str) -> No
         raise LoadError(
             f"source {source!r} was loaded from {known['root']}; load {root} under another source name"
         )
+    return bool(schema.broken_source(known))
 
 
 def _finish(dataset, found: Scan, report: LoadReport) -> None:

@@ -292,18 +292,19 @@ def _keep_identities(dataset: fo.Dataset, pairs: list[tuple[ObjectId, str]]) -> 
         dataset._sample_collection.bulk_write(ops[start:start + WRITE_BATCH], ordered=False)
 
 
-def export_labels(dataset: fo.Dataset, path: str, source: str | None = None) -> int:
+def export_labels(dataset: fo.Dataset, path: str, source: str | None = None, overwrite: bool = False) -> int:
     """Write the labelled samples (of ``source``, or all) as a MAAD-Face CSV, sorted by source
     and file name; returns the number of rows. ``Identity`` is the one an imported file gave
     (:data:`IMPORTED_IDENTITY`) where there is one, else the sample's identity (its folder)."""
     if source is not None:
         schema.source_root(dataset, source)  # a clear error for an unknown source
+    path = schema.check_outputs(dataset, {"file": path}, overwrite=overwrite)["file"]
     if CODE_FIELD not in dataset.get_field_schema():  # nothing labelled yet: just the header
         return write_maad_csv(path, [])
     view = dataset.exists(CODE_FIELD)
     if source is not None:
         view = view.match({schema.SOURCE: source})
-    roots = {s: os.path.normpath(info["root"]) for s, info in schema.sources_info(dataset).items()}
+    roots = {s: os.path.normpath(info["root"]) for s, info in schema.checked_sources(dataset).items()}
     imported = IMPORTED_IDENTITY in dataset.get_field_schema()
     fields = [schema.SOURCE, "filepath", schema.IDENTITY, CODE_FIELD] + ([IMPORTED_IDENTITY] if imported else [])
     values = view.values(fields)

@@ -46,23 +46,17 @@ class OutlierOptions:
 
 def scoring_options(states="three", alpha=0.5, joint=()) -> tuple[str, float, tuple[str, ...]]:
     """Validated ``states``, ``alpha`` and ``joint`` attributes of a realness scoring."""
-    joint = tuple(joint or ())
-    unknown = [a for a in joint if a not in ATTRIBUTES]
-    if unknown:
-        raise OutlierError(f"joint: unknown attribute {unknown[0]!r} (attributes are MAAD-Face's 47: "
-                           f"{', '.join(ATTRIBUTES[:4])}, ...)")
-    if len(joint) > MAX_JOINT or len(set(joint)) != len(joint):
-        raise OutlierError(f"joint: at most {MAX_JOINT} distinct attributes, got {list(joint)}")
+    joint = params.joint(list(joint or ()), ATTRIBUTES, MAX_JOINT)
     return params.choice("states", states, STATES, "three"), params.alpha(alpha), joint
 
 
 def flag_options(top=None, threshold=None, tag=OUTLIER_TAG) -> tuple[int | None, float | None, str]:
     """Validated ``top`` (K >= 1) or ``threshold`` (finite; exactly one of them) and ``tag``."""
-    top = params.to_int("top", top, minimum=1)
+    top = params.top(top)
     threshold = params.to_float("threshold", threshold)
     if (top is None) == (threshold is None):
         raise OutlierError("give exactly one of --top K or --threshold T")
-    return top, threshold, params.name("tag", tag if tag is not None else OUTLIER_TAG)
+    return top, threshold, params.tag(tag, OUTLIER_TAG)
 
 
 def outlier_options(top=None, threshold=None, tag=OUTLIER_TAG, states="three", alpha=0.5,
@@ -185,8 +179,9 @@ def flag_outliers(dataset, top: int | None = None, threshold: float | None = Non
 
 
 def clear_outliers(dataset, tag: str = OUTLIER_TAG, keep_view: bool = False) -> int:
-    """Remove ``tag`` from every sample (and nothing else); returns how many had it."""
-    tag = params.name("tag", tag)
+    """Remove ``tag`` from every sample (and nothing else); returns how many had it. A reserved
+    tag (``unreadable``, ...) is refused: faceaudit's own tags are not an outlier run's to clear."""
+    tag = params.tag(tag, OUTLIER_TAG)
     n = dataset._sample_collection.update_many(
         {"tags": tag}, {"$pull": {"tags": tag}, "$set": {"last_modified_at": schema.utc_now()}}).modified_count
     if not keep_view and dataset.has_saved_view(OUTLIERS_VIEW):

@@ -48,6 +48,7 @@ def run_study(config: StudyConfig, progress: Callable[[Progress], None] | None =
     from .ingest import iter_load
 
     _check_domains(config)
+    _check_reports(config)
     report = StudyReport(config.dataset)
     added = 0
     for s in config.sources:
@@ -87,6 +88,17 @@ def _check_domains(config: StudyConfig) -> None:
         if domain not in domains:
             raise ValueError(f"dataset '{config.dataset}': no {domain} source to compare with, in the config "
                              f"or already loaded; add a [[sources]] table with domain = \"{domain}\"")
+
+
+def _check_reports(config: StudyConfig) -> None:
+    """Before the first load: no report over a file of a source already in the dataset (or in
+    its folder); the config's own sources were checked when it was read."""
+    import fiftyone as fo
+
+    if fo.dataset_exists(config.dataset):
+        r = config.reports
+        schema.check_outputs(schema.open_dataset(config.dataset, create=False),
+                             {"html": r.html, "json": r.json, "csv": r.csv}, prefix="reports.", overwrite=r.overwrite)
 
 
 def _key(*parts: dict, **more) -> dict:
@@ -144,9 +156,7 @@ def _outliers(dataset, config: StudyConfig, key: dict, done: dict, report: Study
 
 
 def _record(dataset, step: str, key: dict) -> None:
-    done = dict(schema.get_info(dataset, INFO_KEY, {}) or {})
-    done[step] = key
-    schema.set_info(dataset, INFO_KEY, done)
+    schema.set_info_entry(dataset, INFO_KEY, step, key)  # this step only: a concurrent run keeps its own
 
 
 def _write_reports(dataset, config: StudyConfig, result: dict, report: StudyReport, fresh: bool) -> None:
@@ -167,7 +177,8 @@ def _write_reports(dataset, config: StudyConfig, result: dict, report: StudyRepo
     if report.written:
         report.steps["reports"] = "written: " + ", ".join(report.written)
     else:
-        report.steps["reports"] = "skipped: reports up to date" if any(asdict(config.reports).values()) else ""
+        report.steps["reports"] = "skipped: reports up to date" if any(
+            getattr(config.reports, k) for k in ("html", "json", "csv")) else ""
 
 
 def open_app(dataset_name: str) -> None:

@@ -48,7 +48,7 @@ def report_context(view, html_path: str, outliers: int = OUTLIER_THUMBNAILS, tag
         "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
         "annotation": schema.get_info(dataset, "annotation"),
-        "sources": schema.sources_info(dataset),
+        "sources": schema.checked_sources(dataset),
         "realness": realness_summary(view) if scored else None,
         "outliers": outlier_gallery(view, html_path, outliers, tag) if scored else None,
     }

@@ -45,7 +45,7 @@ class FlagSyntheticOutliers(foo.Operator):
             inputs.int("top", default=top, min=1, label="K",
                        description=f"Tag the K synthetic faces with the highest realness_nll "
                                    f"(default: {outliers.DEFAULT_SHARE:.0%} of them)",
-                       **form_check(ctx, "top", lambda v: params.to_int("top", v, minimum=1)))
+                       **form_check(ctx, "top", lambda v: params.top(v)))
         elif chosen == "threshold":
             hint = ("no scores yet: they are computed when this runs" if threshold is None else
                     f"suggested: {threshold:.4g}, the score of the K-th highest synthetic face "
@@ -53,7 +53,7 @@ class FlagSyntheticOutliers(foo.Operator):
             inputs.float("threshold", default=threshold, required=True, label="realness_nll at least",
                          description=hint, **form_check(ctx, "threshold", lambda v: params.to_float("threshold", v)))
         inputs.str("tag", default=outliers.OUTLIER_TAG, label="Tag",
-                   **form_check(ctx, "tag", lambda v: params.name("tag", v, required=False)))
+                   **form_check(ctx, "tag", lambda v: params.tag(v)))
         return types.Property(inputs, view=types.View(label="Flag synthetic outliers"))
 
     def execute(self, ctx):

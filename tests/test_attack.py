@@ -28,7 +28,7 @@ domain = "synthetic"
 
 [model]
 kind = "mac"
-checkpoint = "{faces_dir / 'a.png'}"
+checkpoint = "{faces_dir / 'mac.pt'}"
 {extra}
 '''
     path = directory / "study.toml"
@@ -41,6 +41,7 @@ def faces_dir(tmp_path) -> Path:
     folder = tmp_path / "faces"
     folder.mkdir()
     (folder / "a.png").write_bytes(b"not read by the config")
+    (folder / "mac.pt").write_bytes(b"PK\x03\x04 a zip's start: the config checks a checkpoint's type, not its weights")
     return folder
 
 

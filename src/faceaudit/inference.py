@@ -39,6 +39,10 @@ def resolve_device(device: str = "auto") -> torch.device:
             f"--device {device} was asked for, but torch sees no CUDA GPU "
             f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); use --device cpu or auto"
         )
+    if device.startswith("cuda:"):
+        from .config import cuda_device_present
+
+        cuda_device_present(device)  # cuda:7 on a one-GPU machine: said here, not inside torch
     if device not in ("cpu",) and not device.startswith("cuda"):
         raise ValueError(f"unknown device {device!r}: use auto, cpu or cuda")
     return torch.device(device)

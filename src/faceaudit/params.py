@@ -24,6 +24,23 @@ __all__ = [
 
 #: the longest name a source, dataset or tag may have (FiftyOne limits dataset names too)
 MAX_NAME = 200
+#: the largest integer any argument may be (unless it says less): MongoDB stores 8-byte ints and
+#: JavaScript (the App, the reports) holds integers exactly only up to 2**53 - 1
+MAX_INT = 2**53 - 1
+#: the largest alpha (pseudo-count per state): far above any useful prior, and far below where
+#: numpy's log / JavaScript's numbers overflow to inf
+MAX_ALPHA = 1e6
+
+#: tags faceaudit assigns itself or that mean a decision: an outlier run that used one would
+#: untag the faces that carry it for another reason and tag healthy ones (``--clear`` then
+#: removes them all). The one list, for every door and every engineer's code.
+RESERVED_TAGS = frozenset({
+    "unreadable",  # damaged or oversized image files (load, annotate)
+    "not_a_face",  # images too small or too thin to hold a face
+    "no_face",  # images in which no face was found
+    "identity_leak", "identity_collision", "identity_outlier",  # identity checks
+    "reviewed_keep",  # a reviewer's decision
+})
 
 
 class ParamError(ValueError):
@@ -55,9 +72,16 @@ def to_bool(param: str, value: Any, default: bool | None = None) -> bool | None:
     raise ParamError(param, f"expected true or false, got {value!r}")
 
 
+def _short(number) -> str:
+    """``number`` as text, in scientific notation when it is long (never 300 digits)."""
+    text = str(number)
+    return text if len(text) <= 20 else f"{float(number):.3g}"
+
+
 def to_int(param: str, value: Any, default: int | None = None, minimum: int | None = None,
-           maximum: int | None = None) -> int | None:
-    """An integer (``"5"`` and ``5.0`` accepted, ``5.5``, ``nan`` and ``True`` refused)."""
+           maximum: int | None = MAX_INT) -> int | None:
+    """An integer (``"5"`` and ``5.0`` accepted, ``5.5``, ``nan`` and ``True`` refused), at most
+    ``maximum`` (:data:`MAX_INT` unless the parameter says less; ``None``: unbounded)."""
     if is_blank(value):
         return default
     if isinstance(value, bool):
@@ -68,11 +92,11 @@ def to_int(param: str, value: Any, default: int | None = None, minimum: int | No
             raise ValueError
         result = int(number)
     except (TypeError, ValueError, OverflowError):
-        raise ParamError(param, f"expected a whole number, got {value!r}") from None
+        raise ParamError(param, f"expected a whole number, got {_short(value) if isinstance(value, (int, float)) else repr(value)[:40]}") from None
     if minimum is not None and result < minimum:
-        raise ParamError(param, f"must be at least {minimum}, got {result}")
+        raise ParamError(param, f"must be at least {minimum}, got {_short(result)}")
     if maximum is not None and result > maximum:
-        raise ParamError(param, f"must be at most {maximum}, got {result}")
+        raise ParamError(param, f"must be at most {_short(maximum)}, got {_short(result)}")
     return result
 
 
@@ -142,8 +166,8 @@ def threshold(value: Any, default: float | None = None, param: str = "threshold"
 
 
 def alpha(value: Any, default: float = 0.5, param: str = "alpha") -> float:
-    """The additive pseudo-count per state: finite, >= 0."""
-    return to_float(param, value, default, minimum=0.0)
+    """The additive pseudo-count per state: 0 to :data:`MAX_ALPHA`."""
+    return to_float(param, value, default, minimum=0.0, maximum=MAX_ALPHA)
 
 
 def mc_passes(value: Any, default: int | None = None, param: str = "mc_passes") -> int | None:
@@ -174,6 +198,8 @@ def device(value: Any, default: str = "auto", param: str = "device") -> str:
 
 
 SHARD_AUTO = "auto"
+#: the most shards a run may be split into (``--shard I/N``, ``WORLD_SIZE``, ``--shards``)
+MAX_SHARDS = 10_000
 
 
 def shard(value: Any, env: dict[str, str] | None = None, param: str = "shard") -> tuple[int, int] | None:
@@ -190,9 +216,13 @@ def shard(value: Any, env: dict[str, str] | None = None, param: str = "shard") -
         if text == SHARD_AUTO:
             env = os.environ if env is None else env
             for rank, size in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
-                if env.get(rank) is not None and env.get(size) is not None:
-                    index, count = env[rank], env[size]
+                given = [not is_blank(env.get(rank)), not is_blank(env.get(size))]
+                if all(given):
+                    index, count = to_int(rank, env[rank], minimum=0), to_int(size, env[size], minimum=1, maximum=MAX_SHARDS)
                     break
+                if any(given) or env.get(rank) is not None or env.get(size) is not None:
+                    raise ParamError(param, f"--shard auto needs both {rank} and {size} set (the launcher "
+                                     f"sets both); got {rank}={env.get(rank)!r} {size}={env.get(size)!r}")
             else:
                 index, count = 0, 1
         else:
@@ -200,7 +230,7 @@ def shard(value: Any, env: dict[str, str] | None = None, param: str = "shard") -
             if not match:
                 raise ParamError(param, f"expected I/N (e.g. 0/4) or auto, got {value!r}")
             index, count = match.groups()
-    index, count = to_int(param, index, minimum=0), to_int(param, count, minimum=1)
+    index, count = to_int(param, index, minimum=0), to_int(param, count, minimum=1, maximum=MAX_SHARDS)
     if index >= count:
         raise ParamError(param, f"shard index must be below the shard count: {index}/{count}")
     return index, count
@@ -209,12 +239,16 @@ def shard(value: Any, env: dict[str, str] | None = None, param: str = "shard") -
 # ----------------------------------------------------------------------------- loading (helper loadsafe)
 
 
+#: the largest max_pixels: 2**31 pixels (46,000 x 46,000), a decoder's own limit
+MAX_PIXELS = 2**31
+
+
 def max_pixels(value: Any, default: int | None = None, param: str = "max_pixels") -> int:
     """The largest image (width x height) a load accepts and the decoder decodes: at least 1;
     blank: ``faceaudit.images.DEFAULT_MAX_PIXELS`` (40 megapixels)."""
     from .images import DEFAULT_MAX_PIXELS
 
-    return to_int(param, value, DEFAULT_MAX_PIXELS if default is None else default, minimum=1)
+    return to_int(param, value, DEFAULT_MAX_PIXELS if default is None else default, minimum=1, maximum=MAX_PIXELS)
 
 
 __all__ += ["max_pixels"]
@@ -237,8 +271,8 @@ def rank_device(value: Any, cuda_available: bool, env: dict[str, str] | None = N
 
 
 def shards(value: Any, default: int = 1, param: str = "shards") -> int:
-    """How many jobs to split a run into: 1 to 10,000."""
-    return to_int(param, value, default, minimum=1, maximum=10_000)
+    """How many jobs to split a run into: 1 to :data:`MAX_SHARDS`."""
+    return to_int(param, value, default, minimum=1, maximum=MAX_SHARDS)
 
 
 def seconds(param: str, value: Any, default: float | None = None) -> float | None:
@@ -253,12 +287,15 @@ def seconds(param: str, value: Any, default: float | None = None) -> float | Non
 
 
 def output_files(paths: dict[str, Any], taken: dict[str, str] | None = None,
-                 prefix: str = "--") -> dict[str, str | None]:
+                 prefix: str = "--", protected: dict[str, str] | None = None,
+                 overwrite: bool = False) -> dict[str, str | None]:
     """Report files (``{param: path}``; blank: not wanted) that can be written, checked before any
     work, since reports are written last: each path is not a folder, is no other output's file
-    (nor one of ``taken``: ``{real path: what it is}``), and lies in a folder that exists and is
-    writable or can be created. Errors name another output as ``prefix + param``. Returns the
-    absolute paths."""
+    (nor one of ``taken``: ``{real path: what it is}``), lies under none of the ``protected``
+    folders (``{real path: what it is}``: the loaded sources' folders), is not an existing file
+    faceaudit did not write (:func:`written_by_faceaudit`) unless ``overwrite``, and lies in a
+    folder that exists and is writable or can be created. Errors name another output as
+    ``prefix + param``. Returns the absolute paths."""
     taken = dict(taken or {})
     checked: dict[str, str | None] = {}
     for param, value in paths.items():
@@ -266,12 +303,21 @@ def output_files(paths: dict[str, Any], taken: dict[str, str] | None = None,
             checked[param] = None
             continue
         path = os.path.abspath(os.path.expanduser(str(value)))
-        same = taken.get(os.path.realpath(path))
+        real = os.path.realpath(path)
+        same = taken.get(real)
         if same is not None:
             raise ParamError(param, f"{path} is also {same}: each report needs its own file")
-        taken[os.path.realpath(path)] = prefix + param
+        taken[real] = prefix + param
         if os.path.isdir(path):
             raise ParamError(param, f"{path} is a folder; give a file name")
+        for folder, what in (protected or {}).items():
+            if real == folder or real.startswith(folder.rstrip(os.sep) + os.sep):
+                raise ParamError(param, f"{path} is inside {what} ({folder}); faceaudit never writes "
+                                 "into a loaded dataset's folder: choose a path outside it")
+        if os.path.lexists(path) and not overwrite and not written_by_faceaudit(path, param):
+            raise ParamError(param, f"{path} exists and is not a faceaudit {_KIND_NAMES.get(param, param)} "
+                             f"output; refused so as not to overwrite it (give {_OVERWRITE_HINT.get(prefix, '--overwrite')} "
+                             "to replace it)")
         parent = os.path.dirname(path)
         while not os.path.exists(parent):
             parent = os.path.dirname(parent)
@@ -283,4 +329,129 @@ def output_files(paths: dict[str, Any], taken: dict[str, str] | None = None,
     return checked
 
 
-__all__ += ["output_files"]
+_KIND_NAMES = {"html": "HTML report", "json": "JSON report", "csv": "CSV report", "file": "label file"}
+_OVERWRITE_HINT = {"reports.": "overwrite = true in [reports]"}
+#: how each kind of faceaudit output starts (within its first 4 KiB): an existing file may be
+#: replaced by a new one of its kind only when it is one
+_SIGNATURES = {
+    "html": re.compile(r"^<!DOCTYPE html>\s*<html[^>]*><head><meta charset=\"utf-8\"><title>faceaudit report: "),
+    "csv": re.compile(r"^attribute,category,kl_real_synth,kl_synth_real,js[,\r\n]"),
+}
+
+
+def written_by_faceaudit(path: str, kind: str) -> bool:
+    """Whether the existing ``path`` is a faceaudit output of ``kind`` (``html``, ``json``,
+    ``csv``), judged from its content: a regular file that starts as faceaudit's do (a JSON
+    report: an object with the comparison's keys). Label files (``file``) never are: a
+    MAAD-Face CSV looks the same whoever wrote it, so replacing one takes ``--overwrite``."""
+    if not os.path.isfile(path) or os.path.islink(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+            if kind == "json" and os.fstat(f.fileno()).st_size <= 64 * 2**20:
+                import json
+
+                f.seek(0)
+                data = json.loads(f.read().decode("utf-8"))
+                return isinstance(data, dict) and {"states", "alpha", "attributes", "sources"} <= set(data)
+    except (OSError, ValueError):
+        return False
+    signature = _SIGNATURES.get(kind)
+    return signature is not None and bool(signature.match(head.decode("utf-8", errors="replace")))
+
+
+__all__ += ["output_files", "written_by_faceaudit"]
+
+
+# ----------------------------------------------------------------------------- integrity (helper "state")
+
+
+def tag(value: Any, default: str | None = None, param: str = "tag") -> str | None:
+    """An outlier tag: a :func:`name` that is none of :data:`RESERVED_TAGS`."""
+    text = name(param, default if is_blank(value) else value, required=default is not None)
+    if text is not None and text.lower() in RESERVED_TAGS:
+        raise ParamError(param, f"{text!r} is reserved (faceaudit's own tags: {', '.join(sorted(RESERVED_TAGS))}); "
+                         "choose another tag")
+    return text
+
+
+def top(value: Any, default: int | None = None, param: str = "top") -> int | None:
+    """How many samples to tag: 1 to 10**9 (a count MongoDB's limit and the App both hold)."""
+    return to_int(param, value, default, minimum=1, maximum=MAX_TOP)
+
+
+#: the largest ``top`` K (no dataset this tool audits has 10**9 synthetic faces)
+MAX_TOP = 10**9
+MAX_BOOTSTRAP = 100_000
+MAX_SEED = 2**32 - 1
+
+
+def bootstrap(value: Any, default: int = 0, param: str = "bootstrap") -> int:
+    """Bootstrap resamples: 0 (none) to :data:`MAX_BOOTSTRAP`."""
+    return to_int(param, value, default, minimum=0, maximum=MAX_BOOTSTRAP)
+
+
+def seed(value: Any, default: int = 0, param: str = "seed") -> int:
+    """A random seed: 0 to 2**32 - 1."""
+    return to_int(param, value, default, minimum=0, maximum=MAX_SEED)
+
+
+def limit(value: Any, default: int | None = None, param: str = "limit") -> int | None:
+    """At most this many images of a source: at least 1 (blank: all)."""
+    return to_int(param, value, default, minimum=1)
+
+
+def joint(value: Any, attributes, most: int, param: str = "joint") -> tuple[str, ...]:
+    """Attributes scored jointly: a list of distinct known names, at most ``most`` of them."""
+    if is_blank(value) or value == ():
+        return ()
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ParamError(param, f"expected a list of attribute names, got {value!r}"[:200])
+    for a in value:
+        if a not in attributes:
+            raise ParamError(param, f"unknown attribute {a!r} (attributes are MAAD-Face's {len(attributes)}: "
+                             f"{', '.join(attributes[:4])}, ...)"[:200])
+    repeated = sorted({a for a in value if list(value).count(a) > 1})
+    if repeated:
+        raise ParamError(param, f"each attribute at most once; repeated: {', '.join(repeated)}")
+    if len(value) > most:
+        raise ParamError(param, f"at most {most} distinct attributes, got {len(value)}")
+    return tuple(value)
+
+
+_MAGIC = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
+          (b"RIFF", "a RIFF (WebP/WAV) file"), (b"\x1f\x8b", "a gzip archive"), (b"%PDF", "a PDF"),
+          (b"\x7fELF", "a program"), (b"{", "a JSON or text file"), (b"#", "a text file"),
+          (b"\x08\x00", "an ONNX or protobuf file"))
+
+
+def checkpoint_file(value: Any, param: str = "checkpoint") -> str | None:
+    """A checkpoint path that can be a torch checkpoint: a URL (checked when fetched) or a
+    regular file in torch's format (a zip, or a pickle of torch's legacy format), checked from
+    its first bytes before anything is loaded. Blank: None."""
+    if is_blank(value):
+        return None
+    text = str(value).strip()
+    if "://" in text:
+        return text
+    path = os.path.expanduser(text)
+    if not os.path.exists(path):
+        raise ParamError(param, f"{text}: no such checkpoint file")
+    if os.path.isdir(path):
+        raise ParamError(param, f"{text} is a folder, not a checkpoint file (give the .pt file in it)")
+    if not os.path.isfile(path):
+        raise ParamError(param, f"{text} is not a regular file (a device, pipe or socket), not a checkpoint")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise ParamError(param, f"cannot read {text}: {e.strerror or e}") from None
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):  # torch.save's zip / legacy pickle
+        return text
+    what = "an empty file" if not head else next((w for m, w in _MAGIC if head.startswith(m)), "not in torch's format")
+    raise ParamError(param, f"{text} is not a torch checkpoint ({what}); faceaudit checkpoints "
+                     "are written by faceaudit train-mac")
+
+
+__all__ += ["MAX_INT", "RESERVED_TAGS", "tag", "top", "bootstrap", "seed", "limit", "joint", "checkpoint_file"]

@@ -17,6 +17,7 @@ import os
 
 import torch
 
+from .. import params
 from .download import CheckpointError, fetch
 from .mac import MAC, MACConfig
 
@@ -43,8 +44,10 @@ def _read(path_or_url: str, load, allow_http: bool | None):
     """``load(path, name)`` of a local file, or of a URL's download (cached only if it loads)."""
     if "://" in path_or_url:
         return fetch(path_or_url, load, allow_http)
-    if not os.path.isfile(path_or_url):
-        raise CheckpointError(f"{path_or_url}: no such checkpoint file")
+    try:  # a folder, a device, a JPEG: said as such, not "no such file" / "pickled objects"
+        params.checkpoint_file(path_or_url)
+    except params.ParamError as e:
+        raise CheckpointError(str(e).split(": ", 1)[1]) from None
     return load(path_or_url, path_or_url)
 
 
