@@ -6,7 +6,7 @@ import os
 import sys
 
 DEFAULT_DATASET = "faces"  # fiftyone_plugin.schema.DEFAULT_DATASET, without importing FiftyOne
-DEMO_DIR = "demo-data"  # where `faceaudit run` (the demo) writes its images
+DEMO_DIR = "~/.cache/faceaudit/demo"  # the demo's images and report ($FACEAUDIT_CACHE_DIR/demo if set)
 # How long a command waits for a reachable database given by FIFTYONE_DATABASE_URI (or a replica
 # set's new primary) before it says the connection was lost; pymongo's default is 30 s. Set
 # serverSelectionTimeoutMS in the URI to choose another. A replica set elects a new primary in

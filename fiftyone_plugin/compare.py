@@ -8,7 +8,7 @@ One function behind the ``compute_attribute_comparison`` operator, the panel and
 from __future__ import annotations
 
 
-from faceaudit import params, stats
+from faceaudit import fingerprint, params, stats
 from faceaudit.attributes import ATTRIBUTES
 
 from . import counts, labels, schema
@@ -61,9 +61,25 @@ def compute_comparison(view, states: str = "three", alpha: float = 0.5, bootstra
     return comparison, result
 
 
-def store_comparison(dataset, result: dict) -> None:
-    schema.set_info(dataset, "comparison", result, stamp="computed_at")
+SETTINGS_KEY = "settings_key"  # beside the stored comparison: the settings it was computed with
 
 
-def stored_comparison(dataset) -> dict | None:
-    return schema.get_info(dataset, "comparison")
+def store_comparison(dataset, result: dict, settings: dict | None = None) -> None:
+    """Keep ``result`` on the dataset for the panel and reports; ``settings`` (what it was
+    computed from, e.g. ``faceaudit run``'s labels version and comparison settings) are stored
+    as their key, so that a caller asking for other settings never takes it for its own."""
+    key = None if settings is None else fingerprint.settings_key(settings)
+    schema.set_info(dataset, "comparison", {**result, SETTINGS_KEY: key}, stamp="computed_at")
+
+
+def stored_comparison(dataset, settings: dict | None = None) -> dict | None:
+    """The stored comparison (without its key); given ``settings``, only if it was stored with
+    them (see :func:`store_comparison`)."""
+    stored = schema.get_info(dataset, "comparison")
+    if stored is None:
+        return None
+    stored = dict(stored)
+    key = stored.pop(SETTINGS_KEY, None)
+    if settings is not None and not fingerprint.is_current(key, settings):
+        return None
+    return stored

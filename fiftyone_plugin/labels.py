@@ -22,6 +22,16 @@ The schema, chosen by measurement (README, "Label schema"): per sample
 A sample's labels are written in one ``$set`` with all 50 fields, many samples per
 ``bulk_write``: a sample is either fully labelled or not at all, which makes annotation resumable
 (``mac_code`` missing = not labelled yet).
+
+Stale-label detection (docs/integrity.md, "Stale results"):
+
+* ``label_settings`` (:data:`SETTINGS_FIELD`), written in the same ``$set``: the
+  :func:`faceaudit.fingerprint.settings_key` of the model settings the labels were made with, or
+  :data:`IMPORTED` for labels from a file. A run asking for other settings relabels exactly the
+  samples whose key differs (resumable as before: each sample says what made it).
+* The labels version (:func:`labels_version`): a counter per dataset, ``$inc``-ed atomically by
+  :func:`write_labels` before and after every write. A result computed from the labels records
+  the version it read; a write of any content (even one that keeps every count) changes it.
 """
 
 from __future__ import annotations
@@ -48,6 +58,9 @@ CODE_FIELD = "mac_code"
 POSITIVE_FIELD = "mac_positive"
 UNDEFINED_FIELD = "mac_undefined"
 STATE_LIST_FIELDS = (POSITIVE_FIELD, UNDEFINED_FIELD)
+SETTINGS_FIELD = "label_settings"
+IMPORTED = "imported"  # the settings key of labels imported from a file (kept by reruns)
+VERSIONS_COLLECTION = "faceaudit.versions"  # {_id: dataset id, labels: write counter}
 STATE_CHARS = {1: "p", -1: "n", 0: "u"}
 WRITE_BATCH = 1000
 WRITE_THREADS = 2
@@ -69,6 +82,7 @@ _DESCRIPTIONS = {
     POSITIVE_FIELD: "attributes predicted positive (reliability at or above the run's threshold)",
     UNDEFINED_FIELD: "attributes labelled undefined (reliability under the run's threshold)",
     CODE_FIELD: "the 47 states in MAAD-Face order: p positive, n negative, u undefined",
+    SETTINGS_FIELD: "settings key of the model run that made the labels ('imported': from a file)",
 }
 _FLOAT_DESCRIPTION = ("signed reliability: sign = predicted state, magnitude = reliability; under the "
                       "run's threshold the state is undefined (see mac_positive / mac_undefined)")
@@ -104,8 +118,9 @@ def ensure_label_schema(dataset: fo.Dataset) -> None:
     for name in LABEL_FIELDS:
         if name not in existing:
             dataset.add_sample_field(name, fo.FloatField, description=_FLOAT_DESCRIPTION)
-    if CODE_FIELD not in existing:
-        dataset.add_sample_field(CODE_FIELD, fo.StringField, description=_DESCRIPTIONS[CODE_FIELD])
+    for name in (CODE_FIELD, SETTINGS_FIELD):
+        if name not in existing:
+            dataset.add_sample_field(name, fo.StringField, description=_DESCRIPTIONS[name])
     missing_lists = [f for f in STATE_LIST_FIELDS if f not in existing]
     for name in missing_lists:
         dataset.add_sample_field(name, fo.ListField, subfield=fo.StringField, description=_DESCRIPTIONS[name])
@@ -142,10 +157,10 @@ def _set_sidebar_groups(dataset: fo.Dataset) -> None:
     groups = [g for g in groups if g.name not in ours]
     for g in groups:  # our fields leave the default groups they were put in
         g.paths = [p for p in g.paths if not p.startswith(PREFIX) and p not in schema.STRING_FIELDS
-                   and p not in ("realness_nll", "identity_disagreement")]
+                   and p not in ("realness_nll", "identity_disagreement", SETTINGS_FIELD)]
     scores = [f for f in ("realness_nll", "identity_disagreement") if f in dataset.get_field_schema()]
     groups.insert(1, fo.SidebarGroupDocument(
-        name="faceaudit", paths=[*STATE_LIST_FIELDS, *schema.STRING_FIELDS, CODE_FIELD, *scores]))
+        name="faceaudit", paths=[*STATE_LIST_FIELDS, *schema.STRING_FIELDS, CODE_FIELD, SETTINGS_FIELD, *scores]))
     for i, (category, attrs) in enumerate(CATEGORIES.items()):
         groups.insert(2 + i, fo.SidebarGroupDocument(
             name=f"attributes: {category.lower()}", paths=[field_name(a) for a in attrs], expanded=False))
@@ -166,7 +181,8 @@ def _names_per_row(mask: np.ndarray) -> list[list[str]]:
     return [names[start:end] for start, end in zip([0, *ends[:-1]], ends)]
 
 
-def label_updates(ids: Iterable[ObjectId], states: np.ndarray, signed: np.ndarray) -> list[UpdateOne]:
+def label_updates(ids: Iterable[ObjectId], states: np.ndarray, signed: np.ndarray,
+                  settings: str = IMPORTED) -> list[UpdateOne]:
     """One ``$set`` of all 50 label fields per sample. The cyclic garbage collector is paused
     while the batch is built: the batch holds only acyclic dicts, lists and strings, and the
     collections its thousands of new containers trigger cut write throughput to 0.67x (README,
@@ -174,13 +190,14 @@ def label_updates(ids: Iterable[ObjectId], states: np.ndarray, signed: np.ndarra
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _label_updates(ids, states, signed)
+        return _label_updates(ids, states, signed, settings)
     finally:
         if enabled:
             gc.enable()
 
 
-def _label_updates(ids: Iterable[ObjectId], states: np.ndarray, signed: np.ndarray) -> list[UpdateOne]:
+def _label_updates(ids: Iterable[ObjectId], states: np.ndarray, signed: np.ndarray,
+                   settings: str) -> list[UpdateOne]:
     now = schema.utc_now()
     codes = encode_codes(states)
     rounded = np.round(signed.astype(np.float64), 4)
@@ -193,17 +210,48 @@ def _label_updates(ids: Iterable[ObjectId], states: np.ndarray, signed: np.ndarr
         update[CODE_FIELD] = code
         update[POSITIVE_FIELD] = pos
         update[UNDEFINED_FIELD] = und
+        update[SETTINGS_FIELD] = settings
         update["last_modified_at"] = now
         ops.append(UpdateOne({"_id": _id}, {"$set": update}))
     return ops
 
 
-def write_labels(dataset: fo.Dataset, ids: list, states: np.ndarray, signed: np.ndarray | None = None) -> int:
+def labels_version(dataset: fo.Dataset) -> int:
+    """The dataset's label-write counter (0 before any write): see the module docstring."""
+    doc = _versions().find_one({"_id": dataset._doc.id}, {"labels": 1})
+    return int((doc or {}).get("labels", 0))
+
+
+def bump_labels_version(dataset: fo.Dataset) -> None:
+    """Count one label write (atomic ``$inc``; concurrent writers never lose a count). Anything
+    that writes ``mac_*`` fields without :func:`write_labels` must call this before and after."""
+    _versions().update_one({"_id": dataset._doc.id}, {"$inc": {"labels": 1}}, upsert=True)
+
+
+def _versions():
+    import fiftyone.core.odm as foo_db
+
+    return foo_db.get_db_conn()[VERSIONS_COLLECTION]
+
+
+def write_labels(dataset: fo.Dataset, ids: list, states: np.ndarray, signed: np.ndarray | None = None,
+                 settings: str = IMPORTED) -> int:
     """Write ``states`` (``(n, 47)`` int8) and the signed reliabilities (default: the states
-    themselves, for labels that come without reliability) to the samples ``ids``.
+    themselves, for labels that come without reliability) to the samples ``ids``, stamped with
+    the ``settings`` key they were made with (default :data:`IMPORTED`).
 
     Batches of ``WRITE_BATCH`` samples go to the server from ``WRITE_THREADS`` threads: the
-    server applies two bulk writes at once, and the next batch is built while they run."""
+    server applies two bulk writes at once, and the next batch is built while they run. The
+    labels version is bumped before the write (a result computed during it is never taken as
+    current) and after it (nor one computed before it, if the writer is killed half-way)."""
+    bump_labels_version(dataset)
+    try:
+        return _write_labels(dataset, ids, states, signed, settings)
+    finally:
+        bump_labels_version(dataset)
+
+
+def _write_labels(dataset, ids, states, signed, settings) -> int:
     if signed is None:
         signed = states.astype(np.float64)
     ids = [i if isinstance(i, ObjectId) else ObjectId(i) for i in ids]
@@ -211,13 +259,13 @@ def write_labels(dataset: fo.Dataset, ids: list, states: np.ndarray, signed: np.
     starts = range(0, len(ids), WRITE_BATCH)
     if len(starts) <= 1:
         for start in starts:
-            coll.bulk_write(label_updates(ids, states, signed), ordered=False)
+            coll.bulk_write(label_updates(ids, states, signed, settings), ordered=False)
         return len(ids)
     with ThreadPoolExecutor(WRITE_THREADS) as pool:
         pending = []
         for start in starts:
             end = start + WRITE_BATCH
-            ops = label_updates(ids[start:end], states[start:end], signed[start:end])
+            ops = label_updates(ids[start:end], states[start:end], signed[start:end], settings)
             pending.append(pool.submit(coll.bulk_write, ops, ordered=False))
             if len(pending) > WRITE_THREADS:  # bound the memory held by queued batches
                 pending.pop(0).result()

@@ -2,11 +2,13 @@
 write the reports (``faceaudit run study.toml``; ``faceaudit run`` alone runs the demo's config).
 
 Each step skips what is done, so a rerun after any interruption continues where it stopped and a
-rerun of a finished study changes nothing: loading adds only missing files; annotation labels only
-unlabelled samples (and is skipped when none are left); the comparison, the outlier scores and
-the reports are recomputed only when their inputs changed, i.e. when the labelled samples or the
-step's settings differ from those recorded in ``dataset.info['faceaudit']['pipeline']`` after the
-step last finished (labels are deterministic, so equal inputs give equal results).
+rerun of a finished study changes nothing: loading adds only missing files; annotation labels the
+unlabelled samples and relabels those whose labels another model setting made (and is skipped
+when none are left); the comparison, the outlier scores and the reports are recomputed only when
+their inputs changed, i.e. when the labels (their version: :func:`.labels.labels_version`, which
+every label write changes, and their counts) or the step's settings differ from those the stored
+result was made with (labels are deterministic, so equal inputs give equal results). The
+reports are written and checked as one set. See docs/integrity.md, "Stale results".
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from faceaudit import fingerprint
 from faceaudit import report as reports
 from faceaudit.config import StudyConfig
 from faceaudit.progress import Progress, drive
@@ -61,15 +64,15 @@ def run_study(config: StudyConfig, progress: Callable[[Progress], None] | None =
     report.steps["annotate"] = _annotate(dataset, config, progress, echo)
     dataset.reload()
     done = schema.get_info(dataset, INFO_KEY, {}) or {}
-    inputs = {"labelled": count_samples(dataset.exists(labels.CODE_FIELD)), "samples": count_samples(dataset)}
+    inputs = {"labelled": count_samples(dataset.exists(labels.CODE_FIELD)), "samples": count_samples(dataset),
+              "labels_version": labels.labels_version(dataset)}  # read before the labels are
     compare_key = _key(inputs, asdict(config.comparison))
-    result = _compare(dataset, config, compare_key, done, report)
+    result = _compare(dataset, config, compare_key, report)
     outlier_key = _key(inputs, asdict(config.outliers), states=config.comparison.states,
                        alpha=config.comparison.alpha)
     _outliers(dataset, config, outlier_key, done, report, echo)
-    # the HTML report shows the outliers too: new tags make the reports stale as a new comparison does
-    fresh = not (report.steps["compare"].startswith("skipped") and report.steps["outliers"].startswith("skipped"))
-    _write_reports(dataset, config, result, report, fresh=fresh)
+    run_key = fingerprint.settings_key({"compare": compare_key, "outliers": outlier_key})
+    _write_reports(dataset, config, result, report, run_key)
     report.summary_table = "\n".join(reports.text_table(result).splitlines()[:8])
     return report
 
@@ -108,33 +111,38 @@ def _key(*parts: dict, **more) -> dict:
 
 
 def _annotate(dataset, config: StudyConfig, progress, echo) -> str:
-    from .annotate import iter_annotate, todo_view
+    """Label what is unlabelled, and relabel what other model settings labelled (the model is
+    loaded only when there is something to do)."""
+    from .annotate import annotate_options, iter_annotate, settings_key, todo_view
 
-    if labels.CODE_FIELD in dataset.get_field_schema():
-        left = todo_view(dataset.view()).count()
-        if left == 0:
-            n = dataset.exists(labels.CODE_FIELD).count()
-            echo(f"0 samples labelled; {n} already labelled (nothing left to label)")
-            return "skipped: every readable sample is labelled"
     m = config.model
-    annotated = drive(iter_annotate(config.dataset, checkpoint=m.checkpoint, model=m.kind, device=m.device,
-                                    batch_size=m.batch_size, workers=m.workers, mc_passes=m.passes,
-                                    threshold=m.threshold), progress)
+    options = dict(checkpoint=m.checkpoint, model=m.kind, device=m.device, batch_size=m.batch_size,
+                   workers=m.workers, mc_passes=m.passes, threshold=m.threshold)
+    if labels.CODE_FIELD in dataset.get_field_schema():
+        left = count_samples(todo_view(dataset.view(), settings=settings_key(annotate_options(**options))))
+        if left == 0:
+            n = count_samples(dataset.exists(labels.CODE_FIELD))
+            echo(f"0 samples labelled; {n} already labelled (nothing left to label)")
+            return "skipped: every readable sample is labelled with these settings"
+    annotated = drive(iter_annotate(config.dataset, relabel=True, **options), progress)
     echo(annotated.summary())
-    return f"{annotated.labelled} samples labelled"
+    relabelled = f" ({annotated.relabelled} relabelled: other settings)" if annotated.relabelled else ""
+    return f"{annotated.labelled} samples labelled{relabelled}"
 
 
-def _compare(dataset, config: StudyConfig, key: dict, done: dict, report: StudyReport) -> dict:
+def _compare(dataset, config: StudyConfig, key: dict, report: StudyReport) -> dict:
+    """The stored comparison if it was computed with ``key`` (the labels' version and counts and
+    the comparison's settings; a ``faceaudit compare`` by hand stores one under its own key),
+    else a new one, stored under ``key``."""
     from .compare import compute_comparison, store_comparison, stored_comparison
 
-    stored = stored_comparison(dataset)
-    if stored is not None and done.get("compare") == key:
-        report.steps["compare"] = "skipped: labels unchanged"
+    stored = stored_comparison(dataset, key)
+    if stored is not None:
+        report.steps["compare"] = "skipped: labels and settings unchanged"
         return stored
     c = config.comparison
     _, result = compute_comparison(dataset, states=c.states, alpha=c.alpha, bootstrap=c.bootstrap, seed=c.seed)
-    store_comparison(dataset, result)
-    _record(dataset, "compare", key)
+    store_comparison(dataset, result, key)
     report.steps["compare"] = "computed"
     return result
 
@@ -159,26 +167,86 @@ def _record(dataset, step: str, key: dict) -> None:
     schema.set_info_entry(dataset, INFO_KEY, step, key)  # this step only: a concurrent run keeps its own
 
 
-def _write_reports(dataset, config: StudyConfig, result: dict, report: StudyReport, fresh: bool) -> None:
-    """Write each configured report that is missing, or all of them after a new comparison. The
-    HTML report carries its provenance (run, sources, realness, outliers' thumbnails)."""
+#: test hook: ``<kind>.part`` (after that report's temporary file is written) or ``<kind>`` (after
+#: it is renamed into place) makes the run sleep there, so that a test can SIGKILL it at that point
+PAUSE_ENV = "FACEAUDIT_PAUSE_IN_REPORTS"
+
+
+def _write_reports(dataset, config: StudyConfig, result: dict, report: StudyReport, run_key: str) -> None:
+    """Write the configured reports as one set: each to a temporary file, then all renamed into
+    place, then recorded (``pipeline.reports``: per path, the run's key and the file's digest).
+    They are rewritten, all together, unless every one is on disk as this run's key recorded it,
+    so a run killed between two renames leaves a set that the next run rewrites. Temporary files
+    of killed runs are removed. The HTML report carries its provenance (run, sources, realness,
+    outliers' thumbnails)."""
     writers = {"html": lambda r, path: reports.to_html(r, report_context(dataset, path, tag=config.outliers.tag)),
                "json": lambda r, path: json.dumps(r, indent=1), "csv": lambda r, path: reports.to_csv(r)}
-    for kind, write in writers.items():
-        path = getattr(config.reports, kind)
-        if path is None or (os.path.exists(path) and not fresh):
-            continue
+    paths = {kind: os.path.abspath(getattr(config.reports, kind)) for kind in writers
+             if getattr(config.reports, kind) is not None}
+    for path in paths.values():
+        _remove_leftovers(path)
+    recorded = (schema.get_info(dataset, INFO_KEY, {}) or {}).get("reports", {})
+    if paths and all(_is_current(path, recorded.get(path), run_key) for path in paths.values()):
+        report.steps["reports"] = "skipped: reports up to date"
+        return
+    if not paths:
+        report.steps["reports"] = ""
+        return
+    parts = {}
+    for kind, path in paths.items():
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.part-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(write(result, path))
-        os.replace(tmp, path)
+        parts[kind] = f"{path}.part-{os.getpid()}"
+        with open(parts[kind], "w", encoding="utf-8", newline="") as f:
+            f.write(writers[kind](result, path))
+        _pause(f"{kind}.part")
+    for kind, path in paths.items():
+        os.replace(parts[kind], path)
         report.written.append(path)
-    if report.written:
-        report.steps["reports"] = "written: " + ", ".join(report.written)
-    else:
-        report.steps["reports"] = "skipped: reports up to date" if any(
-            getattr(config.reports, k) for k in ("html", "json", "csv")) else ""
+        _pause(kind)
+    _record(dataset, "reports", {path: {"key": run_key, "digest": fingerprint.file_digest(path)}
+                                 for path in paths.values()})
+    report.steps["reports"] = "written: " + ", ".join(report.written)
+
+
+def _is_current(path: str, record: dict | None, run_key: str) -> bool:
+    """``path`` holds what the run with ``run_key`` wrote there (and nothing else since)."""
+    return (record is not None and record.get("key") == run_key and os.path.isfile(path)
+            and fingerprint.file_digest(path) == record.get("digest"))
+
+
+def _remove_leftovers(path: str) -> None:
+    """Remove ``path.part-PID`` files whose process is gone (a run killed while writing)."""
+    folder, name = os.path.split(path)
+    try:
+        entries = os.listdir(folder or ".")
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry[len(name) + len(".part-"):] if entry.startswith(name + ".part-") else ""
+        if pid.isdigit() and not _alive(int(pid)):
+            try:
+                os.remove(os.path.join(folder, entry))
+            except OSError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a leftover of an earlier process that had this pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid > 0
+    return True
+
+
+def _pause(step: str) -> None:
+    if os.environ.get(PAUSE_ENV) == step:
+        import time
+
+        time.sleep(600)
 
 
 def open_app(dataset_name: str) -> None:

@@ -67,12 +67,23 @@ def _write_all(folder: str, images: dict[str, np.ndarray]) -> None:
 DEMO_OUTLIERS = 10
 
 
-def demo_config(directory: str, dataset: str = "faces"):
-    """The demo as a study config: the demo faces written to ``directory``, labelled with the
+def default_demo_dir() -> str:
+    """Where the demo writes its images and report unless told: one fixed place per user
+    (``$FACEAUDIT_CACHE_DIR/demo``, else ``~/.cache/faceaudit/demo``), so that ``faceaudit run``
+    works from any working folder (a dataset's source keeps the folder it was loaded from)."""
+    from .model.download import cache_dir
+
+    return os.path.join(cache_dir(), "demo")
+
+
+def demo_config(directory: str | None = None, dataset: str = "faces"):
+    """The demo as a study config: the demo faces written to ``directory`` (default:
+    :func:`default_demo_dir`), labelled with the
     offline age/gender models, the 10 synthetic faces real data explains least tagged, an HTML
     report at ``directory/report.html``."""
     from .config import ModelConfig, OutliersConfig, ReportsConfig, SourceConfig, StudyConfig
 
+    directory = default_demo_dir() if directory is None else directory
     folders = write_demo_faces(directory)
     sources = tuple(SourceConfig(folder, source, domain, "auto")
                     for folder, (source, domain) in zip(folders, DEMO_SOURCES))
