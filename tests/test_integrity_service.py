@@ -112,7 +112,7 @@ def one_round(k: int, folders: dict[str, Path], env: dict[str, str], rng: random
     start("reload alpha", load_cmd(folders["alpha"], "alpha", dataset))  # adds nothing, ends fast
     wrong = []
     for label, p in procs:
-        out, err = p.communicate(timeout=300)
+        out, err = p.communicate(timeout=900)  # a shared 2-core machine under load is slow
         if p.returncode != 0:
             tail = " | ".join(err.strip().splitlines()[-3:])
             wrong.append(f"round {k}: {label} exited {p.returncode}: {tail}")
