@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-START_TIMEOUT_S = 120  # a loaded machine starts mongod slowly; FiftyOne waits 60 s
+START_TIMEOUT_S = 180  # a loaded machine starts mongod slowly (FiftyOne imports itself first); FiftyOne waits 60 s
 MANAGED = "FACEAUDIT_DATABASE_DIR"  # set for the command and its children: the folder served
 
 

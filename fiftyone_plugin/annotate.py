@@ -176,6 +176,10 @@ def iter_annotate(
                                        o.threshold)
     labels.ensure_label_schema(dataset)
 
+    if shard is not None:
+        from .fanout import claim_shard_count  # (fanout imports this module)
+
+        claim_shard_count(dataset, view, shard[1])
     todo = todo_view(view, shard)
     to_label = count_samples(todo)
     already = count_samples(view.exists(labels.CODE_FIELD))

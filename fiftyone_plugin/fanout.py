@@ -260,6 +260,43 @@ def _queue(ctx: dict):
         return thread.submit(foo.execute_operator, ANNOTATE_URI, ctx=ctx, request_delegation=True).result()
 
 
+#: the collection (in FiftyOne's database) of the shard count each selection's labelling began with
+SHARD_COUNTS = "faceaudit_shard_counts"
+
+
+def claim_shard_count(dataset, view, count: int) -> None:
+    """Record that the labelling of ``view`` is split in ``count`` shards, or refuse ``count``
+    when another count's workers began it and it is unfinished: workers started with 0/2 and 1/3
+    would label some samples twice and leave others unlabelled. The first worker's count wins
+    (one insert with a unique ``_id``); a finished labelling may be split anew."""
+    import hashlib
+
+    import fiftyone.core.odm as foo_db
+    from pymongo.errors import DuplicateKeyError
+
+    selection = json.dumps(_stages(view._serialize()), sort_keys=True, default=str)
+    key = f"{dataset.name}:{hashlib.sha1(selection.encode()).hexdigest()}"
+    counts = foo_db.get_db_conn()[SHARD_COUNTS]
+    for _ in range(3):
+        try:
+            counts.insert_one({"_id": key, "count": count, "claimed_at": schema.utc_now()})
+            return
+        except DuplicateKeyError:
+            pass
+        doc = counts.find_one({"_id": key})
+        if doc is None:  # removed meanwhile: claim again
+            continue
+        if doc["count"] == count:
+            return
+        if todo_view(view).limit(1).count():
+            raise ValueError(
+                f"dataset '{dataset.name}': this selection's labelling was split in {doc['count']} shards by "
+                f"the workers already started, not {count} (RANK/WORLD_SIZE or --shard differ between workers); "
+                f"finish it with --shard I/{doc['count']} for I in 0..{doc['count'] - 1}, or without --shard")
+        counts.update_one({"_id": key, "count": doc["count"]}, {"$set": {"count": count, "claimed_at": schema.utc_now()}})
+        return
+
+
 #: the collection (in FiftyOne's database) that holds one lock document per dataset being fanned out
 LOCKS = "faceaudit_locks"
 #: a lock not renewed for this long belongs to a fan-out that died (killed between two shards)

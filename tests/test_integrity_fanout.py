@@ -67,3 +67,24 @@ def test_status_shows_a_silent_worker_and_a_failed_shards_reason(faces, tmp_path
     assert "STALE" in text and "last sign of life 1" in text, text
     assert by["1/2"].state == "failed" and by["1/2"].error == "OSError: disk full on /scratch", text
     assert "disk full on /scratch" in text
+
+
+def test_workers_with_other_shard_counts_are_refused(faces, tmp_path, tiny_mac, dataset_name):  # noqa: F811
+    # was: workers started with 0/2 and 1/3 (inconsistent WORLD_SIZE) both exited 0, labelling
+    # some samples twice and leaving others unlabelled
+    import fiftyone as fo
+
+    from faceaudit.progress import drive
+    from fiftyone_plugin.annotate import iter_annotate
+    from fiftyone_plugin.labels import CODE_FIELD
+
+    _two_sources(faces, tmp_path, dataset_name)
+    options = {"checkpoint": tiny_mac, "device": "cpu", "batch_size": 4}
+    first = drive(iter_annotate(dataset_name, shard=(0, 2), **options), lambda e: None)
+    with pytest.raises(ValueError, match="split in 2 shards .* not 3"):
+        drive(iter_annotate(dataset_name, shard=(1, 3), **options), lambda e: None)
+    second = drive(iter_annotate(dataset_name, shard=(1, 2), **options), lambda e: None)
+    assert first.labelled + second.labelled == 12
+    assert len(fo.load_dataset(dataset_name).exists(CODE_FIELD)) == 12
+    # a finished labelling may be split anew
+    drive(iter_annotate(dataset_name, shard=(2, 3), **options), lambda e: None)
