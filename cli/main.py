@@ -41,9 +41,9 @@ class _PrintableOut:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    fiftyone_env()  # before any command imports FiftyOne
     stdout, sys.stdout = sys.stdout, _PrintableOut(sys.stdout)
     try:
+        fiftyone_env()  # before any command imports FiftyOne
         return args.func(args)
     except (ValueError, OSError, RuntimeError) as e:  # our errors name the path/value
         if database_fault(e) is None:

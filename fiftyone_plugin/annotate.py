@@ -223,6 +223,10 @@ def iter_annotate(
     labels.ensure_label_schema(dataset)
     key = settings_key(o)
 
+    if shard is not None:
+        from .fanout import claim_shard_count  # (fanout imports this module)
+
+        claim_shard_count(dataset, view, shard[1])
     todo = todo_view(view, shard, key if relabel else None)
     to_label = count_samples(todo)
     stale = count_samples(view.mongo([{"$match": other_settings(key)}]))

@@ -46,6 +46,8 @@ class ShardState:
     state: str | None = None  # its latest operation's run state, if any
     progress: str | None = None  # that operation's last progress label
     operation: str | None = None  # its id
+    silent_s: float | None = None  # a running operation's seconds since its last sign of life
+    error: str | None = None  # a failed operation's reason (its last line)
 
 
 @dataclass
@@ -60,7 +62,7 @@ class FanOutReport:
         lines = [f"dataset '{self.dataset}': {left} samples left to label in {len(self.shards)} shards"]
         for s in self.shards:
             lines.append(f"  shard {s.shard}: {s.left} left; {s.state or 'no operation'}"
-                         + (f" ({s.progress})" if s.progress else ""))
+                         + (f" ({s.progress})" if s.progress else "") + _health(s))
         if self.failed_stale:
             lines.append(f"marked failed (no sign of life): {', '.join(self.failed_stale)}")
         if self.queued is not None:
@@ -69,6 +71,24 @@ class FanOutReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _health(s: ShardState) -> str:
+    """How a shard's operation is doing, for the status line: a running one's silence (stale
+    past :data:`STALE_AFTER`), a failed one's reason."""
+    if s.state == "running" and s.silent_s is not None:
+        stale = "; STALE: its worker is presumed dead, the next fan-out queues it again" \
+            if s.silent_s >= STALE_AFTER else ""
+        return f", last sign of life {s.silent_s:.0f} s ago{stale}"
+    if s.state == "failed" and s.error:
+        return f": {s.error}"
+    return ""
+
+
+def _error(op) -> str | None:
+    error = getattr(getattr(op, "result", None), "error", None)
+    lines = [line.strip() for line in str(error or "").strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else None
 
 
 def shard_remaining(view, count: int) -> list[int]:
@@ -145,7 +165,9 @@ def shard_status(dataset_name: str, count: int | None = None, view=None, source:
         report.shards.append(ShardState(
             name, n_left, latest.run_state if latest else None,
             getattr(latest.status, "label", None) if latest is not None and latest.status else None,
-            str(latest.id) if latest else None))
+            str(latest.id) if latest else None,
+            (schema.utc_now() - _last_sign_of_life(latest)).total_seconds() if latest is not None else None,
+            _error(latest) if latest is not None and latest.run_state == "failed" else None))
     return report
 
 
@@ -169,6 +191,7 @@ def fan_out(dataset_name: str, count: int, params: dict, view=None, source: str 
         if other:  # their shards overlap these: every sample would be labelled twice
             raise ValueError(f"dataset '{dataset.name}': shards {', '.join(other)} of this selection are still "
                              f"queued or running; wait for them, or rerun with --shards {other[0].split('/')[1]}")
+        _refuse_other_live_work(dataset, view, params, live)
         for i, left in enumerate(shard_remaining(view, count)):
             name = f"{i}/{count}"
             if left and name not in live:
@@ -181,6 +204,36 @@ def fan_out(dataset_name: str, count: int, params: dict, view=None, source: str 
     status = shard_status(dataset.name, count, view)
     report.shards = status.shards
     return report
+
+
+def _settings(params: dict) -> dict:
+    return {k: v for k, v in (params or {}).items() if k not in ("shard", "delegate") and v is not None}
+
+
+def _refuse_other_live_work(dataset, view, params: dict, live: set[str]) -> None:
+    """Refuse a fan-out while live shards label this selection with other settings (a shard
+    queued already keeps its model and threshold: "queued now: nothing" would hide that), or
+    while live shards of another selection overlap this one (their samples labelled twice)."""
+    import fiftyone.core.stages as fost
+
+    mine = _stages(view._serialize())
+    for shard, ops in shard_operations(dataset.name).items():
+        for op in (o for o in ops if o.run_state in ACTIVE_STATES):
+            theirs = _stages(_request(op).get("view"))
+            if theirs == mine:
+                if shard in live and _settings(_params(op)) != _settings(params):
+                    raise ValueError(
+                        f"dataset '{dataset.name}': shard {shard} is {op.run_state} with other settings "
+                        f"({_settings(_params(op))}, not {_settings(params)}); wait for it, or fail it "
+                        f"(fiftyone delegated fail {op.id}) before fanning out with new settings")
+                continue
+            both = view
+            for stage in theirs:
+                both = both.add_stage(fost.ViewStage._from_dict(stage))
+            if both.count():
+                raise ValueError(
+                    f"dataset '{dataset.name}': shard {shard} of another selection is {op.run_state} and "
+                    f"shares {both.count()} samples with this one; wait for it, or fan out the same selection")
 
 
 def _checked_checkpoint(params: dict) -> dict:
@@ -205,6 +258,43 @@ def _queue(ctx: dict):
 
     with ThreadPoolExecutor(1) as thread:
         return thread.submit(foo.execute_operator, ANNOTATE_URI, ctx=ctx, request_delegation=True).result()
+
+
+#: the collection (in FiftyOne's database) of the shard count each selection's labelling began with
+SHARD_COUNTS = "faceaudit_shard_counts"
+
+
+def claim_shard_count(dataset, view, count: int) -> None:
+    """Record that the labelling of ``view`` is split in ``count`` shards, or refuse ``count``
+    when another count's workers began it and it is unfinished: workers started with 0/2 and 1/3
+    would label some samples twice and leave others unlabelled. The first worker's count wins
+    (one insert with a unique ``_id``); a finished labelling may be split anew."""
+    import hashlib
+
+    import fiftyone.core.odm as foo_db
+    from pymongo.errors import DuplicateKeyError
+
+    selection = json.dumps(_stages(view._serialize()), sort_keys=True, default=str)
+    key = f"{dataset.name}:{hashlib.sha1(selection.encode()).hexdigest()}"
+    counts = foo_db.get_db_conn()[SHARD_COUNTS]
+    for _ in range(3):
+        try:
+            counts.insert_one({"_id": key, "count": count, "claimed_at": schema.utc_now()})
+            return
+        except DuplicateKeyError:
+            pass
+        doc = counts.find_one({"_id": key})
+        if doc is None:  # removed meanwhile: claim again
+            continue
+        if doc["count"] == count:
+            return
+        if todo_view(view).limit(1).count():
+            raise ValueError(
+                f"dataset '{dataset.name}': this selection's labelling was split in {doc['count']} shards by "
+                f"the workers already started, not {count} (RANK/WORLD_SIZE or --shard differ between workers); "
+                f"finish it with --shard I/{doc['count']} for I in 0..{doc['count'] - 1}, or without --shard")
+        counts.update_one({"_id": key, "count": doc["count"]}, {"$set": {"count": count, "claimed_at": schema.utc_now()}})
+        return
 
 
 #: the collection (in FiftyOne's database) that holds one lock document per dataset being fanned out
