@@ -8,10 +8,10 @@ float per sample (the per-sample similarities): never all vectors, never all pai
 
 * **genuine** (mated) scores: every pair inside each identity, exact;
 * **impostor** (non-mated) scores: every pair of images of different identities while there are at
-  most ``max_pairs`` of them; else a seeded uniform sample: ``m`` images drawn uniformly (without
-  replacement, seeded) so that their between-identity pairs number at least ``max_pairs``, and
-  ``max_pairs`` of those pairs drawn uniformly (every impostor pair is equally likely to be
-  chosen). The JSON's ``impostor.sampling`` says which;
+  most ``max_pairs`` of them; else a seeded uniform sample of ``max_pairs`` distinct impostor pairs
+  (a simple random sample while the source has at most :data:`SUBSET_CAP` images with an identity;
+  above, of the pairs among that many images drawn uniformly, the memory bound). The JSON's
+  ``impostor.sampling`` says which;
 * scores are counted on a grid of step :data:`GRID_STEP` over [-1, 1] (exact means and population
   stds are kept beside it): EER and FNMR at an FMR are read at the grid's edges, so they are
   within one step of the exact thresholds;
@@ -61,6 +61,10 @@ MIN_MAX_PAIRS = 100
 TOP = 50  # pairs and samples listed per source
 CENTRE_BLOCK = 1024  # centre rows per block of the centre-vs-centre pass
 SUBSET_BLOCK = 2048
+#: the most images held for sampled impostor pairs (float32: 200 MB at 512-d, 51 MB at 128-d);
+#: up to this many images with an identity, a source's sampled pairs are a simple random sample
+#: of all its impostor pairs; above, of the pairs among this many images drawn uniformly
+SUBSET_CAP = 100_000
 KL_PSEUDO = 0.5  # per coarse bin, so that an empty real bin does not make KL infinite
 
 
@@ -268,15 +272,13 @@ class SourcePlan:
 
 
 def impostor_plan(plan: SourcePlan, limit: int) -> tuple[int, bool]:
-    """(images in the impostor subset, every pair?)."""
+    """(images held for the impostor scores, every pair?): every pair while there are at most
+    ``limit`` of them (and at most :data:`SUBSET_CAP` images); else pairs are drawn among up to
+    :data:`SUBSET_CAP` images drawn uniformly (all of them when the source has fewer)."""
     n = plan.with_identity
-    total = plan.impostor_pairs()
-    if total <= limit and n <= 4 * int(np.sqrt(2 * limit)) + 2:
+    if plan.impostor_pairs() <= limit and n <= SUBSET_CAP:
         return n, True
-    p = np.array(list(plan.identity_counts.values()), float) / max(n, 1)
-    spread = max(1.0 - float((p ** 2).sum()), 1e-12)
-    m = int(np.ceil(np.sqrt(2 * limit / spread))) + 2
-    return min(n, m), m >= n and total <= limit
+    return min(n, SUBSET_CAP), False
 
 
 class _Source:
@@ -291,7 +293,7 @@ class _Source:
         self.lowest: list = []  # heap of (-identity_similarity, n, key, identity): the TOP lowest
         self.subset_size, self.every_pair = impostor_plan(plan, options.max_pairs)
         rng = np.random.default_rng([options.seed, zlib.crc32(name.encode("utf-8"))])
-        self.rng = rng
+        self.rng, self.seed = rng, options.seed
         self.pick = np.sort(rng.choice(plan.with_identity, self.subset_size, replace=False)) \
             if not self.every_pair else np.arange(plan.with_identity)
         self.position = 0
@@ -363,24 +365,50 @@ class _Source:
             return
         v = np.concatenate(self.subset_vectors)
         lab = np.concatenate(self.subset_labels)
-        parts = []
+        if self.every_pair:
+            scores = self._every_pair(v, lab)
+            self.sampling = "every pair of images of different identities"
+        else:
+            scores, total = self._sampled_pairs(v, lab, limit), self.plan.impostor_pairs()
+            held = "" if len(v) == self.plan.with_identity else \
+                f", among {len(v)} of its {self.plan.with_identity} images drawn uniformly (at most {SUBSET_CAP} held)"
+            self.sampling = (f"seeded uniform sample (seed {self.seed}) of {len(scores)} of the source's "
+                             f"{total} impostor pairs, without replacement{held}")
+        self.impostor.add(scores)
+        self.subset_vectors, self.subset_labels = [], []
+
+    @staticmethod
+    def _every_pair(v: np.ndarray, lab: np.ndarray) -> np.ndarray:
+        parts = [np.zeros(0, np.float32)]
         for start in range(0, len(v), SUBSET_BLOCK):
             block = v[start:start + SUBSET_BLOCK] @ v[start:].T
             i, j = np.triu_indices(block.shape[0], 1, block.shape[1])
             keep = lab[start + i] != lab[start + j]
             parts.append(block[i[keep], j[keep]])
-        scores = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-        if self.every_pair:
-            self.sampling = "every pair of images of different identities"
-        else:
-            drawn = len(scores)
-            if drawn > limit:
-                scores = scores[self.rng.choice(drawn, limit, replace=False)]
-            self.sampling = (f"seeded uniform sample: {len(v)} images drawn uniformly, {len(scores)} of their "
-                             f"{drawn} between-identity pairs drawn uniformly (of {self.plan.impostor_pairs()} "
-                             "impostor pairs in all)")
-        self.impostor.add(scores)
-        self.subset_vectors, self.subset_labels = [], []
+        return np.concatenate(parts)
+
+    def _sampled_pairs(self, v: np.ndarray, lab: np.ndarray, limit: int) -> np.ndarray:
+        """``limit`` distinct pairs of different identities among ``v``'s rows, drawn uniformly
+        (seeded; rejection of same-identity pairs, duplicates dropped and redrawn)."""
+        m = len(v)
+        sizes = np.bincount(lab)
+        available = int((m * m - int((sizes.astype(np.int64) ** 2).sum())) // 2)
+        need = min(limit, available)
+        codes = np.zeros(0, np.int64)
+        while len(codes) < need:
+            k = int((need - len(codes)) * 1.1) + 64
+            i, j = self.rng.integers(0, m, k), self.rng.integers(0, m, k)
+            ok = lab[i] != lab[j]
+            a, b = np.minimum(i, j)[ok], np.maximum(i, j)[ok]
+            codes = np.unique(np.concatenate([codes, a.astype(np.int64) * m + b]))
+        if len(codes) > need:
+            codes = codes[np.sort(self.rng.choice(len(codes), need, replace=False))]
+        a, b = codes // m, codes % m
+        scores = np.empty(len(codes), np.float32)
+        for start in range(0, len(codes), 1 << 18):
+            sl = slice(start, start + (1 << 18))
+            scores[sl] = np.einsum("ij,ij->i", v[a[sl]], v[b[sl]])
+        return scores
 
 
 def centre_structure(centres: np.ndarray, threshold: float) -> dict:
@@ -605,12 +633,19 @@ class IdentityAudit:
                         for i in order]}
 
 
+def ordered_audit(plans: dict[str, SourcePlan], options: AuditOptions,
+                  model: str | None = None) -> tuple[IdentityAudit, list[str]]:
+    """An audit of ``plans`` (validated: raises before anything is read) and the order to feed
+    the sources in: real ones first, each kind by name."""
+    order = sorted(plans, key=lambda n: (plans[n].domain != "real", n))
+    return IdentityAudit({n: plans[n] for n in order}, options, model), order
+
+
 def run_audit(plans: dict[str, SourcePlan], read, options: AuditOptions, model: str | None = None,
               write=None) -> AuditOutcome:
     """The whole audit: ``read(source)`` yields that source's chunks (sorted by identity);
     ``write(source, chunk, identity_similarity, nearest_real_or_None)`` stores per-sample values."""
-    order = sorted(plans, key=lambda n: (plans[n].domain != "real", n))
-    audit = IdentityAudit({n: plans[n] for n in order}, options, model)
+    audit, order = ordered_audit(plans, options, model)
     for name in order:
         for chunk, sim, nearest in audit.feed(name, read(name)):
             if write is not None:
