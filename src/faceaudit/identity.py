@@ -315,32 +315,34 @@ class _Source:
         xi = x[rows]
         labels = [ids[r] for r in rows]
         starts = [0] + [k for k in range(1, len(labels)) if labels[k] != labels[k - 1]]
-        sums = np.add.reduceat(xi.astype(np.float64), starts, axis=0)
+        sums = np.add.reduceat(xi, starts, axis=0, dtype=np.float64)
         sizes = np.diff(starts + [len(labels)])
         group = np.repeat(np.arange(len(starts)), sizes)
-        total = sums[group]
-        other = total - xi
-        norm_other = np.linalg.norm(other, axis=1)
-        single = sizes[group] < 2
+        # from each identity's Gram matrix G: x.S = row sum, |S|^2 = total, |S - x|^2 = |S|^2 - 2 x.S + |x|^2
+        dot_sum = np.empty(len(labels))
+        norm_sum = np.empty(len(labels))
+        self_dot = np.empty(len(labels))
+        genuine = []
+        with _one_blas_thread():  # tiny matrix products: thread start-up costs more than the product
+            self._grams(xi, starts, sizes, labels, dot_sum, norm_sum, self_dot, genuine)
+        if genuine:
+            self.genuine.add(np.concatenate(genuine))
+        other = np.sqrt(np.maximum(norm_sum - 2 * dot_sum + self_dot, 0.0))
         with np.errstate(invalid="ignore", divide="ignore"):
-            sim = np.einsum("ij,ij->i", xi, other) / norm_other
-            own = np.einsum("ij,ij->i", xi, total) / np.linalg.norm(total, axis=1)
-        sim[single | (norm_other == 0)] = np.nan
+            sim = (dot_sum - self_dot) / other
+            own = dot_sum / np.sqrt(norm_sum)
+        sim[(sizes[group] < 2) | (other <= 1e-6)] = np.nan
         out[rows] = sim
         self.own.append(own.astype(np.float32))
-        for k, start in enumerate(starts):
-            if sizes[k] > 1:
-                g = xi[start:start + sizes[k]]
-                self.genuine.add((g @ g.T)[np.triu_indices(sizes[k], 1)])
-            self.identities.append(labels[start])
         self.sums.append(sums)
-        for r, v in zip(rows, sim):
-            if np.isfinite(v):
-                item = (-float(v), self.samples + int(r), chunk.keys[r], ids[r])
-                if len(self.lowest) < TOP:
-                    heapq.heappush(self.lowest, item)
-                elif item > self.lowest[0]:
-                    heapq.heapreplace(self.lowest, item)
+        finite = np.flatnonzero(np.isfinite(sim))
+        worst = finite[np.argsort(sim[finite], kind="stable")[:TOP]]
+        for r in worst:
+            item = (-float(sim[r]), self.samples + int(rows[r]), chunk.keys[rows[r]], ids[rows[r]])
+            if len(self.lowest) < TOP:
+                heapq.heappush(self.lowest, item)
+            elif item > self.lowest[0]:
+                heapq.heapreplace(self.lowest, item)
         # the impostor subset: positions among this source's images with an identity
         lo, hi = self.position, self.position + rows.size
         a, b = np.searchsorted(self.pick, [lo, hi])
@@ -350,6 +352,20 @@ class _Source:
             self.subset_labels.append(group[local] + len(self.identities) - len(starts))
         self.position = hi
         return out
+
+
+    def _grams(self, xi, starts, sizes, labels, dot_sum, norm_sum, self_dot, genuine) -> None:
+        """Per identity of the chunk: its Gram matrix's row sums, total and diagonal, and its pairs."""
+        for k, start in enumerate(starts):
+            stop = start + sizes[k]
+            g = xi[start:stop]
+            gram = g @ g.T
+            dot_sum[start:stop] = gram.sum(1, dtype=np.float64)
+            norm_sum[start:stop] = gram.sum(dtype=np.float64)
+            self_dot[start:stop] = np.diagonal(gram)
+            if sizes[k] > 1:
+                genuine.append(gram[np.triu_indices(sizes[k], 1)])
+            self.identities.append(labels[start])
 
     def close(self, limit: int) -> None:
         """Centres and impostor scores, once every chunk is in."""
@@ -400,15 +416,27 @@ class _Source:
             i, j = self.rng.integers(0, m, k), self.rng.integers(0, m, k)
             ok = lab[i] != lab[j]
             a, b = np.minimum(i, j)[ok], np.maximum(i, j)[ok]
-            codes = np.unique(np.concatenate([codes, a.astype(np.int64) * m + b]))
+            codes = np.sort(np.concatenate([codes, a.astype(np.int64) * m + b]))
+            codes = codes[np.r_[True, codes[1:] != codes[:-1]]]  # distinct pairs
         if len(codes) > need:
             codes = codes[np.sort(self.rng.choice(len(codes), need, replace=False))]
         a, b = codes // m, codes % m
         scores = np.empty(len(codes), np.float32)
-        for start in range(0, len(codes), 1 << 18):
-            sl = slice(start, start + (1 << 18))
+        for start in range(0, len(codes), SUBSET_BLOCK * 8):
+            sl = slice(start, start + SUBSET_BLOCK * 8)
             scores[sl] = np.einsum("ij,ij->i", v[a[sl]], v[b[sl]])
         return scores
+
+
+def _one_blas_thread():
+    """A context in which BLAS runs on one thread (threadpoolctl, installed with scikit-learn)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(1, "blas")
 
 
 def centre_structure(centres: np.ndarray, threshold: float) -> dict:
