@@ -51,6 +51,7 @@ def report_context(view, html_path: str, outliers: int = OUTLIER_THUMBNAILS, tag
         "sources": schema.checked_sources(dataset),
         "realness": realness_summary(view) if scored else None,
         "outliers": outlier_gallery(view, html_path, outliers, tag) if scored else None,
+        "identity": schema.get_info(dataset, "identity"),
     }
 
 

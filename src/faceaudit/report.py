@@ -474,6 +474,15 @@ def identity_section(result: dict) -> str:
             f'<table id="identity">{_rows(rows, header)}</table>')
 
 
+def identity_audit_section(context: dict) -> str:
+    """The identity audit's section (``faceaudit identity``), when one was stored."""
+    if not context.get("identity"):
+        return ""
+    from .identity_report import section
+
+    return f'<h2 id="identity-audit">Identity audit</h2>{section(context["identity"])}'
+
+
 def to_html(result: dict, context: dict | None = None) -> str:
     """A self-contained report (plotly.js inlined: it opens offline) of a comparison ``result``
     and its ``context`` (``fiftyone_plugin.reporting.report_context``; without it, the parts
@@ -515,6 +524,7 @@ has mass (alpha = 0; hover for the reason).</p>
 <h2>Realness per source</h2>{realness_section(context)}
 <h2>Outliers</h2>{outliers_section(context)}
 <h2>Identity consistency per source</h2>{identity_section(result)}
+{identity_audit_section(context)}
 <script type="application/json" id="faceaudit-result">{script_json(result)}</script>
 <script type="application/json" id="faceaudit-context">{script_json(context)}</script>
 </body></html>

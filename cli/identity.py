@@ -1,0 +1,66 @@
+"""``faceaudit identity``: mated / non-mated scores, uniqueness, collisions and leakage on ``face_embedding``."""
+
+from __future__ import annotations
+
+import argparse
+
+from faceaudit import params
+from faceaudit.textsafe import printable
+
+from .common import DEFAULT_DATASET, open_dataset
+
+
+def cmd_identity(args: argparse.Namespace) -> int:
+    from fiftyone_plugin import identity
+
+    if args.clear:
+        n = identity.clear_tags(open_dataset(args.dataset))
+        print(f"identity tags removed from {n} samples")
+        return 0
+    opts = identity.options(args.threshold, args.fmr, args.max_pairs, args.seed)
+    outputs = params.output_files({"json": args.json, "html": args.html, "csv": args.csv})
+    result = identity.identity_audit(open_dataset(args.dataset), opts, tag=args.tag,
+                                     similarity_index=not args.no_similarity_index)
+    print(f"threshold {result['threshold']:.4g} ({result['threshold_rule']})")
+    for source, s in result["sources"].items():
+        if not s["applicable"]:
+            print(f"  {printable(source)}: not applicable ({s['reason']})")
+            continue
+        print(f"  {printable(source)}: {s['identities']} identities, EER {_n(s['eer'])}, d' {_n(s['d_prime'])}, "
+              f"uniqueness {_n(s['uniqueness'])}, consistency {_n(s['consistency'])}, "
+              f"{s['collision_pairs']} colliding pairs")
+    for source, leak in result["leakage"].items():
+        if leak.get("applicable"):
+            print(f"  leakage {printable(source)}: {_n(leak['share_above_threshold'])} of identities, "
+                  f"{_n(leak['sample_share_above_threshold'])} of images at or above the threshold")
+    if args.tag:
+        print("tagged: " + ", ".join(f"{k} {v}" for k, v in result["tagged"].items()))
+    for path in identity.write_reports(result, outputs["json"], outputs["html"], outputs["csv"]):
+        print(f"wrote {path}")
+    return 0
+
+
+def _n(value) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def register(sub) -> None:
+    """Add this module's sub-command to ``sub``."""
+    p = sub.add_parser("identity", help="identity audit on face_embedding: genuine/impostor scores, EER, "
+                                        "uniqueness, collisions, leakage of real identities")
+    p.add_argument("--dataset", default=DEFAULT_DATASET)
+    rule = p.add_mutually_exclusive_group()
+    rule.add_argument("--threshold", metavar="T", help="cosine threshold in [-1, 1]")
+    rule.add_argument("--fmr", metavar="F", help="threshold at this FMR of the real impostor scores, in (0, 1)")
+    p.add_argument("--max-pairs", metavar="N", help="impostor pairs per source (all while at most N; else a "
+                                                    "seeded uniform sample of N); default 1,000,000")
+    p.add_argument("--seed", metavar="S", default=0)
+    p.add_argument("--json", metavar="OUT")
+    p.add_argument("--html", metavar="OUT")
+    p.add_argument("--csv", metavar="OUT")
+    p.add_argument("--tag", action="store_true", help="tag identity_leak / identity_collision / identity_outlier "
+                                                      "and save their views")
+    p.add_argument("--clear", action="store_true", help="remove the identity tags and views")
+    p.add_argument("--no-similarity-index", action="store_true",
+                   help="do not register face_embedding as the Brain similarity index face_similarity")
+    p.set_defaults(func=cmd_identity)

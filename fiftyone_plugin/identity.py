@@ -1,0 +1,238 @@
+"""The identity audit on the dataset: stream ``face_embedding`` vectors source by source, write
+``identity_similarity`` / ``nearest_real_similarity`` per sample in bulk, store the result in
+``dataset.info["faceaudit"]["identity"]``, tag and save views (docs/identity.md).
+
+Reads go straight to MongoDB with pymongo: one query per source on the ``(source, identity)``
+index, sorted by identity, a projection of three fields, vectors decoded from FiftyOne's
+``VectorField`` encoding (zlib-compressed ``.npy`` bytes) without building Sample objects.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+
+import numpy as np
+
+from faceaudit import identity as core
+from faceaudit import params
+
+from . import bulk, schema
+
+EMBEDDING_FIELD = "face_embedding"
+SIMILARITY_FIELD = "identity_similarity"
+NEAREST_REAL_FIELD = "nearest_real_similarity"
+LEAK_TAG, COLLISION_TAG, OUTLIER_TAG = "identity_leak", "identity_collision", "identity_outlier"
+TAGS = (LEAK_TAG, COLLISION_TAG, OUTLIER_TAG)
+KEEP_TAG = "reviewed_keep"  # a person looked and kept the sample: never tagged as an outlier
+VIEWS = {LEAK_TAG: "identity_leaks", COLLISION_TAG: "identity_collisions", OUTLIER_TAG: "identity_outliers"}
+BRAIN_KEY = "face_similarity"
+READ_BATCH = 4096
+
+
+def options(threshold=None, fmr=None, max_pairs=None, seed=None) -> core.AuditOptions:
+    """Validated arguments (the same for every door)."""
+    return core.audit_options(threshold, fmr, max_pairs, seed)
+
+
+def require_embeddings(dataset) -> int:
+    """The number of samples with a ``face_embedding``; one clear line when there is none."""
+    if EMBEDDING_FIELD not in dataset.get_field_schema():
+        raise core.IdentityError(f"dataset {dataset.name!r} has no {EMBEDDING_FIELD} field: run faceaudit embed first")
+    n = dataset._sample_collection.count_documents({EMBEDDING_FIELD: {"$ne": None}})
+    if n == 0:
+        raise core.IdentityError(f"dataset {dataset.name!r} has no {EMBEDDING_FIELD} vectors yet: run faceaudit embed first")
+    return n
+
+
+def plans(dataset) -> dict[str, core.SourcePlan]:
+    """Per source: its domain, the images with an embedding per identity (one aggregation)."""
+    rows = dataset._sample_collection.aggregate([
+        {"$match": {EMBEDDING_FIELD: {"$ne": None}, schema.SOURCE: {"$type": "string"}}},
+        {"$group": {"_id": {"s": "$" + schema.SOURCE, "i": "$" + schema.IDENTITY},
+                    "n": {"$sum": 1}, "domain": {"$first": "$" + schema.DOMAIN}}},
+    ], allowDiskUse=True)
+    found: dict[str, core.SourcePlan] = {}
+    for r in rows:
+        s, ident = r["_id"]["s"], r["_id"].get("i")
+        plan = found.setdefault(s, core.SourcePlan(r.get("domain") or "real", {}, 0))
+        plan.samples += r["n"]
+        if ident is not None and ident != "":
+            plan.identity_counts[ident] = r["n"]
+    for plan in found.values():
+        plan.identity_counts = dict(sorted(plan.identity_counts.items()))
+    return found
+
+
+def decode(value) -> np.ndarray:
+    """A stored ``VectorField`` value (FiftyOne's compressed ``.npy`` bytes, or a list)."""
+    if isinstance(value, (bytes, bytearray)):  # bson's Binary is bytes
+        return np.load(io.BytesIO(zlib.decompress(bytes(value))))
+    return np.asarray(value, dtype=np.float32)
+
+
+def read_source(dataset, source: str, batch: int = READ_BATCH):
+    """``source``'s vectors as :class:`faceaudit.identity.Chunk`, sorted by identity."""
+    cursor = dataset._sample_collection.find(
+        {schema.SOURCE: source, EMBEDDING_FIELD: {"$ne": None}},
+        {"_id": 1, schema.IDENTITY: 1, EMBEDDING_FIELD: 1},
+    ).sort([(schema.SOURCE, 1), (schema.IDENTITY, 1)]).batch_size(batch)
+    keys, ids, vecs = [], [], []
+    for doc in cursor:
+        keys.append(doc["_id"])
+        ident = doc.get(schema.IDENTITY)
+        ids.append(ident if ident not in ("",) else None)
+        vecs.append(decode(doc[EMBEDDING_FIELD]))
+        if len(keys) == batch:
+            yield core.Chunk(keys, ids, np.stack(vecs).astype(np.float32))
+            keys, ids, vecs = [], [], []
+    if keys:
+        yield core.Chunk(keys, ids, np.stack(vecs).astype(np.float32))
+
+
+def _num(v) -> float | None:
+    return float(v) if v is not None and np.isfinite(v) else None
+
+
+def _writer(dataset):
+    from pymongo import UpdateOne
+
+    coll = dataset._sample_collection
+
+    def write(source, chunk, sim, nearest):
+        ops = []
+        for k, key in enumerate(chunk.keys):
+            update = {SIMILARITY_FIELD: _num(sim[k])}
+            if nearest is not None:
+                update[NEAREST_REAL_FIELD] = _num(nearest[k])
+            ops.append(UpdateOne({"_id": key}, {"$set": update}))
+        bulk.bulk_write_in_parts(coll, ops)
+
+    return write
+
+
+def ensure_fields(dataset) -> None:
+    import fiftyone as fo
+
+    known = dataset.get_field_schema()
+    for name in (SIMILARITY_FIELD, NEAREST_REAL_FIELD):
+        if name not in known:
+            dataset.add_sample_field(name, fo.FloatField)
+    dataset.create_index(SIMILARITY_FIELD)
+    dataset.create_index(NEAREST_REAL_FIELD)
+
+
+def identity_audit(dataset, opts: core.AuditOptions, tag: bool = False, similarity_index: bool = True) -> dict:
+    """The whole audit, as ``faceaudit identity`` and the operator run it; returns the result
+    (also stored under ``dataset.info["faceaudit"]["identity"]``). Every check runs before the
+    first write: a refused run leaves the dataset as it was."""
+    require_embeddings(dataset)
+    info = schema.get_info(dataset, "embedding") or {}
+    model = info.get("model")
+    found = plans(dataset)
+    audit, order = core.ordered_audit(found, opts, model)  # refuses before any write
+    ensure_fields(dataset)
+    coll = dataset._sample_collection
+    coll.update_many({"$or": [{SIMILARITY_FIELD: {"$exists": True}}, {NEAREST_REAL_FIELD: {"$exists": True}}]},
+                     {"$unset": {SIMILARITY_FIELD: "", NEAREST_REAL_FIELD: ""}})
+    write = _writer(dataset)
+    for name in order:
+        for chunk, sim, nearest in audit.feed(name, read_source(dataset, name)):
+            write(name, chunk, sim, nearest)
+    outcome = audit.finish()
+    result = outcome.result
+    result["dataset"] = dataset.name
+    result["embedding"] = info
+    if tag:
+        result["tagged"] = tag_samples(dataset, outcome)
+    if similarity_index:
+        result["similarity_index"] = register_similarity_index(dataset)
+    schema.set_info(dataset, "identity", result, stamp="at")
+    return result
+
+
+def tag_samples(dataset, outcome: core.AuditOutcome) -> dict[str, int]:
+    """Tag leaks, collisions and outliers (replacing earlier tags) and save one view for each.
+
+    * ``identity_leak``: synthetic samples of identities whose centre is at or above the threshold
+      with a real identity's centre (in synthetic sources without identities: samples whose
+      ``nearest_real_similarity`` is at or above it);
+    * ``identity_collision``: samples of identities in a centre pair at or above the threshold;
+    * ``identity_outlier``: samples whose ``identity_similarity`` is below the threshold (the
+      image does not verify against the rest of its identity), except those tagged ``reviewed_keep``.
+    """
+    from fiftyone import ViewField as F
+
+    t = outcome.result["threshold"]
+    clear_tags(dataset, keep_views=True)
+    coll = dataset._sample_collection
+    stamp = {"$set": {"last_modified_at": schema.utc_now()}}
+    counts = dict.fromkeys(TAGS, 0)
+    for source, leak in outcome.result["leakage"].items():
+        if not leak.get("applicable"):
+            continue
+        query = ({schema.SOURCE: source, schema.IDENTITY: {"$in": outcome.leaking.get(source, [])}}
+                 if leak.get("identities") else {schema.SOURCE: source, NEAREST_REAL_FIELD: {"$gte": t}})
+        counts[LEAK_TAG] += coll.update_many(query, {"$addToSet": {"tags": LEAK_TAG}, **stamp}).modified_count
+    for source, identities in outcome.colliding.items():
+        if identities:
+            counts[COLLISION_TAG] += coll.update_many(
+                {schema.SOURCE: source, schema.IDENTITY: {"$in": identities}},
+                {"$addToSet": {"tags": COLLISION_TAG}, **stamp}).modified_count
+    counts[OUTLIER_TAG] = coll.update_many({SIMILARITY_FIELD: {"$lt": t}, "tags": {"$ne": KEEP_TAG}},
+                                           {"$addToSet": {"tags": OUTLIER_TAG}, **stamp}).modified_count
+    views = {LEAK_TAG: dataset.match_tags(LEAK_TAG).sort_by(NEAREST_REAL_FIELD, reverse=True),
+             COLLISION_TAG: dataset.match_tags(COLLISION_TAG).sort_by(F(schema.SOURCE)).sort_by(F(schema.IDENTITY)),
+             OUTLIER_TAG: dataset.match_tags(OUTLIER_TAG).sort_by(SIMILARITY_FIELD)}
+    for name, view in views.items():
+        dataset.save_view(VIEWS[name], view, overwrite=True)
+    return counts
+
+
+def clear_tags(dataset, keep_views: bool = False) -> int:
+    """Remove the three identity tags (and, unless ``keep_views``, their saved views)."""
+    n = dataset._sample_collection.update_many(
+        {"tags": {"$in": list(TAGS)}},
+        {"$pull": {"tags": {"$in": list(TAGS)}}, "$set": {"last_modified_at": schema.utc_now()}}).modified_count
+    if not keep_views:
+        for view in VIEWS.values():
+            if dataset.has_saved_view(view):
+                dataset.delete_saved_view(view)
+    return n
+
+
+def register_similarity_index(dataset, brain_key: str = BRAIN_KEY, backend: str = "sklearn") -> dict:
+    """Register ``face_embedding`` as a FiftyOne Brain similarity index, so that the App sorts by
+    similarity (click a synthetic face: the most similar faces, real ones among them). The
+    sklearn backend centres the vectors before its cosine distances: its numbers are never used
+    as thresholds here (the audit computes raw cosines itself)."""
+    import fiftyone.brain as fob
+
+    params.name("brain_key", brain_key)
+    if brain_key in dataset.list_brain_runs():
+        dataset.delete_brain_run(brain_key)
+    fob.compute_similarity(dataset, embeddings=EMBEDDING_FIELD, brain_key=brain_key, backend=backend,
+                           metric="cosine", progress=False)
+    return {"brain_key": brain_key, "backend": backend}
+
+
+def write_reports(result: dict, json_path=None, html_path=None, csv_path=None) -> list[str]:
+    """The audit's reports (paths checked beforehand with :func:`faceaudit.params.output_files`)."""
+    import json
+
+    from faceaudit import identity_report
+
+    written = []
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2, default=str)
+        written.append(json_path)
+    if html_path:
+        with open(html_path, "w", encoding="utf-8") as f:
+            f.write(identity_report.to_html(result))
+        written.append(html_path)
+    if csv_path:
+        with open(csv_path, "w", encoding="utf-8", newline="") as f:
+            f.write(identity_report.to_csv(result))
+        written.append(csv_path)
+    return written

@@ -1,0 +1,121 @@
+"""The identity audit's HTML section (also a page of its own) and CSV, from its JSON result
+(``faceaudit.identity``): genuine / impostor histograms per source (the papers' figure), the
+metrics table, leakage and collision tables. Pure: no FiftyOne."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+
+from .report import REPORT_CSS, _rows, num, script_json, source_color
+
+METRICS = [("identities", "identities"), ("samples", "samples"), ("genuine pairs", ("genuine", "count")),
+           ("genuine mean", ("genuine", "mean")), ("genuine std", ("genuine", "std")),
+           ("impostor pairs", ("impostor", "count")), ("impostor mean", ("impostor", "mean")),
+           ("impostor std", ("impostor", "std")), ("EER", "eer"),
+           ("FNMR @ FMR 1e-2", ("fnmr_at_fmr", "1e-2")), ("FNMR @ FMR 1e-3", ("fnmr_at_fmr", "1e-3")),
+           ("FNMR @ FMR 1e-4", ("fnmr_at_fmr", "1e-4")), ("d'", "d_prime"), ("FDR", "fdr"),
+           ("uniqueness", "uniqueness"), ("consistency", "consistency"), ("packing median", ("packing", "median")),
+           ("collision pairs", "collision_pairs"), ("W1 genuine vs real", ("vs_real", "genuine", "wasserstein")),
+           ("KL genuine vs real", ("vs_real", "genuine", "kl")),
+           ("W1 impostor vs real", ("vs_real", "impostor", "wasserstein")),
+           ("KL impostor vs real", ("vs_real", "impostor", "kl"))]
+
+
+def _get(row: dict, path):
+    for key in (path,) if isinstance(path, str) else path:
+        row = row.get(key) if isinstance(row, dict) else None
+    return row
+
+
+def histogram_figure(result: dict, kind: str) -> dict:
+    """Per source with identities, the share of its ``kind`` ('genuine' / 'impostor') scores per bin."""
+    edges = result["chart_edges"]
+    centres = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
+    data = []
+    for source, s in result["sources"].items():
+        if not s.get("applicable"):
+            continue
+        counts = s[kind]["histogram"]
+        n = sum(counts) or 1
+        data.append({"type": "bar", "name": f"{source} ({s[kind]['count']} pairs)", "x": centres,
+                     "y": [c / n for c in counts], "customdata": counts, "marker": {"color": source_color(source)},
+                     "hovertemplate": f"{html.escape(source)}<br>cosine ~ %{{x:.2f}}: %{{customdata}} pairs "
+                                      "(%{y:.1%})<extra></extra>"})
+    layout = {"barmode": "group", "bargap": 0.1, "title": {"text": f"{kind} ({'mated' if kind == 'genuine' else 'non-mated'}) scores per source"},
+              "xaxis": {"title": {"text": "cosine similarity"}, "range": [-1, 1]},
+              "yaxis": {"title": {"text": "share of the source's pairs"}, "tickformat": ".0%"},
+              "shapes": [{"type": "line", "x0": result["threshold"], "x1": result["threshold"], "y0": 0, "y1": 1,
+                          "yref": "paper", "line": {"dash": "dot", "color": "#555"}}]}
+    return {"data": data, "layout": layout}
+
+
+def metric_rows(result: dict) -> list[list[str]]:
+    sources = result["sources"]
+    rows = []
+    for label, path in METRICS:
+        rows.append([html.escape(label)] + [num(_get(s, path)) if s.get("applicable") else "n/a"
+                                            for s in sources.values()])
+    return rows
+
+
+def section(result: dict | None) -> str:
+    """The identity audit as an HTML fragment (figures need plotly.js on the page)."""
+    if not result:
+        return '<p class="note">Not computed (run faceaudit identity).</p>'
+    import plotly.io as pio
+
+    esc = html.escape
+    figs = "".join(f'<div class="figure">{pio.to_html(histogram_figure(result, k), include_plotlyjs=False, full_html=False, default_width="100%")}</div>'
+                   for k in ("genuine", "impostor"))
+    sources = result["sources"]
+    not_applicable = [f"{esc(n)}: {esc(s.get('reason', ''))}" for n, s in sources.items() if not s.get("applicable")]
+    leak_rows, collision_rows = [], []
+    for source, leak in result.get("leakage", {}).items():
+        for p in leak.get("top", [])[:20]:
+            leak_rows.append([esc(source), esc(str(p["identity"])), esc(p["real_source"]),
+                              esc(str(p["real_identity"])), num(p["similarity"])])
+    for source, s in sources.items():
+        for c in (s.get("collisions") or [])[:20]:
+            collision_rows.append([esc(source), esc(str(c["identity_a"])), esc(str(c["identity_b"])), num(c["similarity"])])
+    shares = "".join(f"<li>{esc(n)}: {num(v.get('share_above_threshold'))} of its identities, "
+                     f"{num(v.get('sample_share_above_threshold'))} of its images at or above the threshold</li>"
+                     for n, v in result.get("leakage", {}).items() if v.get("applicable"))
+    return (f'<p>Cosine similarity of L2-normalised {esc(str(result.get("model")))} embeddings. Threshold '
+            f'<b>{num(result["threshold"])}</b> ({esc(result["threshold_rule"])}). Genuine = every pair inside '
+            f'an identity; impostor = pairs of different identities (each source says whether all or a seeded '
+            f'uniform sample). FNMR at an FMR is n/a where there are fewer than 10 / FMR impostor pairs.</p>'
+            f'{figs}<table id="identity-metrics">{_rows(metric_rows(result), ["metric", *[esc(n) for n in sources]])}</table>'
+            + (f'<p class="note">Not applicable: {"; ".join(not_applicable)}</p>' if not_applicable else "")
+            + f'<h3>Leakage of real identities</h3><ul>{shares}</ul>'
+            f'<table id="identity-leakage">{_rows(leak_rows, ["synthetic source", "identity", "real source", "real identity", "similarity"])}</table>'
+            f'<h3>Collisions (identity pairs at or above the threshold)</h3>'
+            f'<table id="identity-collisions">{_rows(collision_rows, ["source", "identity a", "identity b", "similarity"])}</table>')
+
+
+def to_html(result: dict) -> str:
+    """The identity audit as a page of its own (plotly.js inlined: it opens offline)."""
+    import plotly.offline
+
+    name = html.escape(str(result.get("dataset", "")))
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>faceaudit identity audit: {name}</title>
+<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>
+<style>{REPORT_CSS}</style></head><body>
+<h1>Identity audit: {name}</h1>
+{section(result)}
+<script type="application/json" id="faceaudit-identity">{script_json(result)}</script>
+</body></html>
+"""
+
+
+def to_csv(result: dict) -> str:
+    """One row per source and metric."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["source", "metric", "value"])
+    for source, s in result["sources"].items():
+        for label, path in METRICS:
+            writer.writerow([source, label, _get(s, path) if s.get("applicable") else ""])
+    return out.getvalue()

@@ -1,0 +1,355 @@
+"""The identity audit on real faces (scikit-image's LFW crops) with real dlib embeddings.
+
+Identities are one face and its augmented copies (flip, darker, a tighter crop); planted: a
+synthetic identity made of a real identity's face (a leak), two synthetic identities of one face
+(a collision), and one image of another person inside a synthetic identity (a wrong face).
+Every statistic is checked against a reference computed here from the stored embeddings with
+every pair (numpy, sklearn's roc_curve)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import uuid
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fiftyone as fo
+from faceaudit import identity as core
+from fiftyone_plugin import identity as adapter
+from fiftyone_plugin import schema
+from fiftyone_plugin.ingest import load_face_dataset
+
+THRESHOLD = 0.95  # on these 112 px LFW crops different people reach ~0.94 (docs/identity.md)
+DISTINCT = 0.90  # faces used as different people are below this with each other
+
+
+class Dlib:
+    """dlib's ResNet: the whole image as the face box, 5-point alignment, 150 px chip, normalised."""
+
+    def __init__(self):
+        import dlib
+
+        folder = os.path.join(os.path.dirname(importlib.util.find_spec("face_recognition_models").origin), "models")
+        self.dlib = dlib
+        self.shape = dlib.shape_predictor(os.path.join(folder, "shape_predictor_5_face_landmarks.dat"))
+        self.net = dlib.face_recognition_model_v1(os.path.join(folder, "dlib_face_recognition_resnet_model_v1.dat"))
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        h, w = image.shape[:2]
+        shape = self.shape(image, self.dlib.rectangle(0, 0, w - 1, h - 1))
+        v = np.array(self.net.compute_face_descriptor(self.dlib.get_face_chip(image, shape, 150)))
+        return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def augment(image: np.ndarray, k: int) -> np.ndarray:
+    if k == 1:
+        return np.ascontiguousarray(image[:, ::-1])
+    if k == 2:
+        return np.clip(image.astype(float) * 0.85, 0, 255).astype(np.uint8)
+    if k == 3:
+        return np.asarray(Image.fromarray(image[4:-4, 4:-4]).resize(image.shape[:2][::-1]))
+    return image
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, faces):
+    """Sources real (12 identities x 4: 1056 impostor pairs), synth (6 + the planted ones) and flatgan (no identities)."""
+    net = Dlib()
+    root = tmp_path_factory.mktemp("identity")
+    # faces that are different people by a margin (the LFW subset repeats a few people)
+    base, chosen = {}, []
+    for i, face in enumerate(faces.arrays):
+        base[i] = net(face)
+        if all(float(base[i] @ base[j]) < DISTINCT for j in chosen):
+            chosen.append(i)
+        if len(chosen) == 22:
+            break
+    assert len(chosen) == 22, len(chosen)
+    real_faces, synth_faces, wrong, flat_faces = chosen[:12], chosen[12:18], chosen[18], chosen[19:22]
+    plan = {"real": {f"r{k}": [(f, a) for a in range(4)] for k, f in enumerate(real_faces)},
+            "synth": {f"s{k}": [(f, a) for a in range(4)] for k, f in enumerate(synth_faces[:4])}}
+    plan["synth"]["s_leak"] = [(real_faces[0], a) for a in (1, 2, 3)]  # a real person's face
+    plan["synth"]["s_c1"] = [(synth_faces[4], a) for a in (0, 1)]  # one face, two identities
+    plan["synth"]["s_c2"] = [(synth_faces[4], a) for a in (2, 3)]
+    plan["synth"]["s_wrong"] = [(synth_faces[5], a) for a in range(4)] + [(wrong, 0)]  # one intruder
+    name = f"test-identity-{uuid.uuid4().hex[:8]}"
+    for source, layout in plan.items():
+        for identity, images in layout.items():
+            for n, (f, a) in enumerate(images):
+                path = root / source / identity / f"{n:02d}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(augment(faces.arrays[f], a)).save(path)
+        load_face_dataset(str(root / source), source=source, domain="real" if source == "real" else "synthetic",
+                          dataset_name=name)
+    for k, f in enumerate(flat_faces):
+        path = root / "flat" / f"{k}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(faces.arrays[f]).save(path)
+    load_face_dataset(str(root / "flat"), source="flatgan", domain="synthetic", dataset_name=name)
+    ds = fo.load_dataset(name)
+    paths = ds.values("filepath")
+    ds.set_values(adapter.EMBEDDING_FIELD, [net(np.asarray(Image.open(p).convert("RGB"))) for p in paths])
+    schema.set_info(ds, "embedding", {"model": "dlib", "checkpoint": None, "dim": 128, "threshold": 0.9,
+                                      "preprocessing": "whole image as the face box, 5-point alignment, 150 px chip"})
+    wrong_path = str(root / "synth" / "s_wrong" / "04.png")
+    yield name, wrong_path, root
+    fo.delete_dataset(name)
+
+
+def reference(ds, source):
+    """Every genuine and impostor score of ``source`` from the stored embeddings."""
+    view = ds.match({schema.SOURCE: source})
+    x = np.stack(view.values(adapter.EMBEDDING_FIELD)).astype(np.float64)
+    labels = np.array(view.values(schema.IDENTITY))
+    s = x @ x.T
+    i, j = np.triu_indices(len(x), 1)
+    same = labels[i] == labels[j]
+    return x, labels, s[i, j][same], s[i, j][~same]
+
+
+def run_cli(argv, capsys):
+    from cli.main import main
+
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def audited(world, tmp_path_factory):
+    name, _, root = world
+    from cli.main import main
+
+    out = tmp_path_factory.mktemp("identity-out")
+    assert main(["identity", "--dataset", name, "--threshold", str(THRESHOLD), "--tag",
+                 "--json", str(out / "id.json"), "--html", str(out / "id.html"), "--csv", str(out / "id.csv")]) == 0
+    return json.loads((out / "id.json").read_text()), out
+
+
+def test_metrics_equal_every_pair_reference(world, audited):
+    from sklearn.metrics import roc_curve
+
+    name, _, _ = world
+    result, _ = audited
+    ds = fo.load_dataset(name)
+    assert result["threshold"] == THRESHOLD and result["threshold_rule"].startswith("given")
+    assert result["model"] == "dlib"
+    for source in ("real", "synth"):
+        r = result["sources"][source]
+        x, labels, gen, imp = reference(ds, source)
+        assert r["identities"] == len(set(labels)) and r["samples"] == len(x)
+        assert r["genuine"]["count"] == len(gen) and r["impostor"]["count"] == len(imp)
+        assert r["impostor"]["sampling"].startswith("every pair")
+        for got, ref in ((r["genuine"], gen), (r["impostor"], imp)):
+            assert got["mean"] == pytest.approx(ref.mean(), abs=1e-6)
+            assert got["std"] == pytest.approx(ref.std(), abs=1e-6)  # population std
+        d = abs(gen.mean() - imp.mean()) / np.sqrt((gen.var() + imp.var()) / 2)
+        assert r["d_prime"] == pytest.approx(d, rel=1e-5)
+        assert r["fdr"] == pytest.approx((gen.mean() - imp.mean()) ** 2 / (gen.var() + imp.var()), rel=1e-5)
+        # EER: sklearn's ROC on every pair; ours is read on a grid of step 0.001
+        fpr, tpr, th = roc_curve(np.r_[np.ones(len(gen)), np.zeros(len(imp))], np.r_[gen, imp])
+        k = int(np.argmin(np.abs(fpr - (1 - tpr))))
+        t = r["eer_threshold"]
+        fmr_at = [float((imp >= u).mean()) for u in (t - core.GRID_STEP, t + core.GRID_STEP)]
+        fnmr_at = [float((gen < u).mean()) for u in (t - core.GRID_STEP, t + core.GRID_STEP)]
+        lo, hi = min(fmr_at + fnmr_at), max(fmr_at + fnmr_at)
+        assert lo - 1e-9 <= r["eer"] <= hi + 1e-9
+        assert min(fpr[k], 1 - tpr[k]) - (hi - lo) - 1e-9 <= r["eer"] <= max(fpr[k], 1 - tpr[k]) + (hi - lo) + 1e-9
+        # FNMR at FMR 1e-2 where the impostor count allows (>= 1000 pairs), null with a reason otherwise
+        if len(imp) >= 1000:
+            edge = core.EDGES[np.argmax([(imp >= e).mean() <= 1e-2 for e in core.EDGES])]
+            assert r["fnmr_at_fmr"]["1e-2"] == pytest.approx(float((gen < edge).mean()))
+        assert r["fnmr_at_fmr"]["1e-4"] is None and "needs at least 100000" in r["fnmr_at_fmr_null_reason"]["1e-4"]
+        # centres, consistency, uniqueness (greedy in identity order), packing
+        ids = sorted(set(labels))
+        centres = np.stack([x[labels == i].mean(0) for i in ids])
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+        own = np.einsum("ij,ij->i", x, centres[[ids.index(v) for v in labels]])
+        assert r["consistency"] == pytest.approx(float((own >= THRESHOLD).mean()))
+        kept = []
+        for c in range(len(ids)):
+            if all(centres[c] @ centres[k2] < THRESHOLD for k2 in kept):
+                kept.append(c)
+        assert r["uniqueness"] == pytest.approx(len(kept) / len(ids))
+        cs = centres @ centres.T
+        np.fill_diagonal(cs, -np.inf)
+        assert r["packing"]["max"] == pytest.approx(float(cs.max()), abs=1e-5)
+        assert r["collision_pairs"] == int((np.triu(cs, 1) >= THRESHOLD).sum())
+        # per sample: identity_similarity to the centre of the identity's other images
+        view = ds.match({schema.SOURCE: source})
+        stored = np.array(view.values(adapter.SIMILARITY_FIELD), dtype=float)
+        for n in range(len(x)):
+            others = x[(labels == labels[n]) & (np.arange(len(x)) != n)].sum(0)
+            assert stored[n] == pytest.approx(float(x[n] @ others / np.linalg.norm(others)), abs=1e-5)
+    # leakage: nearest real centre of every synthetic image, and the identity-level share
+    real_x, real_labels, _, _ = reference(ds, "real")
+    real_ids = sorted(set(real_labels))
+    real_c = np.stack([real_x[real_labels == i].mean(0) for i in real_ids])
+    real_c /= np.linalg.norm(real_c, axis=1, keepdims=True)
+    for source in ("synth", "flatgan"):
+        view = ds.match({schema.SOURCE: source})
+        x = np.stack(view.values(adapter.EMBEDDING_FIELD)).astype(np.float64)
+        stored = np.array(view.values(adapter.NEAREST_REAL_FIELD), dtype=float)
+        np.testing.assert_allclose(stored, (x @ real_c.T).max(1), atol=1e-5)
+        assert result["leakage"][source]["sample_share_above_threshold"] == pytest.approx(
+            float(((x @ real_c.T).max(1) >= THRESHOLD).mean()))
+    assert result["sources"]["flatgan"]["applicable"] is False
+    # the real source has no vs_real, the synthetic one has both distances, computed from its scores
+    vs = result["sources"]["synth"]["vs_real"]
+    _, _, gen_s, _ = reference(ds, "synth")
+    _, _, gen_r, _ = reference(ds, "real")
+    from scipy.stats import wasserstein_distance
+
+    assert vs["genuine"]["wasserstein"] == pytest.approx(wasserstein_distance(gen_s, gen_r), abs=2 * core.GRID_STEP)
+    assert vs["impostor"]["kl"] >= 0
+
+
+def test_planted_leak_collision_and_wrong_face_come_first(world, audited):
+    name, wrong_path, _ = world
+    result, _ = audited
+    leak = result["leakage"]["synth"]
+    assert leak["top"][0]["identity"] == "s_leak" and leak["top"][0]["real_identity"] == "r0"
+    assert leak["top"][0]["similarity"] >= THRESHOLD > leak["top"][1]["similarity"]
+    assert leak["share_above_threshold"] == pytest.approx(1 / result["sources"]["synth"]["identities"])
+    collisions = result["sources"]["synth"]["collisions"]
+    assert {collisions[0]["identity_a"], collisions[0]["identity_b"]} == {"s_c1", "s_c2"}
+    assert result["sources"]["real"]["collisions"] == []
+    ds = fo.load_dataset(name)
+    worst = result["sources"]["synth"]["outliers"][0]
+    assert ds[worst["sample"]].filepath == wrong_path
+    lowest = ds.match({schema.SOURCE: "synth"}).sort_by(adapter.SIMILARITY_FIELD).first()
+    assert lowest.filepath == wrong_path
+    # tags and saved views
+    leaked = ds.match_tags(adapter.LEAK_TAG)
+    assert set(leaked.values(schema.IDENTITY)) == {"s_leak"} and set(leaked.values(schema.DOMAIN)) == {"synthetic"}
+    assert set(ds.match_tags(adapter.COLLISION_TAG).values(schema.IDENTITY)) == {"s_c1", "s_c2"}
+    outliers = ds.load_saved_view(adapter.VIEWS[adapter.OUTLIER_TAG])
+    assert outliers.first().filepath == wrong_path
+    assert result["tagged"][adapter.LEAK_TAG] == 3 and result["tagged"][adapter.COLLISION_TAG] == 4
+    # the Brain similarity index: the App's sort by similarity finds the leak's real face
+    assert adapter.BRAIN_KEY in ds.list_brain_runs()
+    leak_sample = ds.match({schema.IDENTITY: "s_leak"}).first()
+    near = ds.sort_by_similarity(leak_sample.id, k=5, brain_key=adapter.BRAIN_KEY)
+    assert "r0" in near.values(schema.IDENTITY)
+    assert schema.get_info(ds, "identity")["sources"]["synth"]["collisions"][0]["similarity"] == collisions[0]["similarity"]
+
+
+def test_reports_show_the_identity_audit(world, audited):
+    result, out = audited
+    page = (out / "id.html").read_text()
+    for anchor in ('id="identity-metrics"', 'id="identity-leakage"', 'id="identity-collisions"', "s_leak", "s_c1",
+                   "genuine (mated) scores per source"):
+        assert anchor in page
+    rows = (out / "id.csv").read_text().splitlines()
+    assert rows[0] == "source,metric,value" and any(r.startswith("synth,EER,") for r in rows)
+    from faceaudit.report import identity_audit_section
+
+    assert 'id="identity-audit"' in identity_audit_section({"identity": result})
+
+
+def _snapshot(ds):
+    ds.reload()
+    docs = list(ds._sample_collection.find({}, {"tags": 1, adapter.SIMILARITY_FIELD: 1, adapter.NEAREST_REAL_FIELD: 1}).sort("_id"))
+    return docs, json.dumps(schema.get_info(ds, "identity"), sort_keys=True, default=str), ds.list_saved_views()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--threshold", "1.5"], "threshold: must be at most 1"),
+    (["--threshold", "nan"], "threshold: must be a finite number"),
+    (["--fmr", "0"], "fmr: must be between 0 and 1"),
+    (["--fmr", "1"], "fmr: must be between 0 and 1"),
+    (["--fmr", "1e-6"], "fmr: the real sources have"),
+    (["--max-pairs", "5"], "max_pairs: must be at least 100"),
+    (["--seed", "-1"], "seed: must be at least 0"),
+])
+def test_bad_arguments_refused_before_anything_is_written(world, audited, capsys, argv, message):
+    name, _, _ = world
+    ds = fo.load_dataset(name)
+    before = _snapshot(ds)
+    code, out, err = run_cli(["identity", "--dataset", name, *argv], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert _snapshot(ds) == before
+
+
+def test_dataset_without_embeddings_refused(faces, tmp_path, dataset_name, capsys):
+    faces.identity_tree(tmp_path / "r", {"a": 2, "b": 2})
+    load_face_dataset(str(tmp_path / "r"), source="r", domain="real", dataset_name=dataset_name)
+    code, _, err = run_cli(["identity", "--dataset", dataset_name, "--threshold", "0.5"], capsys)
+    assert code == 2 and "has no face_embedding" in err and len(err.strip().splitlines()) == 1
+    ds = fo.load_dataset(dataset_name)
+    assert adapter.SIMILARITY_FIELD not in ds.get_field_schema() and schema.get_info(ds, "identity") is None
+
+
+def test_reviewed_keep_is_never_an_outlier_and_clear_removes_tags(world, audited):
+    name, wrong_path, _ = world
+    ds = fo.load_dataset(name)
+    wrong = ds.match({"filepath": wrong_path}).first()
+    wrong.tags.append(adapter.KEEP_TAG)
+    wrong.save()
+    try:
+        adapter.identity_audit(ds, adapter.options(threshold=THRESHOLD), tag=True, similarity_index=False)
+        assert wrong_path not in ds.match_tags(adapter.OUTLIER_TAG).values("filepath")
+    finally:
+        wrong.tags.remove(adapter.KEEP_TAG)
+        wrong.save()
+    assert adapter.clear_tags(ds) > 0
+    assert not ds.match_tags(list(adapter.TAGS)).count()
+    assert not any(v in ds.list_saved_views() for v in adapter.VIEWS.values())
+
+
+def test_default_and_fmr_rules(world):
+    name, _, _ = world
+    ds = fo.load_dataset(name)
+    result = adapter.identity_audit(ds, adapter.options(), similarity_index=False)
+    assert result["threshold"] == core.MODEL_THRESHOLDS["dlib"][0] and "dlib" in result["threshold_rule"]
+    result = adapter.identity_audit(ds, adapter.options(fmr=0.01), similarity_index=False)
+    _, _, _, imp = reference(ds, "real")
+    t = result["threshold"]
+    assert (imp >= t).mean() <= 0.01 < (imp >= t - core.GRID_STEP).mean()
+    assert result["threshold_rule"].startswith("FMR 0.01")
+    assert result["sources"]["real"]["impostor"]["count"] == len(imp) >= 1000
+
+
+def test_sampled_impostors_are_seeded_uniform_and_sized(world):
+    """Above --max-pairs: exactly max_pairs scores, the same for the same seed, and their mean
+    within a few standard errors of the every-pair mean."""
+    name, _, _ = world
+    ds = fo.load_dataset(name)
+    found = adapter.plans(ds)
+    runs = []
+    for seed in (1, 1, 2):
+        audit, order = core.ordered_audit(found, core.audit_options(threshold=THRESHOLD, max_pairs_=150, seed=seed))
+        for source in order:
+            list(audit.feed(source, adapter.read_source(ds, source, batch=7)))
+        runs.append(audit.finish().result["sources"]["real"]["impostor"])
+    assert runs[0]["count"] == 150 and runs[0]["sampling"].startswith("seeded uniform sample")
+    assert runs[0] == runs[1] and runs[0]["mean"] != runs[2]["mean"]
+    _, _, _, imp = reference(ds, "real")
+    assert abs(runs[0]["mean"] - imp.mean()) < 5 * imp.std() / np.sqrt(150)
+
+
+def test_operator(world):
+    import fiftyone.operators as foo
+
+    name, _, _ = world
+    ds = fo.load_dataset(name)
+    result = foo.execute_operator("@faceaudit/face-audit/compute_identity_audit",
+                                  ctx={"dataset": ds, "params": {"rule": "threshold", "threshold": THRESHOLD,
+                                                                 "max_pairs": 1000, "tag": True, "delegate": False}})
+    assert result.error is None, result.error
+    assert result.result["tagged"][adapter.LEAK_TAG] == 3
+    assert result.result["leakage"]["synth"] == pytest.approx(1 / 8)
+    from fiftyone.operators.executor import ExecutionError
+
+    before = _snapshot(ds)
+    with pytest.raises(ExecutionError, match="threshold: must be at most 1"):
+        foo.execute_operator("@faceaudit/face-audit/compute_identity_audit",
+                             ctx={"dataset": ds, "params": {"rule": "threshold", "threshold": 2.0}})
+    assert _snapshot(ds) == before
+    cleared = foo.execute_operator("@faceaudit/face-audit/compute_identity_audit",
+                                   ctx={"dataset": ds, "params": {"rule": "clear"}})
+    assert cleared.result["cleared"] > 0
