@@ -10,6 +10,7 @@ index, sorted by identity, a projection of three fields, vectors decoded from Fi
 from __future__ import annotations
 
 import io
+import re
 import zlib
 
 import numpy as np
@@ -67,8 +68,20 @@ def plans(dataset) -> dict[str, core.SourcePlan]:
 def decode(value) -> np.ndarray:
     """A stored ``VectorField`` value (FiftyOne's compressed ``.npy`` bytes, or a list)."""
     if isinstance(value, (bytes, bytearray)):  # bson's Binary is bytes
-        return np.load(io.BytesIO(zlib.decompress(bytes(value))))
+        raw = zlib.decompress(value)
+        # a 1-d little-endian .npy (what VectorField writes) is read without np.load's header parser
+        if raw[:8] == b"\x93NUMPY\x01\x00":
+            start = 10 + int.from_bytes(raw[8:10], "little")
+            header = raw[10:start]
+            dtype = _NPY_DTYPES.get(next((k for k in _NPY_DTYPES if k in header), None))
+            if dtype is not None and b"'fortran_order': False" in header and _ONE_D.search(header):
+                return np.frombuffer(raw, dtype=dtype, offset=start)
+        return np.load(io.BytesIO(raw))
     return np.asarray(value, dtype=np.float32)
+
+
+_NPY_DTYPES = {b"'<f4'": np.float32, b"'<f2'": np.float16, b"'<f8'": np.float64}
+_ONE_D = re.compile(rb"'shape': \(\d+,\)")
 
 
 def read_source(dataset, source: str, batch: int = READ_BATCH):
