@@ -2,8 +2,9 @@
 
 from .annotate import AnnotateAttributes
 from .compare import ComputeAttributeComparison
+from .embed import ComputeFaceEmbeddings
 from .load import LoadFaceDataset
 from .outliers import FlagSyntheticOutliers, SelectSavedView
 
 OPERATORS = (LoadFaceDataset, AnnotateAttributes, ComputeAttributeComparison, FlagSyntheticOutliers,
-             SelectSavedView)
+             SelectSavedView, ComputeFaceEmbeddings)
