@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import DEFAULT_DATASET, fiftyone_env, run_job
+from .common import DEFAULT_DATASET, fiftyone_env, local_run_device, run_job
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -27,14 +27,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         report = fan_out_embed(args.dataset, shards, operator_params, source=args.source)
         print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
         return 0
-    if args.shards is not None:
-        raise params.ParamError("shards", "--shards N splits a delegated run: give --delegate too "
-                                "(or run N processes with --shard I/N)")
-    fiftyone_env()
-    if args.shard == params.SHARD_AUTO:
-        import torch
-
-        device = params.rank_device(device, torch.cuda.is_available())
+    device = local_run_device(args, device)
     from fiftyone_plugin.embed import iter_embed
 
     report = run_job(iter_embed(

@@ -28,7 +28,7 @@ from faceaudit import params
 from faceaudit.progress import Progress
 
 from . import schema
-from .annotate import count_samples, iter_chunks, select_view, shard_match
+from .annotate import count_samples, iter_batches, record_failures, select_view, shard_match
 
 FIELD = "face_embedding"
 INFO_KEY = "embedding"
@@ -198,19 +198,9 @@ def iter_embed(
     total = -(-to_embed // o.batch_size)
     where = f" (shard {report.shard})" if shard else ""
     yield Progress(0, total, f"{to_embed} samples to embed{where} with {embedder.name} on {engine.device}")
-    done = 0
-    with ThreadPoolExecutor(1) as writer:  # the database writes while the model works
-        in_flight = None
-        for ids, paths in iter_chunks(todo):
-            for batch in engine.run(paths):
-                if in_flight is not None:
-                    in_flight.result()
-                in_flight = _handle_batch(dataset, writer, report, ids, paths, batch)
-                done += 1
-                yield Progress(done, max(total, done), f"{report.embedded} embedded, "
-                               f"{report.no_face} without a face, {report.failed} failed")
-        if in_flight is not None:
-            in_flight.result()
+    yield from iter_batches(todo, engine.run, lambda *batch: _handle_batch(dataset, *batch, report=report), total,
+                            lambda: f"{report.embedded} embedded, {report.no_face} without a face, "
+                                    f"{report.failed} failed")
     record_settings(dataset, o, embedder, finished=True)
     return report
 
@@ -221,9 +211,7 @@ def record_settings(dataset: fo.Dataset, o: EmbedOptions, embedder, finished: bo
                     stamp="finished_at" if finished else "started_at")
 
 
-def _handle_batch(dataset, writer: ThreadPoolExecutor, report: EmbedReport, ids, paths, batch):
-    from .annotate import _mark_unreadable
-
+def _handle_batch(dataset, writer: ThreadPoolExecutor, ids, paths, batch, report: EmbedReport):
     in_flight = None
     if len(batch.indices):
         batch_ids = [ids[i] for i in batch.indices]
@@ -233,10 +221,7 @@ def _handle_batch(dataset, writer: ThreadPoolExecutor, report: EmbedReport, ids,
         dataset._sample_collection.update_many({"_id": {"$in": [ids[i] for i in batch.no_face]}},
                                                {"$addToSet": {"tags": NO_FACE_TAG}})
         report.no_face += len(batch.no_face)
-    if batch.failures:
-        _mark_unreadable(dataset, [(ids[i], reason) for i, reason in batch.failures])
-        report.failed += len(batch.failures)
-        report.failures += [f"{paths[i]}: {r}" for i, r in batch.failures][: 5 - len(report.failures)]
+    record_failures(dataset, report, ids, paths, batch.failures)
     return in_flight
 
 

@@ -10,10 +10,16 @@ import fiftyone.operators.types as types
 
 from faceaudit import params
 
-from .annotate import IMMEDIATE_LIMIT, RUN_NOW_DEFAULT, _view_size
-from .common import execution_mode, form_check, run_job, wants_delegation
+from .common import delegation_by_size, form_check, run_job, size_notice
 
-KEYS = ("model", "checkpoint", "detect", "flip", "device", "batch_size")
+
+def _chosen(p: dict) -> dict:
+    """The run's arguments from the form, which shows only the chosen model's options (a value
+    left from another model's fields is not the user's choice)."""
+    dlib = (p.get("model") or "dlib") == "dlib"
+    return {"model": p.get("model") or "dlib", "checkpoint": None if dlib else p.get("checkpoint"),
+            "detect": p.get("detect") if dlib else False, "flip": False if dlib else p.get("flip"),
+            "device": p.get("device"), "batch_size": p.get("batch_size")}
 
 
 def _model_check(ctx):
@@ -62,33 +68,24 @@ class ComputeFaceEmbeddings(foo.Operator):
         inputs.int("shards", default=1, min=1, label="Split into N jobs",
                    description="Queue N delegated operations, one shard each",
                    **form_check(ctx, "shards", params.shards))
-        count = _view_size(ctx)
-        if count > IMMEDIATE_LIMIT:
-            inputs.view("note", types.Notice(
-                label=f"{count} samples: this runs as a delegated operation (fiftyone delegated launch)"))
-        execution_mode(ctx, inputs, default_delegated=count > RUN_NOW_DEFAULT)
+        size_notice(ctx, inputs)
         return types.Property(inputs, view=types.View(label="Compute face embeddings"))
 
     def resolve_delegation(self, ctx):
-        count = _view_size(ctx)
-        if count > IMMEDIATE_LIMIT:
-            return True
-        return wants_delegation(ctx, default=count > RUN_NOW_DEFAULT)
+        return delegation_by_size(ctx)
 
     def execute(self, ctx):
         from fiftyone_plugin.embed import fan_out_embed, iter_embed
 
         p = ctx.params
+        chosen = _chosen(p)
         shards = params.shards(p.get("shards"))
         if shards > 1 and not p.get("shard"):
-            report = fan_out_embed(ctx.dataset.name, shards, {k: p.get(k) for k in KEYS}, view=ctx.target_view())
+            report = fan_out_embed(ctx.dataset.name, shards, chosen, view=ctx.target_view())
             if not ctx.delegated:
                 yield ctx.ops.notify(report.summary().splitlines()[-1], variant="success")
             return
-        job = iter_embed(ctx.dataset.name, model=p.get("model") or "dlib", checkpoint=p.get("checkpoint"),
-                         view=ctx.target_view(), detect=p.get("detect"), flip=p.get("flip"),
-                         device=p.get("device"), batch_size=p.get("batch_size"),
-                         shard=params.shard(p.get("shard")))
+        job = iter_embed(ctx.dataset.name, view=ctx.target_view(), shard=params.shard(p.get("shard")), **chosen)
         report = yield from run_job(ctx, job)
         if not ctx.delegated:
             yield ctx.ops.notify(report.summary(), variant="success")
