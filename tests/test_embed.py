@@ -272,3 +272,24 @@ def test_embedding_section_of_a_run_config(tmp_path, models):
         load_config(str(tmp_path / "b.toml"))
     (tmp_path / "c.toml").write_text(base.replace('[model]', '[embedding]\nmodel = "dlib"\n\n[model]'))
     assert load_config(str(tmp_path / "c.toml")).embedding.model == "dlib"
+
+
+def test_detect_tags_images_without_a_face_and_reruns_skip_them(tmp_path, dataset_name):
+    from PIL import Image
+    from skimage.data import astronaut
+
+    from fiftyone_plugin.embed import NO_FACE_TAG
+
+    Image.fromarray(astronaut()).save(tmp_path / "astronaut.png")
+    Image.fromarray(np.full((200, 200, 3), 128, np.uint8)).save(tmp_path / "wall.png")
+    load_face_dataset(str(tmp_path), source="photos", domain="real", format="flat", dataset_name=dataset_name)
+    report = drive(iter_embed(dataset_name, detect=True, device="cpu", workers=0))
+    assert (report.embedded, report.no_face) == (1, 1), report
+    ds = fo.load_dataset(dataset_name)
+    ds.reload()
+    tagged = ds.match_tags(NO_FACE_TAG)
+    assert [os.path.basename(p) for p in tagged.values("filepath")] == ["wall.png"]
+    assert tagged.exists(FIELD).count() == 0 and ds.exists(FIELD).count() == 1
+    assert ds.info["faceaudit"]["embedding"]["detect"] is True
+    again = drive(iter_embed(dataset_name, detect=True, device="cpu", workers=0))
+    assert (again.embedded, again.already_embedded, again.skipped) == (0, 1, 1)
