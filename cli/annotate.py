@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import DEFAULT_DATASET, fiftyone_env, run_job
+from .common import DEFAULT_DATASET, fiftyone_env, local_run_device, run_job
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
@@ -17,14 +17,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     stale_after = params.seconds("stale_after", args.stale_after)
     if args.delegate:
         return _delegate(args, device, shards, stale_after)
-    if args.shards is not None:
-        raise params.ParamError("shards", "--shards N splits a delegated run: give --delegate too "
-                                "(or run N processes with --shard I/N)")
-    fiftyone_env()
-    if args.shard == params.SHARD_AUTO:
-        import torch
-
-        device = params.rank_device(device, torch.cuda.is_available())
+    device = local_run_device(args, device)
     from fiftyone_plugin.annotate import iter_annotate
 
     report = run_job(iter_annotate(

@@ -156,3 +156,19 @@ def open_dataset(name: str):
     from fiftyone_plugin.schema import open_dataset as _open
 
     return _open(name, create=False)
+
+
+def local_run_device(args, device: str) -> str:
+    """The device of a run in this process (not ``--delegate``): ``--shards`` is refused without
+    ``--delegate``; ``--shard auto`` takes this worker's GPU from LOCAL_RANK / SLURM_LOCALID."""
+    from faceaudit import params
+
+    if args.shards is not None:
+        raise params.ParamError("shards", "--shards N splits a delegated run: give --delegate too "
+                                "(or run N processes with --shard I/N)")
+    fiftyone_env()
+    if args.shard == params.SHARD_AUTO:
+        import torch
+
+        return params.rank_device(device, torch.cuda.is_available())
+    return device

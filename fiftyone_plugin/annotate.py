@@ -241,26 +241,42 @@ def iter_annotate(
     total_batches = -(-to_label // batch_size)
     where = f" (shard {report.shard})" if shard else ""
     yield Progress(0, total_batches, f"{to_label} samples to label{where} on {engine.device}")
-    done = 0
-    # Writes go to a background thread, so that the database works while the model does;
-    # at most one batch is in flight, and each sample's labels are one atomic $set.
-    with ThreadPoolExecutor(1) as writer:
-        in_flight = None
-        for ids, paths in iter_chunks(todo):
-            for result in engine.run(paths):
-                if in_flight is not None:
-                    in_flight.result()
-                schema.ensure_exists(dataset)  # deleted meanwhile: stop now, not after every batch
-                in_flight = _handle_batch(dataset, writer, report, ids, paths, result, key)
-                done += 1
-                yield Progress(done, max(total_batches, done), f"{report.labelled} labelled, {report.failed} failed")
-        if in_flight is not None:
-            in_flight.result()
+    yield from iter_batches(todo, engine.run, lambda *batch: _handle_batch(dataset, *batch, report=report, key=key),
+                            total_batches, lambda: f"{report.labelled} labelled, {report.failed} failed")
     _record_run(dataset, model_name, checkpoint, engine, key)
     return report
 
 
-def _handle_batch(dataset, writer: ThreadPoolExecutor, report: AnnotateReport, ids, paths, result, key: str):
+def iter_batches(todo, run, handle, total: int, label) -> Iterator[Progress]:
+    """Run ``run(paths)`` (a model over files, yielding batch results) over the chunks of
+    ``todo``; ``handle(writer, ids, paths, result)`` queues the writing of one batch on
+    ``writer`` and returns its future (or None). Yields a :class:`Progress` (``label()``) per batch.
+
+    Writes go to a background thread, so that the database works while the model does; at most
+    one batch is in flight, and each sample's values are one atomic ``$set``."""
+    done = 0
+    with ThreadPoolExecutor(1) as writer:
+        in_flight = None
+        for ids, paths in iter_chunks(todo):
+            for result in run(paths):
+                if in_flight is not None:
+                    in_flight.result()
+                in_flight = handle(writer, ids, paths, result)
+                done += 1
+                yield Progress(done, max(total, done), label())
+        if in_flight is not None:
+            in_flight.result()
+
+
+def record_failures(dataset, report, ids, paths, failures: list[tuple[int, str]]) -> None:
+    """Tag the batch's undecodable files unreadable and count them in ``report`` (a few named)."""
+    if failures:
+        _mark_unreadable(dataset, [(ids[i], reason) for i, reason in failures])
+        report.failed += len(failures)
+        report.failures += [f"{paths[i]}: {r}" for i, r in failures][: 5 - len(report.failures)]
+
+
+def _handle_batch(dataset, writer: ThreadPoolExecutor, ids, paths, result, report: AnnotateReport, key: str):
     """Queue the writing of one batch's labels (returns its future, or None) and tag its failures.
 
     The write does not re-check that the sample is still unlabelled: that extra predicate takes
@@ -269,15 +285,13 @@ def _handle_batch(dataset, writer: ThreadPoolExecutor, report: AnnotateReport, i
     The chunked selection already skips samples labelled before the chunk was read; in the rare
     race left (the same shard run twice at once) the labels are deterministic, so the second
     write stores the same values again."""
+    schema.ensure_exists(dataset)  # deleted meanwhile: stop now, not after every batch
     in_flight = None
     if len(result.indices):
         batch_ids = [ids[i] for i in result.indices]
         in_flight = writer.submit(labels.write_labels, dataset, batch_ids, result.states, result.signed, key)
         report.labelled += len(batch_ids)
-    if result.failures:
-        _mark_unreadable(dataset, [(ids[i], reason) for i, reason in result.failures])
-        report.failed += len(result.failures)
-        report.failures += [f"{paths[i]}: {r}" for i, r in result.failures][: 5 - len(report.failures)]
+    record_failures(dataset, report, ids, paths, result.failures)
     return in_flight
 
 

@@ -1,4 +1,6 @@
-"""Annotation fanned out as delegated operations: one ``annotate_attributes`` operation per shard.
+"""Sharded jobs fanned out as delegated operations: one operation per shard (``annotate_attributes``
+for annotation, ``compute_face_embeddings`` for embeddings: a :class:`Job` says which operator,
+which samples are left and how the parameters are checked before anything is queued).
 
 Any number of ``fiftyone delegated launch`` workers, on any hosts pointed at the same database,
 share the queue; FiftyOne claims each queued operation atomically
@@ -24,6 +26,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from fiftyone import ViewExpression
@@ -37,6 +40,17 @@ ANNOTATE_URI = "@faceaudit/face-audit/annotate_attributes"
 #: an operation RUNNING with no progress for this long is taken for dead (see the module doc)
 STALE_AFTER = 900.0
 ACTIVE_STATES = ("queued", "scheduled", "running")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A sharded job: its operator's URI, the samples of a view still to do, and a check of the
+    operator's parameters (returns them, e.g. with paths made absolute) run before queueing."""
+
+    uri: str
+    todo: Callable  # view -> the samples left
+    check: Callable[[dict], dict]
+    verb: str = "label"  # "N samples left to <verb>"
 
 
 @dataclass
@@ -56,10 +70,11 @@ class FanOutReport:
     shards: list[ShardState] = field(default_factory=list)
     queued: list[str] = field(default_factory=list)  # shards queued by this call
     failed_stale: list[str] = field(default_factory=list)  # operations marked failed as dead
+    verb: str = "label"
 
     def summary(self) -> str:
         left = sum(s.left for s in self.shards)
-        lines = [f"dataset '{self.dataset}': {left} samples left to label in {len(self.shards)} shards"]
+        lines = [f"dataset '{self.dataset}': {left} samples left to {self.verb} in {len(self.shards)} shards"]
         for s in self.shards:
             lines.append(f"  shard {s.shard}: {s.left} left; {s.state or 'no operation'}"
                          + (f" ({s.progress})" if s.progress else "") + _health(s))
@@ -91,13 +106,15 @@ def _error(op) -> str | None:
     return lines[-1][:300] if lines else None
 
 
-def shard_remaining(view, count: int) -> list[int]:
-    """Unlabelled readable samples of ``view`` in each of ``count`` shards (one aggregation)."""
-    counts = todo_view(view).count_values(ViewExpression(shard_key(count)))
+def shard_remaining(view, count: int, job: Job | None = None) -> list[int]:
+    """Samples of ``view`` left to do (default: unlabelled readable ones) in each of ``count``
+    shards (one aggregation)."""
+    todo = (job or ANNOTATE).todo(view)
+    counts = todo.count_values(ViewExpression(shard_key(count)))
     return [int(counts.get(i, 0)) for i in range(count)]
 
 
-def shard_operations(dataset_name: str, view=None) -> dict[str, list]:
+def shard_operations(dataset_name: str, view=None, job: Job | None = None) -> dict[str, list]:
     """The annotation operations queued on ``dataset_name`` for a shard, by shard ("I/N"), oldest
     first; given ``view``, only those that label that selection (shard 0/2 of ``--source r`` is
     not shard 0/2 of ``--source s``)."""
@@ -105,7 +122,8 @@ def shard_operations(dataset_name: str, view=None) -> dict[str, list]:
 
     wanted = None if view is None else _stages(view._serialize())
     by_shard: dict[str, list] = {}
-    ops = DelegatedOperationService().list_operations(operator=ANNOTATE_URI, dataset_name=dataset_name)
+    uri = (job or ANNOTATE).uri
+    ops = DelegatedOperationService().list_operations(operator=uri, dataset_name=dataset_name)
     for op in sorted(ops, key=lambda o: o.queued_at or dt.datetime.min):
         shard = _params(op).get("shard")
         if shard and (wanted is None or _stages(_request(op).get("view")) == wanted):
@@ -147,18 +165,20 @@ def _fail_if_stale(op, stale_after: float) -> bool:
     return done is not None
 
 
-def shard_status(dataset_name: str, count: int | None = None, view=None, source: str | None = None) -> FanOutReport:
+def shard_status(dataset_name: str, count: int | None = None, view=None, source: str | None = None,
+                 job: Job | None = None) -> FanOutReport:
     """What is left in each of ``count`` shards (default: the count of the latest fan-out, else
     1) and the state of each shard's latest operation."""
+    job = job or ANNOTATE
     dataset = schema.open_dataset(dataset_name, create=False)
     selected = select_view(dataset, view, source).view()
-    ops = shard_operations(dataset.name, selected)
+    ops = shard_operations(dataset.name, selected, job)
     if count is None:
         latest = max((o for group in ops.values() for o in group), key=lambda o: o.queued_at or dt.datetime.min,
                      default=None)
         count = int(_params(latest)["shard"].split("/")[1]) if latest is not None else 1
-    left = shard_remaining(selected, count)
-    report = FanOutReport(dataset.name, queued=None)
+    left = shard_remaining(selected, count, job)
+    report = FanOutReport(dataset.name, queued=None, verb=job.verb)
     for i, n_left in enumerate(left):
         name = f"{i}/{count}"
         latest = ops.get(name, [None])[-1]
@@ -172,36 +192,37 @@ def shard_status(dataset_name: str, count: int | None = None, view=None, source:
 
 
 def fan_out(dataset_name: str, count: int, params: dict, view=None, source: str | None = None,
-            stale_after: float = STALE_AFTER) -> FanOutReport:
-    """Queue one delegated ``annotate_attributes`` operation per shard of ``count`` that has
-    unlabelled samples and no live operation; ``params`` are the operator's (checkpoint, device,
-    batch_size, mc_passes); each operation gets its ``shard`` added."""
+            stale_after: float = STALE_AFTER, job: Job | None = None) -> FanOutReport:
+    """Queue one delegated operation of ``job`` (default: ``annotate_attributes``) per shard of
+    ``count`` that has samples left and no live operation; ``params`` are the operator's
+    (checkpoint, device, batch_size, ...); each operation gets its ``shard`` added."""
+    job = job or ANNOTATE
     dataset = schema.open_dataset(dataset_name, create=False)
     view = select_view(dataset, view, source).view()  # an operator's target may be the Dataset itself
-    params = _checked_checkpoint(params)
-    report = FanOutReport(dataset.name)
+    params = job.check(params)
+    report = FanOutReport(dataset.name, verb=job.verb)
     with _fan_out_lock(dataset.name) as still_alive:  # list and queue as one step: no shard twice
-        for shard, ops in shard_operations(dataset.name).items():
+        for shard, ops in shard_operations(dataset.name, job=job).items():
             for op in ops:
                 if _fail_if_stale(op, stale_after):
                     report.failed_stale.append(f"{shard} ({op.id})")
-        live = {shard for shard, ops in shard_operations(dataset.name, view).items()
+        live = {shard for shard, ops in shard_operations(dataset.name, view, job).items()
                 if any(op.run_state in ACTIVE_STATES for op in ops)}
         other = sorted(shard for shard in live if shard.split("/")[1] != str(count))
         if other:  # their shards overlap these: every sample would be labelled twice
             raise ValueError(f"dataset '{dataset.name}': shards {', '.join(other)} of this selection are still "
                              f"queued or running; wait for them, or rerun with --shards {other[0].split('/')[1]}")
-        _refuse_other_live_work(dataset, view, params, live)
-        for i, left in enumerate(shard_remaining(view, count)):
+        _refuse_other_live_work(dataset, view, params, live, job)
+        for i, left in enumerate(shard_remaining(view, count, job)):
             name = f"{i}/{count}"
             if left and name not in live:
                 ctx = {"dataset": dataset, "view": view, "params": {**params, "shard": name, "delegate": True}}
-                result = _queue(ctx)
+                result = _queue(ctx, job.uri)
                 if not result.delegated:
                     raise RuntimeError(f"shard {name} was not queued: {result.error or 'the operator ran it at once'}")
                 report.queued.append(name)
                 still_alive()
-    status = shard_status(dataset.name, count, view)
+    status = shard_status(dataset.name, count, view, job=job)
     report.shards = status.shards
     return report
 
@@ -210,14 +231,14 @@ def _settings(params: dict) -> dict:
     return {k: v for k, v in (params or {}).items() if k not in ("shard", "delegate") and v is not None}
 
 
-def _refuse_other_live_work(dataset, view, params: dict, live: set[str]) -> None:
+def _refuse_other_live_work(dataset, view, params: dict, live: set[str], job: Job) -> None:
     """Refuse a fan-out while live shards label this selection with other settings (a shard
     queued already keeps its model and threshold: "queued now: nothing" would hide that), or
     while live shards of another selection overlap this one (their samples labelled twice)."""
     import fiftyone.core.stages as fost
 
     mine = _stages(view._serialize())
-    for shard, ops in shard_operations(dataset.name).items():
+    for shard, ops in shard_operations(dataset.name, job=job).items():
         for op in (o for o in ops if o.run_state in ACTIVE_STATES):
             theirs = _stages(_request(op).get("view"))
             if theirs == mine:
@@ -250,14 +271,14 @@ def _checked_checkpoint(params: dict) -> dict:
     return {**params, "checkpoint": checkpoint}
 
 
-def _queue(ctx: dict):
+def _queue(ctx: dict, uri: str = ANNOTATE_URI):
     """``foo.execute_operator(..., request_delegation=True)`` for one shard, on a thread of its
     own: inside a running operator (the App's "Split into N jobs") an event loop is running, and
     there ``execute_operator`` returns an unawaited task instead of queueing."""
     import fiftyone.operators as foo
 
     with ThreadPoolExecutor(1) as thread:
-        return thread.submit(foo.execute_operator, ANNOTATE_URI, ctx=ctx, request_delegation=True).result()
+        return thread.submit(foo.execute_operator, uri, ctx=ctx, request_delegation=True).result()
 
 
 #: the collection (in FiftyOne's database) of the shard count each selection's labelling began with
@@ -296,6 +317,7 @@ def claim_shard_count(dataset, view, count: int) -> None:
         counts.update_one({"_id": key, "count": doc["count"]}, {"$set": {"count": count, "claimed_at": schema.utc_now()}})
         return
 
+ANNOTATE = Job(ANNOTATE_URI, todo_view, _checked_checkpoint)
 
 #: the collection (in FiftyOne's database) that holds one lock document per dataset being fanned out
 LOCKS = "faceaudit_locks"

@@ -62,6 +62,7 @@ def run_study(config: StudyConfig, progress: Callable[[Progress], None] | None =
     report.steps["load"] = f"{added} samples added" if added else "skipped: every file already loaded"
     dataset = schema.open_dataset(config.dataset, create=False)
     report.steps["annotate"] = _annotate(dataset, config, progress, echo)
+    report.steps["embed"] = _embed(config, progress, echo)
     dataset.reload()
     done = schema.get_info(dataset, INFO_KEY, {}) or {}
     inputs = {"labelled": count_samples(dataset.exists(labels.CODE_FIELD)), "samples": count_samples(dataset),
@@ -128,6 +129,22 @@ def _annotate(dataset, config: StudyConfig, progress, echo) -> str:
     echo(annotated.summary())
     relabelled = f" ({annotated.relabelled} relabelled: other settings)" if annotated.relabelled else ""
     return f"{annotated.labelled} samples labelled{relabelled}"
+
+
+def _embed(config: StudyConfig, progress, echo) -> str:
+    """Face embeddings (``[embedding]``): only samples without a vector; none left: skipped."""
+    from .embed import iter_embed
+
+    e = config.embedding
+    if e is None:
+        return ""
+    embedded = drive(iter_embed(config.dataset, model=e.model, checkpoint=e.checkpoint, detect=e.detect,
+                                flip=e.flip, device=e.device, batch_size=e.batch_size, workers=e.workers),
+                     progress)
+    echo(embedded.summary())
+    if embedded.embedded == 0 and embedded.no_face == 0 and embedded.failed == 0:
+        return "skipped: every readable sample is embedded"
+    return f"{embedded.embedded} samples embedded"
 
 
 def _compare(dataset, config: StudyConfig, key: dict, report: StudyReport) -> dict:

@@ -2,9 +2,10 @@
 
 from .annotate import AnnotateAttributes
 from .compare import ComputeAttributeComparison
+from .embed import ComputeFaceEmbeddings
 from .identity import ComputeIdentityAudit
 from .load import LoadFaceDataset
 from .outliers import FlagSyntheticOutliers, SelectSavedView
 
 OPERATORS = (LoadFaceDataset, AnnotateAttributes, ComputeAttributeComparison, FlagSyntheticOutliers,
-             SelectSavedView, ComputeIdentityAudit)
+             SelectSavedView, ComputeFaceEmbeddings, ComputeIdentityAudit)

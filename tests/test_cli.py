@@ -110,8 +110,11 @@ def test_demo_runs_the_pipeline_and_reruns_as_a_no_op(tmp_path, dataset_name, cl
     assert min(tagged.values("realness_nll")) >= max(
         ds.match((fo.ViewField("domain") == "synthetic") & ~fo.ViewField("tags").contains("outlier")).values("realness_nll"))
     assert len(ds.load_saved_view("synthetic_outliers")) == 10
+    assert "201 samples embedded with dlib (128-d)" in first.stdout  # the [embedding] step
+    assert ds.exists("face_embedding").count() == 201 and ds.info["faceaudit"]["embedding"]["model"] == "dlib"
     again = run(["demo", *args], cli_env)
     assert "0 added, 101 already present" in again.stdout and "0 samples labelled" in again.stdout
+    assert "embed: skipped: every readable sample is embedded" in again.stdout
 
 
 # ------------------------------------------------------------------ arguments refused before any write

@@ -11,6 +11,7 @@ A TOML file (see ``study.toml`` at the repository root for every key)::
     [model]                           # kind = "mac" (checkpoint) or "agegender" (offline, 4 attributes)
     [comparison]                      # states, alpha, bootstrap, seed
     [outliers]                        # top = K or threshold = T; joint = [...]; tag
+    [embedding]                       # face embeddings: model = "dlib"|"iresnet"|"onnx", checkpoint, ...
     [reports]                         # html, json, csv paths
 
 Every value is checked with :mod:`faceaudit.params` (the same checks as the CLI and the App's
@@ -69,6 +70,19 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class EmbeddingConfig:
+    """``[embedding]``: face embeddings per sample (``faceaudit embed``); absent: no embedding step."""
+
+    model: str = "dlib"
+    checkpoint: str | None = None
+    detect: bool = False
+    flip: bool = False
+    device: str = "auto"
+    batch_size: int = 64
+    workers: int | None = None
+
+
+@dataclass(frozen=True)
 class ComparisonConfig:
     states: str = "three"
     alpha: float = 0.5
@@ -100,6 +114,7 @@ class StudyConfig:
     comparison: ComparisonConfig = field(default_factory=ComparisonConfig)
     outliers: OutliersConfig = field(default_factory=OutliersConfig)
     reports: ReportsConfig = field(default_factory=ReportsConfig)
+    embedding: EmbeddingConfig | None = None
 
 
 TABLES = {
@@ -108,6 +123,7 @@ TABLES = {
     "comparison": ("states", "alpha", "bootstrap", "seed"),
     "outliers": ("top", "threshold", "joint", "tag"),
     "reports": ("html", "json", "csv", "overwrite"),
+    "embedding": ("model", "checkpoint", "detect", "flip", "device", "batch_size", "workers"),
 }
 TOP_KEYS = ("dataset",)
 
@@ -239,7 +255,8 @@ class _Validator:
                 self.fail("sources", "name" if "name" in sources[i] else "preset", f"source {n!r} is listed twice", i)
         return StudyConfig(dataset, parsed, self.model(data.get("model", {})),
                            self.comparison(data.get("comparison", {})), self.outliers(data.get("outliers", {})),
-                           self.reports(data.get("reports", {})))
+                           self.reports(data.get("reports", {})),
+                           self.embedding(data["embedding"]) if "embedding" in data else None)
 
     def source(self, values: Any, i: int) -> SourceConfig:
         t = "sources"
@@ -282,6 +299,26 @@ class _Validator:
             self.check(t, "workers", params.workers, values.get("workers")),
             self.check(t, "passes", params.mc_passes, values.get("passes"), param="passes"),
             self.check(t, "threshold", params.threshold, values.get("threshold")),
+        )
+
+    def embedding(self, values: Any) -> EmbeddingConfig:
+        t = "embedding"
+        self.known_keys(t, values, TABLES[t])
+        model = self.check(t, "model", params.embed_model, values.get("model"))
+        checkpoint = self.path_value(t, "checkpoint", values.get("checkpoint"))
+        for key in ("detect", "flip"):
+            if key in values and not isinstance(values[key], bool):
+                self.fail(t, key, f"expected true or false, got {values[key]!r}")
+        try:
+            model, checkpoint, detect, flip = params.embedding_model(model, checkpoint, values.get("detect"),
+                                                                     values.get("flip"))
+        except params.ParamError as e:
+            self.fail(t, e.param if e.param in values else "model", str(e).split(": ", 1)[1])
+        return EmbeddingConfig(
+            model, checkpoint, detect, flip,
+            self.check(t, "device", params.device, values.get("device")),
+            self.check(t, "batch_size", params.batch_size, values.get("batch_size"), 64),
+            self.check(t, "workers", params.workers, values.get("workers")),
         )
 
     def comparison(self, values: Any) -> ComparisonConfig:

@@ -78,10 +78,10 @@ def default_demo_dir() -> str:
 
 def demo_config(directory: str | None = None, dataset: str = "faces"):
     """The demo as a study config: the demo faces written to ``directory`` (default:
-    :func:`default_demo_dir`), labelled with the
-    offline age/gender models, the 10 synthetic faces real data explains least tagged, an HTML
-    report at ``directory/report.html``."""
-    from .config import ModelConfig, OutliersConfig, ReportsConfig, SourceConfig, StudyConfig
+    :func:`default_demo_dir`), labelled with the offline age/gender models, embedded with dlib's
+    offline face-recognition ResNet, the 10 synthetic faces real data explains least tagged, an
+    HTML report at ``directory/report.html``."""
+    from .config import EmbeddingConfig, ModelConfig, OutliersConfig, ReportsConfig, SourceConfig, StudyConfig
 
     directory = default_demo_dir() if directory is None else directory
     folders = write_demo_faces(directory)
@@ -89,4 +89,5 @@ def demo_config(directory: str | None = None, dataset: str = "faces"):
                     for folder, (source, domain) in zip(folders, DEMO_SOURCES))
     return StudyConfig(dataset, sources, model=ModelConfig("agegender", device="cpu", batch_size=32, workers=0),
                        outliers=OutliersConfig(top=DEMO_OUTLIERS),
-                       reports=ReportsConfig(html=os.path.join(os.path.abspath(directory), "report.html")))
+                       reports=ReportsConfig(html=os.path.join(os.path.abspath(directory), "report.html")),
+                       embedding=EmbeddingConfig("dlib", device="cpu", batch_size=32, workers=0))

@@ -63,15 +63,15 @@ def to_rgb_uint8(image: torch.Tensor) -> torch.Tensor:
     return image
 
 
-def fit(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize ``(3, H, W)`` to ``(3, size, size)`` unless it already is."""
-    if image.shape[-2:] != (size, size):
+def fit(image: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Resize ``(3, H, W)`` to ``(3, size, size)`` unless it already is (``size`` None: as it is)."""
+    if size is not None and image.shape[-2:] != (size, size):
         image = TF.resize(image, [size, size], antialias=True)
     return image
 
 
-def decode_file_bytes(data: torch.Tensor, size: int) -> torch.Tensor:
-    """Encoded bytes -> ``(3, size, size)`` uint8 on the CPU."""
+def decode_file_bytes(data: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Encoded bytes -> ``(3, size, size)`` uint8 on the CPU (``size`` None: the image's own size)."""
     if sniff_format(bytes(data[:16].tolist())) == "bmp":
         return fit(_decode_with_pillow(data), size)
     image = torchvision.io.decode_image(data, mode=ImageReadMode.RGB)
@@ -94,7 +94,7 @@ class ImageFiles(Dataset):
 
     Images whose header declares more than ``max_pixels`` pixels are refused undecoded."""
 
-    def __init__(self, paths: Sequence[str], size: int, jpeg_bytes_only: bool = False,
+    def __init__(self, paths: Sequence[str], size: int | None, jpeg_bytes_only: bool = False,
                  max_pixels: int = DEFAULT_MAX_PIXELS):
         self.paths, self.size, self.jpeg_bytes_only = list(paths), size, jpeg_bytes_only
         self.max_pixels = max_pixels
@@ -134,22 +134,21 @@ class BatchResult:
     failures: list[tuple[int, str]]
 
 
-class Engine:
-    """Runs a :class:`faceaudit.model.MAC` over image files in batches."""
+class ImageBatches:
+    """Reads image files in batches for a model on ``device``: worker processes read (and on
+    the CPU path decode and resize to ``size``), JPEGs are decoded on the GPU on CUDA, and
+    :meth:`_assemble` makes one uint8 batch on the device. Subclasses run a model on it
+    (:class:`Engine` a MAC, :class:`faceaudit.embedders.EmbedEngine` a face embedder)."""
 
-    def __init__(self, model, device: str = "auto", batch_size: int = 256, workers: int | None = None,
-                 passes: int | None = None, threshold: float | None = None, gpu_decode: bool | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(self, size: int | None, device: str = "auto", batch_size: int = 256, workers: int | None = None,
+                 gpu_decode: bool | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.max_pixels = max_pixels
         self.device = resolve_device(device)
         self.cuda = self.device.type == "cuda"
-        self.batch_size, self.passes, self.threshold = batch_size, passes, threshold
+        self.batch_size = batch_size
         self.workers = default_workers() if workers is None else workers
         self.gpu_decode = self.cuda if gpu_decode is None else (gpu_decode and self.cuda)
-        self.size = model.cfg.input_size
-        self.model = model.eval().to(self.device)
-        if self.cuda:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.size = size
 
     def loader(self, paths: Sequence[str]) -> DataLoader:
         return DataLoader(
@@ -160,21 +159,6 @@ class Engine:
             prefetch_factor=4 if self.workers else None,
             persistent_workers=False,
         )
-
-    def run(self, paths: Sequence[str]) -> Iterator[BatchResult]:
-        """Yield one :class:`BatchResult` per batch, in input order."""
-        for items in self.loader(paths):
-            yield self.predict_items(items)
-
-    def predict_items(self, items) -> BatchResult:
-        indices, images, failures = self._assemble(items)
-        if not indices:
-            empty = np.zeros((0, len(self.model.cfg.attributes)))
-            return BatchResult(np.zeros(0, np.int64), empty.astype(np.int8), empty.astype(np.float32), failures)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
-            states, signed = self.model.predict(images, self.passes, self.threshold)
-        return BatchResult(np.asarray(indices, dtype=np.int64), states.cpu().numpy(),
-                           signed.float().cpu().numpy(), failures)
 
     def _assemble(self, items):
         """Worker-decoded images (stacked, pinned, copied) and GPU-decoded JPEGs -> one uint8
@@ -223,3 +207,31 @@ class Engine:
                     except Exception as e:  # noqa: BLE001
                         bad.append((i, _reason(e)))
             return ok, bad
+
+
+class Engine(ImageBatches):
+    """Runs a :class:`faceaudit.model.MAC` over image files in batches."""
+
+    def __init__(self, model, device: str = "auto", batch_size: int = 256, workers: int | None = None,
+                 passes: int | None = None, threshold: float | None = None, gpu_decode: bool | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        super().__init__(model.cfg.input_size, device, batch_size, workers, gpu_decode, max_pixels)
+        self.passes, self.threshold = passes, threshold
+        self.model = model.eval().to(self.device)
+        if self.cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def run(self, paths: Sequence[str]) -> Iterator[BatchResult]:
+        """Yield one :class:`BatchResult` per batch, in input order."""
+        for items in self.loader(paths):
+            yield self.predict_items(items)
+
+    def predict_items(self, items) -> BatchResult:
+        indices, images, failures = self._assemble(items)
+        if not indices:
+            empty = np.zeros((0, len(self.model.cfg.attributes)))
+            return BatchResult(np.zeros(0, np.int64), empty.astype(np.int8), empty.astype(np.float32), failures)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+            states, signed = self.model.predict(images, self.passes, self.threshold)
+        return BatchResult(np.asarray(indices, dtype=np.int64), states.cpu().numpy(),
+                           signed.float().cpu().numpy(), failures)

@@ -455,3 +455,61 @@ def checkpoint_file(value: Any, param: str = "checkpoint") -> str | None:
 
 
 __all__ += ["MAX_INT", "RESERVED_TAGS", "tag", "top", "bootstrap", "seed", "limit", "joint", "checkpoint_file"]
+__all__ += ["output_files"]
+
+
+# ----------------------------------------------------------------------------- embeddings (helper "embed")
+
+#: face embedders (``faceaudit.embedders.MODELS``; the default first)
+EMBED_MODELS = ("dlib", "iresnet", "onnx")
+
+
+def embed_model(value: Any, default: str = "dlib", param: str = "model") -> str:
+    """The face embedder: dlib (default, offline), iresnet (a backbone.pth) or onnx."""
+    return choice(param, value, EMBED_MODELS, default)
+
+
+def model_file(value: Any, required: bool = True, param: str = "checkpoint") -> str | None:
+    """A local model file that exists and is a file; returned absolute (delegated workers run in
+    other folders)."""
+    if is_blank(value):
+        if required:
+            raise ParamError(param, "a model file is required: give --checkpoint PATH")
+        return None
+    path = os.path.abspath(os.path.expanduser(str(value).strip()))
+    if not os.path.exists(path):
+        raise ParamError(param, f"{path}: no such file")
+    if not os.path.isfile(path):
+        raise ParamError(param, f"{path}: is a folder, not a model file")
+    return path
+
+
+def embedding_model(model: Any, checkpoint: Any = None, detect: Any = False, flip: Any = False,
+                    check_file: bool = True) -> tuple[str, str | None, bool, bool]:
+    """``(model, checkpoint, detect, flip)`` of an embedding run, checked together: dlib takes no
+    checkpoint and no flip; iresnet and onnx need a checkpoint file and take no detect; an ONNX
+    file must be a face-recognition model (one NCHW 3 x H x W input, an (N, d) output: opened
+    with onnxruntime, nothing run) unless ``check_file`` is False."""
+    model = embed_model(model)
+    detect, flip = bool(to_bool("detect", detect, False)), bool(to_bool("flip", flip, False))
+    if model == "dlib":
+        if not is_blank(checkpoint):
+            raise ParamError("checkpoint", "model dlib uses the weights face_recognition_models ships; "
+                             "--checkpoint is for iresnet and onnx")
+        if flip:
+            raise ParamError("flip", "--flip is for iresnet and onnx models")
+        return model, None, detect, False
+    if detect:
+        raise ParamError("detect", f"--detect is for the dlib model; {model} takes aligned crops")
+    path = model_file(checkpoint)
+    if model == "onnx" and check_file:
+        from .embedders import EmbedderError, check_onnx
+
+        try:
+            check_onnx(path)
+        except EmbedderError as e:
+            raise ParamError("checkpoint", str(e)) from None
+    return model, path, detect, flip
+
+
+__all__ += ["EMBED_MODELS", "embed_model", "model_file", "embedding_model"]

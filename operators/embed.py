@@ -1,0 +1,92 @@
+"""``compute_face_embeddings``: face embeddings for the target view (the App's door to
+:func:`fiftyone_plugin.embed.iter_embed`, the function ``faceaudit embed`` calls, with the same
+choices and checks: dlib, an IResNet backbone.pth or an ONNX model; run now, delegated, or split
+into N delegated shards)."""
+
+from __future__ import annotations
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from faceaudit import params
+
+from .common import delegation_by_size, form_check, run_job, size_notice
+
+
+def _chosen(p: dict) -> dict:
+    """The run's arguments from the form, which shows only the chosen model's options (a value
+    left from another model's fields is not the user's choice)."""
+    dlib = (p.get("model") or "dlib") == "dlib"
+    return {"model": p.get("model") or "dlib", "checkpoint": None if dlib else p.get("checkpoint"),
+            "detect": p.get("detect") if dlib else False, "flip": False if dlib else p.get("flip"),
+            "device": p.get("device"), "batch_size": p.get("batch_size")}
+
+
+def _model_check(ctx):
+    """The model's arguments checked together (a checkpoint that is missing or no face model)."""
+    p = ctx.params
+    return lambda _: params.embedding_model(p.get("model"), p.get("checkpoint"), p.get("detect"), p.get("flip"))
+
+
+class ComputeFaceEmbeddings(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="compute_face_embeddings",
+            label="faceaudit: compute face embeddings",
+            description="Embed the faces that have no face_embedding yet (dlib, an IResNet or an ONNX model)",
+            icon="/assets/icon.svg",
+            dynamic=True,
+            execute_as_generator=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            default_choice_to_delegated=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.view_target(ctx)
+        models = types.RadioGroup(orientation="horizontal")
+        models.add_choice("dlib", label="dlib", description="offline, 128-d, weights from face_recognition_models")
+        models.add_choice("iresnet", label="IResNet", description="an InsightFace backbone.pth (ArcFace, AdaFace...)")
+        models.add_choice("onnx", label="ONNX", description="an ONNX face-recognition model (e.g. w600k_r50.onnx)")
+        inputs.enum("model", list(params.EMBED_MODELS), default="dlib", label="Model", view=models,
+                    **form_check(ctx, "model", params.embed_model))
+        model = ctx.params.get("model") or "dlib"
+        if model == "dlib":
+            inputs.bool("detect", default=False, label="Detect faces first",
+                        description="For photos that are not aligned crops; images without a face are tagged no_face")
+        else:
+            inputs.str("checkpoint", required=True, label="Model file",
+                       description="backbone.pth (iresnet) or .onnx (onnx)", **form_check(ctx, "checkpoint",
+                                                                                    _model_check(ctx)))
+            inputs.bool("flip", default=False, label="Add the flipped image's embedding")
+        inputs.enum("device", ["auto", "cpu", "cuda"], default="auto", label="Device",
+                    **form_check(ctx, "device", params.device))
+        inputs.int("batch_size", default=64, min=1, label="Batch size",
+                   **form_check(ctx, "batch_size", params.batch_size))
+        inputs.int("shards", default=1, min=1, label="Split into N jobs",
+                   description="Queue N delegated operations, one shard each",
+                   **form_check(ctx, "shards", params.shards))
+        size_notice(ctx, inputs)
+        return types.Property(inputs, view=types.View(label="Compute face embeddings"))
+
+    def resolve_delegation(self, ctx):
+        return delegation_by_size(ctx)
+
+    def execute(self, ctx):
+        from fiftyone_plugin.embed import fan_out_embed, iter_embed
+
+        p = ctx.params
+        chosen = _chosen(p)
+        shards = params.shards(p.get("shards"))
+        if shards > 1 and not p.get("shard"):
+            report = fan_out_embed(ctx.dataset.name, shards, chosen, view=ctx.target_view())
+            if not ctx.delegated:
+                yield ctx.ops.notify(report.summary().splitlines()[-1], variant="success")
+            return
+        job = iter_embed(ctx.dataset.name, view=ctx.target_view(), shard=params.shard(p.get("shard")), **chosen)
+        report = yield from run_job(ctx, job)
+        if not ctx.delegated:
+            yield ctx.ops.notify(report.summary(), variant="success")
+            yield ctx.ops.reload_dataset()

@@ -1,0 +1,295 @@
+"""Face embeddings on real faces with real models: dlib's shipped weights, an IResNet made here and
+its ONNX export; resumable, sharded, delegated; refusals before anything is written."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fiftyone as fo
+import numpy as np
+import pytest
+import torch
+
+from faceaudit import params
+from faceaudit.embedders import (DlibEmbedder, EmbedderError, IResNetEmbedder, OnnxEmbedder, check_onnx,
+                                 dlib_model_files)
+from faceaudit.model.iresnet import TINY_WIDTHS, IResNet
+from faceaudit.progress import drive
+from fiftyone_plugin.embed import EMBED_URI, FIELD, EmbedError, iter_embed
+from fiftyone_plugin.ingest import load_face_dataset
+
+FACEAUDIT = str(Path(sys.executable).with_name("faceaudit"))
+
+
+def chw(arrays: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(arrays)).permute(0, 3, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A randomly initialised IResNet saved as an InsightFace backbone.pth state dict, its ONNX
+    export, and an ONNX file that is no face model (a linear layer on 10 numbers)."""
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    net = IResNet((1, 1, 1, 1), TINY_WIDTHS, num_features=64, input_size=112).eval()
+    for m in net.modules():  # non-trivial BatchNorm statistics, as a trained network has
+        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    pth = root / "backbone.pth"
+    torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, pth)  # as DataParallel saves it
+    onnx_path = root / "r-tiny.onnx"
+    torch.onnx.export(net, torch.zeros(2, 3, 112, 112), str(onnx_path), input_names=["input"],
+                      output_names=["embedding"], dynamic_axes={"input": {0: "n"}, "embedding": {0: "n"}}, dynamo=False)
+    not_face = root / "linear.onnx"
+    torch.onnx.export(torch.nn.Linear(10, 2).eval(), torch.zeros(1, 10), str(not_face), dynamo=False)
+    return {"net": net, "pth": str(pth), "onnx": str(onnx_path), "not_face": str(not_face)}
+
+
+def reference_dlib(images: np.ndarray) -> np.ndarray:
+    """dlib's descriptors computed here with dlib's own calls, normalised."""
+    import dlib
+
+    files = dlib_model_files()
+    shape, net = dlib.shape_predictor(files["shape5"]), dlib.face_recognition_model_v1(files["resnet"])
+    out = []
+    for img in images:
+        img = np.ascontiguousarray(img)
+        box = dlib.rectangle(0, 0, img.shape[1] - 1, img.shape[0] - 1)
+        out.append(np.array(net.compute_face_descriptor(dlib.get_face_chip(img, shape(img, box), 150))))
+    out = np.array(out)
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_dlib_same_person_scores_higher_than_different_people(faces):
+    people = faces.arrays[:8]
+    shifted = np.clip(np.roll(people, 3, axis=2).astype(int) + 20, 0, 255).astype(np.uint8)
+    e = DlibEmbedder()
+    a, b = e.embed(chw(people)), e.embed(chw(shifted))
+    assert a.shape == (8, 128) and a.dtype == np.float32
+    assert np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)
+    assert np.allclose(a, reference_dlib(people), atol=1e-5)
+    same = (a * b).sum(1)
+    sims = a @ a.T
+    different = sims[~np.eye(8, dtype=bool)]
+    assert same.min() > different.max(), (same, different.max())
+    assert e.info() == {"model": "dlib", "checkpoint": None, "dim": 128, "threshold": e.threshold,
+                        "preprocessing": e.preprocessing}
+
+
+def test_dlib_detect_finds_the_astronaut_and_no_face_in_a_flat_image():
+    from skimage.data import astronaut
+
+    photo = astronaut()
+    flat = np.full_like(photo, 128)
+    v = DlibEmbedder(detect=True).embed([torch.from_numpy(photo).permute(2, 0, 1),
+                                         torch.from_numpy(flat).permute(2, 0, 1)])
+    assert not np.isnan(v[0]).any() and np.isclose(np.linalg.norm(v[0]), 1, atol=1e-5)
+    assert np.isnan(v[1]).all()
+
+
+def test_iresnet_and_its_onnx_export_give_the_same_embeddings(models, faces):
+    batch = chw(faces.arrays[:6])
+    x = (batch.float() - 127.5) / 127.5
+    with torch.no_grad():  # the reference: the network called here, then normalised
+        ref = models["net"](x).numpy()
+        ref_flip = ref + models["net"](torch.flip(x, dims=[3])).numpy()
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    ref_flip /= np.linalg.norm(ref_flip, axis=1, keepdims=True)
+    t = IResNetEmbedder(models["pth"])
+    assert (t.dim, t.input_size) == (64, 112)
+    assert np.allclose(t.embed(batch), ref, atol=1e-5)
+    o = OnnxEmbedder(models["onnx"])
+    assert (o.dim, o.input_size) == (64, 112) and o.provider == "CPUExecutionProvider"
+    assert np.allclose(o.embed(batch), ref, atol=1e-4)
+    assert np.allclose(IResNetEmbedder(models["pth"], flip=True).embed(batch), ref_flip, atol=1e-5)
+    assert np.allclose(OnnxEmbedder(models["onnx"], flip=True).embed(batch), ref_flip, atol=1e-4)
+    # images of another size are resized to the model's input, as the engine does
+    assert t.embed([torch.from_numpy(f).permute(2, 0, 1) for f in faces.arrays[:2]]).shape == (2, 64)
+
+
+def test_onnx_that_is_not_a_face_model_and_missing_checkpoints_are_refused(models, tmp_path):
+    with pytest.raises(EmbedderError, match=r"not a face-recognition model: its input .* not an NCHW 3 x H x W"):
+        check_onnx(models["not_face"])
+    (tmp_path / "junk.onnx").write_bytes(b"not onnx")
+    with pytest.raises(EmbedderError, match="not a loadable ONNX model"):
+        check_onnx(str(tmp_path / "junk.onnx"))
+    with pytest.raises(params.ParamError, match="checkpoint: .*missing.pth: no such file"):
+        params.embedding_model("iresnet", str(tmp_path / "missing.pth"))
+    with pytest.raises(params.ParamError, match="checkpoint: .* is a folder"):
+        params.embedding_model("iresnet", str(tmp_path))
+    with pytest.raises(params.ParamError, match="model: must be one of dlib, iresnet, onnx"):
+        params.embedding_model("facenet")
+    with pytest.raises(params.ParamError, match="flip: --flip is for iresnet and onnx"):
+        params.embedding_model("dlib", flip="true")
+    with pytest.raises(params.ParamError, match="detect: --detect is for the dlib model"):
+        params.embedding_model("onnx", models["onnx"], detect=True)
+    (tmp_path / "model.pth").write_bytes(b"\x00" * 100)
+    with pytest.raises(EmbedderError, match="not a loadable torch checkpoint"):
+        IResNetEmbedder(str(tmp_path / "model.pth"))
+
+
+def _dataset(faces, root: Path, name: str, layout: dict[str, int]) -> fo.Dataset:
+    faces.identity_tree(root, layout)
+    load_face_dataset(str(root), source="s", domain="synthetic", dataset_name=name)
+    return fo.load_dataset(name)
+
+
+def _vectors(name: str) -> dict[str, np.ndarray]:
+    ds = fo.load_dataset(name)
+    ds.reload()
+    return {p: v for p, v in zip(*ds.values(["filepath", FIELD]))}
+
+
+def test_refusals_leave_the_dataset_untouched(models, faces, tmp_path, dataset_name, cli_env):
+    ds = _dataset(faces, tmp_path / "ids", dataset_name, {"a": 2})
+    before = dict(ds.info)
+    for args, expected in [
+        (["--model", "iresnet", "--checkpoint", str(tmp_path / "missing.pth")], "missing.pth: no such file"),
+        (["--model", "onnx", "--checkpoint", models["not_face"]], "not a face-recognition model"),
+    ]:
+        proc = subprocess.run([FACEAUDIT, "embed", "--dataset", dataset_name, *args], env=cli_env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    ds.reload()
+    assert FIELD not in ds.get_field_schema() and ds.info == before
+
+
+def test_settings_mismatch_refused_until_overwrite_and_sharded_equals_one_run(models, faces, tmp_path,
+                                                                                dataset_name):
+    ds = _dataset(faces, tmp_path / "ids", dataset_name, {"a": 3, "b": 3, "c": 3})
+    one = dataset_name + "-one"
+    ds.clone(one, persistent=True)
+    try:
+        for i in range(2):
+            report = drive(iter_embed(dataset_name, model="iresnet", checkpoint=models["pth"], device="cpu",
+                                      batch_size=2, workers=0, shard=f"{i}/2"))
+            assert report.shard == f"{i}/2"
+        drive(iter_embed(one, model="iresnet", checkpoint=models["pth"], device="cpu", batch_size=5, workers=1))
+        sharded, single = _vectors(dataset_name), _vectors(one)
+        assert len(sharded) == 9 and all(v is not None for v in sharded.values())
+        assert all(sharded[k].dtype == np.float16 and sharded[k].shape == (64,) for k in sharded)
+        assert all(np.array_equal(sharded[k], single[k]) for k in single)
+        info = fo.load_dataset(dataset_name).info["faceaudit"]["embedding"]
+        assert {k: info[k] for k in ("model", "checkpoint", "dim", "threshold")} == {
+            "model": "iresnet", "checkpoint": models["pth"], "dim": 64, "threshold": 0.3}
+        assert "(x - 127.5) / 127.5" in info["preprocessing"]
+
+        # vectors of other settings are refused before anything is written, then --overwrite re-embeds
+        with pytest.raises(EmbedError, match="other settings: flip False \\(now True\\)"):
+            drive(iter_embed(dataset_name, model="iresnet", checkpoint=models["pth"], flip=True, workers=0))
+        assert all(np.array_equal(v, sharded[k]) for k, v in _vectors(dataset_name).items())
+        report = drive(iter_embed(dataset_name, model="onnx", checkpoint=models["onnx"], flip=True, workers=0,
+                                  overwrite=True))
+        assert report.embedded == 9 and report.already_embedded == 0
+        assert fo.load_dataset(dataset_name).info["faceaudit"]["embedding"]["model"] == "onnx"
+    finally:
+        fo.delete_dataset(one)
+
+
+def test_sigkill_mid_run_then_rerun_equals_a_one_shot_run(faces, tmp_path, dataset_name, cli_env):
+    """dlib's real weights, from the command line; the run is killed once some vectors are written."""
+    ds = _dataset(faces, tmp_path / "ids", dataset_name, {f"p{k}": 4 for k in range(6)})
+    clean = dataset_name + "-clean"
+    ds.clone(clean, persistent=True)
+    try:
+        args = [FACEAUDIT, "embed", "--device", "cpu", "--batch-size", "2", "--workers", "0", "--quiet"]
+        proc = subprocess.Popen([*args, "--dataset", dataset_name], env=cli_env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        samples = ds._sample_collection
+        deadline = time.time() + 300
+        while samples.count_documents({FIELD: {"$exists": True}}) < 4:
+            assert proc.poll() is None, "embed ended before it could be killed"
+            assert time.time() < deadline
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        partial = samples.count_documents({FIELD: {"$exists": True}})
+        assert 4 <= partial < 24, partial
+        out = subprocess.run([*args, "--dataset", dataset_name], env=cli_env, capture_output=True, text=True,
+                             timeout=600)
+        assert out.returncode == 0, out.stderr
+        assert f"{24 - partial} samples embedded" in out.stdout and f"{partial} already embedded" in out.stdout
+        drive(iter_embed(clean, device="cpu", batch_size=7, workers=1))
+        resumed, one = _vectors(dataset_name), _vectors(clean)
+        assert len(resumed) == 24 and all(np.array_equal(resumed[k], one[k]) for k in one)
+        paths = sorted(one)
+        stored = np.stack([one[p] for p in paths]).astype(np.float32)
+        from PIL import Image
+
+        ref = reference_dlib(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths]))
+        assert np.abs(stored - ref).max() < 2e-3  # float16 storage
+    finally:
+        fo.delete_dataset(clean)
+
+
+def test_operator_embeds_now_delegated_and_in_shards(models, faces, tmp_path, dataset_name):
+    import fiftyone.operators as foo
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    ds = _dataset(faces, tmp_path / "ids", dataset_name, {"a": 3, "b": 3})
+    p = {"model": "iresnet", "checkpoint": models["pth"], "device": "cpu", "batch_size": 2}
+    view_a = ds.match(fo.ViewField("identity") == "a")
+    result = foo.execute_operator(EMBED_URI, ctx={"dataset": ds, "view": view_a, "params": {**p, "delegate": "false"}})
+    assert not result.delegated and result.error is None, result.error
+    ds.reload()
+    assert ds.exists(FIELD).count_values("identity") == {"a": 3}
+
+    result = foo.execute_operator(EMBED_URI, ctx={"dataset": ds, "params": {**p, "delegate": "true", "shards": 2}})
+    assert result.error is None, result.error
+    for _ in range(2):  # the fan-out operation, then the shards it queued
+        DelegatedOperationService().execute_queued_operations(dataset_name=dataset_name)
+    ops = DelegatedOperationService().list_operations(operator=EMBED_URI, dataset_name=dataset_name)
+    assert {o.run_state for o in ops} == {"completed"}, [(o.run_state, o.run_state and o.result) for o in ops]
+    ds.reload()
+    assert ds.exists(FIELD).count() == 6
+    # the form refuses an ONNX file that is not a face model (Execute stays disabled)
+    from fiftyone.operators.executor import ExecutionError
+
+    with pytest.raises(ExecutionError, match="Path: checkpoint.*not a face-recognition model"):
+        foo.execute_operator(EMBED_URI, ctx={"dataset": ds, "params": {
+            "model": "onnx", "checkpoint": models["not_face"], "delegate": "false"}})
+    assert ds.exists(FIELD).count() == 6
+
+
+def test_embedding_section_of_a_run_config(tmp_path, models):
+    from faceaudit.config import ConfigError, load_config
+
+    (tmp_path / "faces").mkdir()
+    base = '[[sources]]\npath = "faces"\nname = "x"\ndomain = "real"\n\n[model]\nkind = "agegender"\n\n'
+    (tmp_path / "a.toml").write_text(base + f'[embedding]\nmodel = "iresnet"\ncheckpoint = "{models["pth"]}"\n'
+                                     'flip = true\n')
+    e = load_config(str(tmp_path / "a.toml")).embedding
+    assert (e.model, e.checkpoint, e.flip, e.detect) == ("iresnet", models["pth"], True, False)
+    (tmp_path / "b.toml").write_text(base + f'[embedding]\nmodel = "onnx"\ncheckpoint = "{models["not_face"]}"\n')
+    with pytest.raises(ConfigError, match="line 11: embedding.checkpoint: .*not a face-recognition model"):
+        load_config(str(tmp_path / "b.toml"))
+    (tmp_path / "c.toml").write_text(base.replace('[model]', '[embedding]\nmodel = "dlib"\n\n[model]'))
+    assert load_config(str(tmp_path / "c.toml")).embedding.model == "dlib"
+
+
+def test_detect_tags_images_without_a_face_and_reruns_skip_them(tmp_path, dataset_name):
+    from PIL import Image
+    from skimage.data import astronaut
+
+    from fiftyone_plugin.embed import NO_FACE_TAG
+
+    Image.fromarray(astronaut()).save(tmp_path / "astronaut.png")
+    Image.fromarray(np.full((200, 200, 3), 128, np.uint8)).save(tmp_path / "wall.png")
+    load_face_dataset(str(tmp_path), source="photos", domain="real", format="flat", dataset_name=dataset_name)
+    report = drive(iter_embed(dataset_name, detect=True, device="cpu", workers=0))
+    assert (report.embedded, report.no_face) == (1, 1), report
+    ds = fo.load_dataset(dataset_name)
+    ds.reload()
+    tagged = ds.match_tags(NO_FACE_TAG)
+    assert [os.path.basename(p) for p in tagged.values("filepath")] == ["wall.png"]
+    assert tagged.exists(FIELD).count() == 0 and ds.exists(FIELD).count() == 1
+    assert ds.info["faceaudit"]["embedding"]["detect"] is True
+    again = drive(iter_embed(dataset_name, detect=True, device="cpu", workers=0))
+    assert (again.embedded, again.already_embedded, again.skipped) == (0, 1, 1)
