@@ -36,19 +36,7 @@ def refused(proc: subprocess.CompletedProcess, *words: str) -> str:
 
 # ----------------------------------------------------------------------------- item 1: concurrent writers
 
-_STARTER = """
-import contextlib, os, sys, time
-from faceaudit_cli import main
-folder, me, rounds, args = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
-for r in range(rounds):  # each round: say ready, wait for the go, so that all commands start together
-    open(os.path.join(folder, f"ready-{r}-{me}"), "w").close()
-    while not os.path.exists(os.path.join(folder, f"go-{r}")):
-        time.sleep(0.002)
-    with open(os.path.join(folder, f"out-{r}-{me}.txt"), "w") as out, contextlib.redirect_stdout(out):
-        code = main([a.replace("ROUND", str(r)) for a in args])
-    if code:
-        sys.exit(code)
-"""
+from test_adversity_load import _STARTER  # noqa: E402  (runs main() once a round, after a file barrier)
 
 #: the issue's done-when is 20 rounds (FACEAUDIT_RACE_ROUNDS=20: about 9 minutes on a busy 2-core
 #: machine); the default run does 5 (the old read-modify-write lost records in 3 of the first 4)
