@@ -51,15 +51,14 @@ def annotate_options(model="mac", checkpoint=None, source=None, device="auto", b
     from the App's forms accepted); raises a ``ValueError`` naming the argument. Nothing is
     opened or written here, so every door refuses before any write."""
     model = params.choice("model", model, MODELS, "mac")
+    numbers = (params.name("source", source, required=False), params.device(device), params.batch_size(batch_size),
+               params.workers(workers), params.mc_passes(mc_passes), params.threshold(threshold))
+    # the file last: its type is read from disk (a folder, a JPEG, /dev/zero are named as such)
     checkpoint = (params.checkpoint_file(checkpoint) if model == "mac"
                   else None if params.is_blank(checkpoint) else str(checkpoint).strip())
     if model == "mac" and checkpoint is None:
         raise AnnotateError("a MAC checkpoint is needed: give --checkpoint PATH (train one with faceaudit train-mac)")
-    return AnnotateOptions(
-        model, checkpoint, params.name("source", source, required=False), params.device(device),
-        params.batch_size(batch_size), params.workers(workers), params.mc_passes(mc_passes),
-        params.threshold(threshold),
-    )
+    return AnnotateOptions(model, checkpoint, *numbers)
 
 
 def settings_of(o: AnnotateOptions) -> dict:

@@ -175,7 +175,7 @@ def update_info(dataset: fo.Dataset, fields: dict[tuple[str, ...], object]) -> N
         raise RuntimeError(f"dataset {dataset.name!r}: cannot store faceaudit's info")
     if result.matched_count == 0:
         raise DatasetGone(dataset.name)
-    dataset._doc.reload()
+    dataset.reload()  # the new info, and the fields other processes added meanwhile
 
 
 def _make_objects(datasets, query: dict, fields) -> None:
