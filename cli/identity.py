@@ -17,9 +17,14 @@ def cmd_identity(args: argparse.Namespace) -> int:
         n = identity.clear_tags(open_dataset(args.dataset))
         print(f"identity tags removed from {n} samples")
         return 0
+    from fiftyone_plugin.schema import check_outputs
+
     opts = identity.options(args.threshold, args.fmr, args.max_pairs, args.seed)
-    outputs = params.output_files({"json": args.json, "html": args.html, "csv": args.csv})
-    result = identity.identity_audit(open_dataset(args.dataset), opts, tag=args.tag,
+    wanted = {"json": args.json, "html": args.html, "csv": args.csv}
+    params.output_files(wanted, overwrite=True)  # the paths' form, before opening the dataset
+    dataset = open_dataset(args.dataset)
+    outputs = check_outputs(dataset, wanted, overwrite=args.overwrite)  # never over a source's files
+    result = identity.identity_audit(dataset, opts, tag=args.tag,
                                      similarity_index=not args.no_similarity_index)
     print(f"threshold {result['threshold']:.4g} ({result['threshold_rule']})")
     for source, s in result["sources"].items():
@@ -58,6 +63,8 @@ def register(sub) -> None:
     p.add_argument("--json", metavar="OUT")
     p.add_argument("--html", metavar="OUT")
     p.add_argument("--csv", metavar="OUT")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files faceaudit did not write "
+                                                            "(never a loaded source's files)")
     p.add_argument("--tag", action="store_true", help="tag identity_leak / identity_collision / identity_outlier "
                                                       "and save their views")
     p.add_argument("--clear", action="store_true", help="remove the identity tags and views")

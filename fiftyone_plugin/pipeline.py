@@ -72,7 +72,8 @@ def run_study(config: StudyConfig, progress: Callable[[Progress], None] | None =
     outlier_key = _key(inputs, asdict(config.outliers), states=config.comparison.states,
                        alpha=config.comparison.alpha)
     _outliers(dataset, config, outlier_key, done, report, echo)
-    run_key = fingerprint.settings_key({"compare": compare_key, "outliers": outlier_key})
+    identity_key = _identity(dataset, config, done, report, echo)
+    run_key = fingerprint.settings_key({"compare": compare_key, "outliers": outlier_key, "identity": identity_key})
     _write_reports(dataset, config, result, report, run_key)
     report.summary_table = "\n".join(reports.text_table(result).splitlines()[:8])
     return report
@@ -145,6 +146,30 @@ def _embed(config: StudyConfig, progress, echo) -> str:
     if embedded.embedded == 0 and embedded.no_face == 0 and embedded.failed == 0:
         return "skipped: every readable sample is embedded"
     return f"{embedded.embedded} samples embedded"
+
+
+def _identity(dataset, config: StudyConfig, done: dict, report: StudyReport, echo) -> dict | None:
+    """The identity audit (``[identity]``) on the embeddings, rerun only when its settings, the
+    embedding settings or the embedded samples changed; returns its key (None: no such step)."""
+    from . import identity
+    from .embed import FIELD
+
+    i = config.identity
+    if i is None:
+        return None
+    key = _key(asdict(i), embedding=schema.get_info(dataset, "embedding") or {},
+               embedded=count_samples(dataset.exists(FIELD)), samples=count_samples(dataset))
+    if done.get("identity") == key and schema.get_info(dataset, "identity"):
+        report.steps["identity"] = "skipped: embeddings and settings unchanged"
+        return key
+    result = identity.identity_audit(dataset, identity.options(i.threshold, i.fmr, i.max_pairs, i.seed), tag=i.tag)
+    _record(dataset, "identity", key)
+    leaks = {s: v.get("share_above_threshold") for s, v in result.get("leakage", {}).items() if v.get("applicable")}
+    echo(f"identity audit: threshold {result['threshold']:.3g} ({result['threshold_rule']}); "
+         + "; ".join(f"{s} leakage {v:.1%}" for s, v in leaks.items() if v is not None))
+    report.steps["identity"] = "computed" + (": tagged " + ", ".join(f"{k} {v}" for k, v in result["tagged"].items())
+                                             if result.get("tagged") else "")
+    return key
 
 
 def _compare(dataset, config: StudyConfig, key: dict, report: StudyReport) -> dict:

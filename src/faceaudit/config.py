@@ -12,6 +12,7 @@ A TOML file (see ``study.toml`` at the repository root for every key)::
     [comparison]                      # states, alpha, bootstrap, seed
     [outliers]                        # top = K or threshold = T; joint = [...]; tag
     [embedding]                       # face embeddings: model = "dlib"|"iresnet"|"onnx", checkpoint, ...
+    [identity]                        # identity audit on the embeddings: threshold or fmr, max_pairs, seed, tag
     [reports]                         # html, json, csv paths
 
 Every value is checked with :mod:`faceaudit.params` (the same checks as the CLI and the App's
@@ -83,6 +84,17 @@ class EmbeddingConfig:
 
 
 @dataclass(frozen=True)
+class IdentityConfig:
+    """``[identity]``: the identity audit on the embeddings (``faceaudit identity``); absent: none."""
+
+    threshold: float | None = None
+    fmr: float | None = None
+    max_pairs: int | None = None
+    seed: int = 0
+    tag: bool = True
+
+
+@dataclass(frozen=True)
 class ComparisonConfig:
     states: str = "three"
     alpha: float = 0.5
@@ -115,6 +127,7 @@ class StudyConfig:
     outliers: OutliersConfig = field(default_factory=OutliersConfig)
     reports: ReportsConfig = field(default_factory=ReportsConfig)
     embedding: EmbeddingConfig | None = None
+    identity: IdentityConfig | None = None
 
 
 TABLES = {
@@ -124,6 +137,7 @@ TABLES = {
     "outliers": ("top", "threshold", "joint", "tag"),
     "reports": ("html", "json", "csv", "overwrite"),
     "embedding": ("model", "checkpoint", "detect", "flip", "device", "batch_size", "workers"),
+    "identity": ("threshold", "fmr", "max_pairs", "seed", "tag"),
 }
 TOP_KEYS = ("dataset",)
 
@@ -256,7 +270,8 @@ class _Validator:
         return StudyConfig(dataset, parsed, self.model(data.get("model", {})),
                            self.comparison(data.get("comparison", {})), self.outliers(data.get("outliers", {})),
                            self.reports(data.get("reports", {})),
-                           self.embedding(data["embedding"]) if "embedding" in data else None)
+                           self.embedding(data["embedding"]) if "embedding" in data else None,
+                           self.identity(data["identity"], "embedding" in data) if "identity" in data else None)
 
     def source(self, values: Any, i: int) -> SourceConfig:
         t = "sources"
@@ -320,6 +335,24 @@ class _Validator:
             self.check(t, "batch_size", params.batch_size, values.get("batch_size"), 64),
             self.check(t, "workers", params.workers, values.get("workers")),
         )
+
+    def identity(self, values: Any, embedded: bool) -> IdentityConfig:
+        t = "identity"
+        self.known_keys(t, values, TABLES[t])
+        if not embedded:
+            self.fail(t, None, "the identity audit needs face embeddings: add an [embedding] table")
+        tag = values.get("tag", True)
+        if not isinstance(tag, bool):
+            self.fail(t, "tag", f"expected true or false, got {tag!r}")
+        from .identity import audit_options
+
+        try:
+            opts = audit_options(values.get("threshold"), values.get("fmr"), values.get("max_pairs"),
+                                 values.get("seed"))
+        except ValueError as e:
+            param = getattr(e, "param", None)
+            self.fail(t, param if param in values else next(iter(values), None), str(e).split(": ", 1)[-1])
+        return IdentityConfig(opts.threshold, opts.fmr, opts.max_pairs, opts.seed, tag)
 
     def comparison(self, values: Any) -> ComparisonConfig:
         t = "comparison"

@@ -46,13 +46,17 @@ def to_rgb_crop(image: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
 
 
 def write_demo_faces(directory: str) -> list[str]:
-    """Write the demo faces as flat folders of JPEGs; returns the folders, one per demo source."""
+    """Write the demo faces as identity folders of JPEGs (``<source>/<identity>/<image>``, one
+    image per identity); returns the folders, one per demo source. The stand-in synthetic identity
+    ``lfw_007`` is the real identity ``lfw_007`` mirrored and darkened: a synthetic set that copies
+    real people, which the identity audit's leakage finds (the privacy failure it exists for)."""
     real = os.path.join(os.path.abspath(directory), "lfw-demo")
     altered = os.path.join(os.path.abspath(directory), "lfw-altered-demo")
     faces = lfw_faces()
-    _write_all(real, {f"lfw_{i:03d}.jpg": f for i, f in enumerate(faces)} | {"astronaut.jpg": astronaut_face()})
+    _write_all(real, {f"lfw_{i:03d}/lfw_{i:03d}.jpg": f for i, f in enumerate(faces)}
+               | {"astronaut/astronaut.jpg": astronaut_face()})
     darker = (faces[:, :, ::-1].astype(np.float32) * 0.75).astype(np.uint8)  # mirrored, darker
-    _write_all(altered, {f"altered_{i:03d}.jpg": f for i, f in enumerate(darker)})
+    _write_all(altered, {f"lfw_{i:03d}/altered_{i:03d}.jpg": f for i, f in enumerate(darker)})
     return [real, altered]
 
 
@@ -60,6 +64,7 @@ def _write_all(folder: str, images: dict[str, np.ndarray]) -> None:
     os.makedirs(folder, exist_ok=True)
     for name, image in images.items():
         path = os.path.join(folder, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         if not os.path.exists(path):
             Image.fromarray(image).save(path, quality=95)
 
@@ -79,15 +84,16 @@ def default_demo_dir() -> str:
 def demo_config(directory: str | None = None, dataset: str = "faces"):
     """The demo as a study config: the demo faces written to ``directory`` (default:
     :func:`default_demo_dir`), labelled with the offline age/gender models, embedded with dlib's
-    offline face-recognition ResNet, the 10 synthetic faces real data explains least tagged, an
+    offline face-recognition ResNet and audited for identity leakage, the 10 synthetic faces real data explains least tagged, an
     HTML report at ``directory/report.html``."""
-    from .config import EmbeddingConfig, ModelConfig, OutliersConfig, ReportsConfig, SourceConfig, StudyConfig
+    from .config import EmbeddingConfig, IdentityConfig, ModelConfig, OutliersConfig, ReportsConfig, SourceConfig, StudyConfig
 
     directory = default_demo_dir() if directory is None else directory
     folders = write_demo_faces(directory)
-    sources = tuple(SourceConfig(folder, source, domain, "auto")
+    sources = tuple(SourceConfig(folder, source, domain, "folders")
                     for folder, (source, domain) in zip(folders, DEMO_SOURCES))
     return StudyConfig(dataset, sources, model=ModelConfig("agegender", device="cpu", batch_size=32, workers=0),
                        outliers=OutliersConfig(top=DEMO_OUTLIERS),
                        reports=ReportsConfig(html=os.path.join(os.path.abspath(directory), "report.html")),
-                       embedding=EmbeddingConfig("dlib", device="cpu", batch_size=32, workers=0))
+                       embedding=EmbeddingConfig("dlib", device="cpu", batch_size=32, workers=0),
+                       identity=IdentityConfig(tag=True))

@@ -334,9 +334,13 @@ _OVERWRITE_HINT = {"reports.": "overwrite = true in [reports]"}
 #: how each kind of faceaudit output starts (within its first 4 KiB): an existing file may be
 #: replaced by a new one of its kind only when it is one
 _SIGNATURES = {
-    "html": re.compile(r"^<!DOCTYPE html>\s*<html[^>]*><head><meta charset=\"utf-8\"><title>faceaudit report: "),
-    "csv": re.compile(r"^attribute,category,kl_real_synth,kl_synth_real,js[,\r\n]"),
+    "html": re.compile(r"^<!DOCTYPE html>\s*<html[^>]*><head><meta charset=\"utf-8\"><title>faceaudit (identity audit|report): "),
+    "csv": re.compile(r"^(attribute,category,kl_real_synth,kl_synth_real,js|source,metric,value)[,\r\n]"),
 }
+
+
+#: the keys a faceaudit JSON report has: the comparison's, the identity audit's
+_JSON_KEYS = ({"states", "alpha", "attributes", "sources"}, {"threshold", "threshold_rule", "sources"})
 
 
 def written_by_faceaudit(path: str, kind: str) -> bool:
@@ -354,7 +358,7 @@ def written_by_faceaudit(path: str, kind: str) -> bool:
 
                 f.seek(0)
                 data = json.loads(f.read().decode("utf-8"))
-                return isinstance(data, dict) and {"states", "alpha", "attributes", "sources"} <= set(data)
+                return isinstance(data, dict) and any(keys <= set(data) for keys in _JSON_KEYS)
     except (OSError, ValueError):
         return False
     signature = _SIGNATURES.get(kind)
