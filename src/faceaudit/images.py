@@ -14,6 +14,7 @@ image over :data:`DEFAULT_MAX_PIXELS` (adjustable) is tagged at load and refused
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from collections.abc import Callable
@@ -75,6 +76,20 @@ def image_problem(head: bytes, tail: bytes, size: int, read: Reader | None = Non
     if fmt == "webp" and len(head) >= 8 and struct.unpack("<I", head[4:8])[0] + 8 > size:
         return "truncated WebP (file shorter than its header says)"
     return None
+
+
+def file_digest(path: str) -> str | None:
+    """A content hash of the file at ``path`` (BLAKE2b, 128 bits, hex), or None when it cannot be
+    read: identical files under two names, identities or sources have the same one. One read of
+    the file, far cheaper than decoding it."""
+    digest = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 def check_image_file(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> str | None:

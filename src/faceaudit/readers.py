@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .images import IMAGE_EXTENSIONS, is_image_name, sniff_format
+from .params import normal_form
 from .recordio import RecordIOReader, find_recordio_pair
 
 FORMATS = ("folders", "bupt", "nested", "flat", "rec")
@@ -82,6 +83,8 @@ class ScanStats:
     skipped_non_image: int = 0
     skipped_examples: list[str] = field(default_factory=list)
     problems: Tally = field(default_factory=Tally)
+    #: things loaded, but worth the user's eye (folder names that differ only in encoding)
+    warnings: list[str] = field(default_factory=list)
 
     def skip(self, path: str) -> None:
         self.skipped_non_image += 1
@@ -265,6 +268,24 @@ def _list_dir(path: str, stats: ScanStats | None = None) -> tuple[list[os.DirEnt
     return dirs, files
 
 
+def _named_units(dirs: list[os.DirEntry], group: str | None, stats: ScanStats) -> list[FolderUnit]:
+    """One unit per identity folder of ``dirs``, its name in Unicode form NFC
+    (:func:`faceaudit.params.normal_form`): folders whose names differ only in how their letters
+    are encoded (``café`` from macOS and from Linux) are one identity, and a warning says so."""
+    units, spelled = [], {}
+    for d in dirs:
+        name = normal_form(d.name)
+        spelled.setdefault(name, []).append(d.path)
+        units.append(FolderUnit(d.path, name, group))
+    for name, paths in spelled.items():
+        if len(paths) > 1:
+            shown = ", ".join(ascii(os.path.basename(p)) for p in paths)
+            stats.warnings.append(f"{len(paths)} folders named {name!r} differ only in how their letters are "
+                                  f"encoded ({shown}, in {display_path(os.path.dirname(paths[0]))}): "
+                                  f"loaded as one identity")
+    return units
+
+
 def _has_images(path: str) -> bool:
     """True if ``path`` directly holds an image file (a folder that cannot be read: False)."""
     return any(is_image_name(f.name) for f in _list_dir(path)[1])
@@ -315,7 +336,7 @@ def scan_folders(path: str) -> Scan:
     _require_dir(root, "folders")
     stats = ScanStats()
     dirs, files = _list_dir(root, stats)
-    units: list[Unit] = [FolderUnit(d.path, d.name, None) for d in dirs]
+    units: list[Unit] = list(_named_units(dirs, None, stats))
     for f in files:  # files beside the identity folders belong to no identity
         stats.skip(f.path)
     if not units:
@@ -352,8 +373,8 @@ def scan_bupt(path: str) -> Scan:
     stats = ScanStats()
     for race_root in race_roots:
         for race in _list_dir(race_root, stats)[0]:
-            races.append(race.name)
-            units.extend(FolderUnit(d.path, d.name, race.name) for d in _list_dir(race.path, stats)[0])
+            races.append(normal_form(race.name))
+            units.extend(_named_units(_list_dir(race.path, stats)[0], normal_form(race.name), stats))
     if not units:
         raise LayoutError(f"{root}: BUPT folder without identity folders under its race folders")
     subsets = ", ".join(os.path.basename(r) for r in race_roots)
@@ -371,7 +392,7 @@ def scan_nested(path: str) -> Scan:
     stats = ScanStats()
     groups = _list_dir(root, stats)[0]
     for g in groups:
-        units.extend(FolderUnit(d.path, d.name, g.name) for d in _list_dir(g.path, stats)[0])
+        units.extend(_named_units(_list_dir(g.path, stats)[0], normal_form(g.name), stats))
     if not units:
         raise LayoutError(
             f"{root}: no identity folders inside group folders (expected <root>/<group>/<identity>/<image>)"
