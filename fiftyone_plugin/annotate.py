@@ -8,6 +8,7 @@ Monte-Carlo passes use fixed dropout masks, so the labels do not depend on the b
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass, field
@@ -54,6 +55,21 @@ def annotate_options(model="mac", checkpoint=None, source=None, device="auto", b
         params.batch_size(batch_size), params.workers(workers), params.mc_passes(mc_passes),
         params.threshold(threshold),
     )
+
+
+def checkpoint_problem(checkpoint: str | None) -> str | None:
+    """Why a local checkpoint path cannot be read (no such file, a folder, unreadable), or None
+    (URLs are fetched and checked when they are loaded). A cheap check, for forms and queues."""
+    if checkpoint is None or "://" in checkpoint:
+        return None
+    path = os.path.abspath(os.path.expanduser(checkpoint))
+    if not os.path.exists(path):
+        return f"{path}: no such checkpoint file"
+    if not os.path.isfile(path):
+        return f"{path}: not a file (a checkpoint written by faceaudit train-mac is one file)"
+    if not os.access(path, os.R_OK):
+        return f"{path}: not readable (permission denied)"
+    return None
 
 
 @dataclass

@@ -38,7 +38,7 @@ from faceaudit import params
 from faceaudit.images import DEFAULT_MAX_PIXELS, check_image_file, file_digest
 from faceaudit.presets import DOMAINS, get_preset
 from faceaudit.progress import Progress, drive
-from faceaudit.readers import FORMATS, FaceRecord, LayoutError, Scan, Tally, scan
+from faceaudit.readers import FORMATS, FaceRecord, LayoutError, Scan, Tally, check_root, scan
 
 from . import schema
 from .bulk import fiftyone_rand, new_object_ids
@@ -116,6 +116,21 @@ def resolve_options(
         raise LoadError(f"domain: required, one of {', '.join(DOMAINS)}: give --domain real|synthetic (or a --preset)")
     return (params.name("source", source), params.choice("domain", domain, DOMAINS),
             params.choice("format", format, ("auto", *FORMATS), "auto"))
+
+
+def check_load(path: str | None, source: str | None = None, domain: str | None = None,
+               format: str | None = None, preset: str | None = None, limit=None,
+               extract_to: str | None = None) -> dict:
+    """Every argument of a load, checked as :func:`iter_load` checks it, before any work: names,
+    domain, format, preset, limit, and the path (it exists, can be listed, is no system folder:
+    :func:`faceaudit.readers.check_root`). Returns them resolved (absolute paths). The App's
+    operator runs this before it runs or queues a load."""
+    if params.is_blank(path):
+        raise params.ParamError("path", "a dataset folder or .rec file is required")
+    source, domain, format = resolve_options(source, domain, format, preset)
+    return {"path": check_root(str(path)), "source": source, "domain": domain, "format": format,
+            "limit": params.to_int("limit", limit, minimum=1),
+            "extract_to": None if params.is_blank(extract_to) else os.path.abspath(str(extract_to))}
 
 
 def iter_load(
