@@ -13,6 +13,7 @@ them, resumably: a killed relabelling leaves each sample with its old or its new
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass, field
@@ -79,6 +80,21 @@ def settings_of(o: AnnotateOptions) -> dict:
 def settings_key(o: AnnotateOptions) -> str:
     """The key stamped on each label a run with options ``o`` writes (see :func:`settings_of`)."""
     return fingerprint.settings_key(settings_of(o))
+
+
+def checkpoint_problem(checkpoint: str | None) -> str | None:
+    """Why a local checkpoint path cannot be read (no such file, a folder, unreadable), or None
+    (URLs are fetched and checked when they are loaded). A cheap check, for forms and queues."""
+    if checkpoint is None or "://" in checkpoint:
+        return None
+    path = os.path.abspath(os.path.expanduser(checkpoint))
+    if not os.path.exists(path):
+        return f"{path}: no such checkpoint file"
+    if not os.path.isfile(path):
+        return f"{path}: not a file (a checkpoint written by faceaudit train-mac is one file)"
+    if not os.access(path, os.R_OK):
+        return f"{path}: not readable (permission denied)"
+    return None
 
 
 @dataclass

@@ -35,10 +35,10 @@ from functools import partial
 from pymongo.errors import BulkWriteError
 
 from faceaudit import params
-from faceaudit.images import DEFAULT_MAX_PIXELS, check_image_file
+from faceaudit.images import DEFAULT_MAX_PIXELS, check_image_file, file_digest
 from faceaudit.presets import DOMAINS, get_preset
 from faceaudit.progress import Progress, drive
-from faceaudit.readers import FORMATS, FaceRecord, LayoutError, Scan, Tally, scan
+from faceaudit.readers import FORMATS, FaceRecord, LayoutError, Scan, Tally, check_root, scan
 
 from . import schema
 from .bulk import fiftyone_rand, new_object_ids
@@ -72,6 +72,9 @@ class LoadReport:
     skipped_entries: list[dict] = field(default_factory=list)
     unreadable_entries: list[dict] = field(default_factory=list)
     detected: str | None = None  # with --format auto: "detected '<format>' (<why>): <what>"
+    #: loaded, but worth a look: look-alike folder names, a folder also loaded as another
+    #: source, identical files in two identities or sources
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         text = (
@@ -94,7 +97,7 @@ class LoadReport:
             for g in groups:
                 lines.append(f"  {what}: {g['count']} x {g['reason']}: {', '.join(g['examples'])}"
                              + (", ..." if g["count"] > len(g["examples"]) else ""))
-        return lines
+        return lines + [f"  warning: {w}" for w in self.warnings]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,6 +116,21 @@ def resolve_options(
         raise LoadError(f"domain: required, one of {', '.join(DOMAINS)}: give --domain real|synthetic (or a --preset)")
     return (params.name("source", source), params.choice("domain", domain, DOMAINS),
             params.choice("format", format, ("auto", *FORMATS), "auto"))
+
+
+def check_load(path: str | None, source: str | None = None, domain: str | None = None,
+               format: str | None = None, preset: str | None = None, limit=None,
+               extract_to: str | None = None) -> dict:
+    """Every argument of a load, checked as :func:`iter_load` checks it, before any work: names,
+    domain, format, preset, limit, and the path (it exists, can be listed, is no system folder:
+    :func:`faceaudit.readers.check_root`). Returns them resolved (absolute paths). The App's
+    operator runs this before it runs or queues a load."""
+    if params.is_blank(path):
+        raise params.ParamError("path", "a dataset folder or .rec file is required")
+    source, domain, format = resolve_options(source, domain, format, preset)
+    return {"path": check_root(str(path)), "source": source, "domain": domain, "format": format,
+            "limit": params.to_int("limit", limit, minimum=1),
+            "extract_to": None if params.is_blank(extract_to) else os.path.abspath(str(extract_to))}
 
 
 def iter_load(
@@ -147,6 +165,7 @@ def iter_load(
     report = LoadReport(dataset.name, source, domain, found.format, found.root, found.description,
                         max_pixels=max_pixels,
                         detected=found.description if format == "auto" else None)
+    report.warnings += found.stats.warnings + _overlapping_sources(dataset, source, found.root)
 
     def register_source() -> None:  # before the first write, so a killed load knows its root
         schema.record_source(dataset, source, root=found.root, domain=domain, format=found.format)
@@ -167,6 +186,7 @@ def iter_load(
         writer.flush()
     _take_stats(report, found)
     _finish(dataset, found, report)
+    report.warnings += writer.duplicates.warnings() + _duplicates_across_sources(dataset, source)
     return report
 
 
@@ -214,6 +234,76 @@ def _check_source_compatible(dataset, source: str, domain: str, root: str) -> bo
     return bool(schema.broken_source(known))
 
 
+def _overlapping_sources(dataset, source: str, root: str) -> list[str]:
+    """Warnings for other sources loaded from ``root``, or from a folder inside it or holding it:
+    pooled counts would count those images twice."""
+    here = os.path.realpath(root)
+    warnings = []
+    for other, info in schema.sources_info(dataset).items():
+        if other == source or not info.get("root"):
+            continue
+        there = os.path.realpath(info["root"])
+        inside = here.startswith(there.rstrip(os.sep) + os.sep)
+        holds = there.startswith(here.rstrip(os.sep) + os.sep)
+        if here == there or inside or holds:
+            how = "is also loaded" if here == there else ("lies inside a folder loaded" if inside else
+                                                          "holds a folder loaded")
+            warnings.append(f"{root} {how} as source {other!r} ({info.get('domain')}): the same images "
+                            f"would count twice in pooled numbers")
+    return warnings
+
+
+def _duplicates_across_sources(dataset, source: str, examples: int = 3) -> list[str]:
+    """Warnings for files of ``source`` whose content (``file_hash``) is also another source's."""
+    if len(schema.sources_info(dataset)) < 2:
+        return []
+    collection = dataset._sample_collection
+    pipeline = [
+        {"$match": {schema.FILE_HASH: {"$type": "string"}}},
+        {"$group": {"_id": f"${schema.FILE_HASH}", "sources": {"$addToSet": f"${schema.SOURCE}"}}},
+        {"$match": {"sources.1": {"$exists": True}, "sources": source}},
+        {"$unwind": "$sources"},
+        {"$match": {"sources": {"$ne": source}}},
+        {"$group": {"_id": "$sources", "hashes": {"$push": "$_id"}}},
+    ]
+    warnings = []
+    for row in collection.aggregate(pipeline, allowDiskUse=True):
+        docs = collection.find({schema.FILE_HASH: {"$in": row["hashes"][:examples]}, schema.SOURCE: row["_id"]},
+                               {"_id": 0, "filepath": 1}).limit(examples)
+        shown = ", ".join(d["filepath"] for d in docs)
+        more = ", ..." if len(row["hashes"]) > examples else ""
+        warnings.append(f"{len(row['hashes'])} distinct images of source {source!r} are identical to files of source "
+                        f"{row['_id']!r} (e.g. {shown}{more})")
+    return warnings
+
+
+class _Duplicates:
+    """Files of one load with the same content (``file_hash``) in different identities."""
+
+    EXAMPLES = 3
+
+    def __init__(self) -> None:
+        self.first: dict[str, tuple[str | None, str]] = {}
+        self.pairs: list[tuple[str, str]] = []
+        self.count = 0
+
+    def add(self, digest: str | None, record: FaceRecord) -> None:
+        if digest is None:
+            return
+        seen = self.first.setdefault(digest, (record.identity, record.filepath))
+        if seen[1] != record.filepath and seen[0] != record.identity:
+            self.count += 1
+            if len(self.pairs) < self.EXAMPLES:
+                self.pairs.append((seen[1], record.filepath))
+
+    def warnings(self) -> list[str]:
+        if not self.count:
+            return []
+        shown = "; ".join(f"{a} = {b}" for a, b in self.pairs)
+        return [f"{self.count} files are identical to a file of another identity ({shown}"
+                f"{'; ...' if self.count > len(self.pairs) else ''})"]
+
+
 def _finish(dataset, found: Scan, report: LoadReport) -> None:
     if report.found == 0:
         raise LayoutError(f"{found.root}: no image files found ({found.description})")
@@ -235,8 +325,9 @@ class _ChunkWriter:
 
     def __init__(self, dataset, source, domain, check_images, report: LoadReport, before_first_write,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS):
-        self.check = partial(check_image_file, max_pixels=max_pixels)
+        self.check = partial(_check_and_hash, max_pixels=max_pixels)
         self.unreadable = Tally()
+        self.duplicates = _Duplicates()
         self.collection = dataset._sample_collection
         self.dataset_id = dataset._doc.id
         self.source, self.domain = source, domain
@@ -307,9 +398,10 @@ class _ChunkWriter:
         existing = {d["filepath"] for d in self.collection.find(query, {"_id": 0, "filepath": 1})}
         return [r for r in records if r.filepath not in existing]
 
-    def _problems(self, records: list[FaceRecord]) -> Iterable[str | None]:
+    def _problems(self, records: list[FaceRecord]) -> Iterable[tuple[str | None, str | None]]:
+        """``(problem, content hash)`` per record; without checks, neither."""
         if self.check_pool is None:
-            return [None] * len(records)
+            return [(None, None)] * len(records)
         return self.check_pool.map(self.check, [r.filepath for r in records], chunksize=64)
 
     def _documents(self, records: list[FaceRecord]) -> list[dict]:
@@ -330,10 +422,13 @@ class _ChunkWriter:
         }
         docs = []
         ids, rands = new_object_ids(len(records)), fiftyone_rand(len(records))
-        for r, _id, rand, problem in zip(records, ids, rands, self._problems(records)):
+        for r, _id, rand, (problem, digest) in zip(records, ids, rands, self._problems(records)):
             doc = template.copy()
             doc["_id"], doc["filepath"], doc["_rand"] = _id, r.filepath, rand
             doc[schema.IDENTITY], doc[schema.GROUP] = r.identity, r.group
+            if digest is not None:
+                doc[schema.FILE_HASH] = digest
+                self.duplicates.add(digest, r)
             if problem is None:
                 doc["tags"] = []
             else:
@@ -341,6 +436,12 @@ class _ChunkWriter:
                 doc[schema.IMAGE_ISSUE] = problem
             docs.append(doc)
         return docs
+
+
+def _check_and_hash(path: str, max_pixels: int | None) -> tuple[str | None, str | None]:
+    """What is wrong with the image file (see :func:`faceaudit.images.check_image_file`), and its
+    content hash (:func:`faceaudit.images.file_digest`)."""
+    return check_image_file(path, max_pixels), file_digest(path)
 
 
 DUPLICATE_KEY = 11000

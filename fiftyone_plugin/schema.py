@@ -33,8 +33,9 @@ IDENTITY = "identity"  # the identity folder / label, or None
 GROUP = "group"  # e.g. BUPT's race folder, or None
 IMAGE_ISSUE = "image_issue"  # why the image cannot be decoded, or absent
 UNREADABLE_TAG = "unreadable"  # tag on samples whose file is damaged; inference skips them
+FILE_HASH = "file_hash"  # the file's content hash at load (faceaudit.images.file_digest), or absent
 
-STRING_FIELDS = (SOURCE, DOMAIN, IDENTITY, GROUP, IMAGE_ISSUE)
+STRING_FIELDS = (SOURCE, DOMAIN, IDENTITY, GROUP, IMAGE_ISSUE, FILE_HASH)
 INFO_KEY = "faceaudit"
 
 # Fields that views filter on. (source, identity) serves identity-level grouping.

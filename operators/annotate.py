@@ -10,7 +10,7 @@ import fiftyone.operators.types as types
 
 from faceaudit import params
 
-from .common import delegation_by_size, form_check, run_job, size_notice
+from .common import delegation_by_size, door_check, form_check, resolve_path, run_job, size_notice
 
 
 class AnnotateAttributes(foo.Operator):
@@ -58,9 +58,11 @@ class AnnotateAttributes(foo.Operator):
                    "`fiftyone delegated launch` workers",
                    **form_check(ctx, "shards", params.shards))
         size_notice(ctx, inputs)
+        door_check(inputs, lambda: _check(ctx.params), fallback="checkpoint" if mac else "model")
         return types.Property(inputs, view=types.View(label="Annotate face attributes"))
 
     def resolve_delegation(self, ctx):
+        resolve_path(ctx, "checkpoint")  # before the parameters are queued
         return delegation_by_size(ctx)
 
     def execute(self, ctx):
@@ -96,3 +98,19 @@ def _fan_out(ctx, shards: int):
     report = fan_out(ctx.dataset.name, shards, {k: ctx.params.get(k) for k in keys}, view=ctx.target_view())
     if not ctx.delegated:
         yield ctx.ops.notify(report.summary().splitlines()[-1], variant="success")
+
+
+def _check(p: dict) -> None:
+    """Every argument, as ``faceaudit annotate`` checks it, and a local checkpoint that is a file."""
+    from fiftyone_plugin.annotate import annotate_options, checkpoint_problem
+
+    mac = (p.get("model") or "mac") == "mac"
+    if mac and params.is_blank(p.get("checkpoint")):
+        return  # a required field: the form says so
+    o = annotate_options(p.get("model") or "mac", p.get("checkpoint") if mac else None, None, p.get("device"),
+                         p.get("batch_size"), None, p.get("mc_passes") if mac else None, p.get("threshold"))
+    params.shards(p.get("shards"))
+    params.shard(p.get("shard"))
+    problem = checkpoint_problem(o.checkpoint) if mac else None
+    if problem is not None:
+        raise params.ParamError("checkpoint", problem)

@@ -57,6 +57,30 @@ def form_check(ctx, name: str, validate: Callable[[Any], Any]) -> dict:
     return {}
 
 
+def door_check(inputs: types.Object, check: Callable[[], Any], fallback: str) -> None:
+    """Run the door's whole validation (``check``: the same function the CLI runs) while the form
+    is resolved, so that a refused value is refused before anything is queued: FiftyOne checks
+    the inputs before it runs *or queues* an operation, while ``execute`` runs only in the
+    delegated worker. The message goes on the field it names (a :class:`faceaudit.params.
+    ParamError`'s ``param``), else on ``fallback``."""
+    try:
+        check()
+    except ValueError as e:
+        name = getattr(e, "param", None)
+        prop = inputs.properties.get(name) or inputs.properties.get(fallback)
+        if prop is not None and not prop.invalid:
+            prop.invalid, prop.error_message = True, str(e)
+
+
+def resolve_path(ctx, name: str) -> None:
+    """Make the relative path in form field ``name`` absolute, against this process's working
+    folder (the App server's, or the Python caller's), in the parameters that are queued: a
+    delegated operation runs in a launcher started anywhere."""
+    value = ctx.params.get(name)
+    if isinstance(value, str) and value.strip() and "://" not in value:
+        ctx.params[name] = os.path.abspath(os.path.expanduser(value.strip()))
+
+
 def progress_op(ctx, event):
     """Report a :class:`faceaudit.progress.Progress`: returns an op to yield in immediate mode,
     or None after reporting it directly in a delegated run."""

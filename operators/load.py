@@ -6,7 +6,9 @@ from __future__ import annotations
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from .common import execution_mode, run_job, wants_delegation
+from faceaudit import params
+
+from .common import door_check, execution_mode, resolve_path, run_job, wants_delegation
 
 FORMATS = ("auto", "folders", "bupt", "nested", "flat", "rec")
 
@@ -47,9 +49,12 @@ class LoadFaceDataset(foo.Operator):
                    description="Folder for the images of a .rec (rec layout only)")
         inputs.int("limit", label="Limit", description="Load at most this many images")
         execution_mode(ctx, inputs)
+        door_check(inputs, lambda: _check(ctx.params), fallback="path")
         return types.Property(inputs, view=types.View(label="Load face dataset"))
 
     def resolve_delegation(self, ctx):
+        for name in ("path", "extract_to"):  # before the parameters are queued
+            resolve_path(ctx, name)
         return wants_delegation(ctx)
 
     def execute(self, ctx):
@@ -78,3 +83,13 @@ class LoadFaceDataset(foo.Operator):
             ctx={"dataset": sample_collection, "params": {"path": path, **params},
                  "request_delegation": delegate},
         )
+
+
+def _check(p: dict) -> None:
+    """Every argument, as ``faceaudit load`` checks it (path included) before anything runs."""
+    from fiftyone_plugin.ingest import check_load
+
+    if params.is_blank(p.get("path")):
+        return  # a required field: the form says so
+    check_load(p.get("path"), source=p.get("source") or None, domain=p.get("domain") or None,
+               format=p.get("format") or None, preset=p.get("preset") or None, limit=p.get("limit"))

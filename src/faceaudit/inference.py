@@ -10,8 +10,13 @@
   resized to the model's input (faces are expected aligned, as the datasets ship them). A file
   that cannot be decoded is reported with its reason and skipped, never a crash.
 * An image whose header declares more than ``max_pixels`` pixels (a decompression bomb, or a file
-  replaced after it was loaded) is refused before it is decoded. BMP, which torchvision does not
+  replaced after it was loaded), or a size that holds no face (under 16 pixels a side, or one
+  side over 4 times the other), is refused before it is decoded. BMP, which torchvision does not
   decode, is decoded with Pillow.
+* A JPEG's EXIF orientation is applied (as viewers and training pipelines show the image), on
+  the CPU and after GPU decoding alike; libjpeg's "Corrupt JPEG data" warnings (damaged scan
+  data, which it fills with grey) make the image a failure instead of a label.
+  :func:`decode_file_bytes` is the one decoder (annotate, train-mac, embeddings).
 """
 
 from __future__ import annotations
@@ -27,7 +32,13 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode
 from torchvision.transforms.v2 import functional as TF
 
-from .images import DEFAULT_MAX_PIXELS, buffer_reader, image_size, pixels_problem, sniff_format
+from .images import (
+    DEFAULT_MAX_PIXELS, buffer_reader, jpeg_orientation, oriented_size, shape_problem, sniff_format,
+)
+
+
+class ImageProblem(ValueError):
+    """An image refused before or while decoding; the message is the reason (for image_issue)."""
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -70,12 +81,86 @@ def fit(image: torch.Tensor, size: int | None) -> torch.Tensor:
     return image
 
 
-def decode_file_bytes(data: torch.Tensor, size: int | None) -> torch.Tensor:
-    """Encoded bytes -> ``(3, size, size)`` uint8 on the CPU (``size`` None: the image's own size)."""
-    if sniff_format(bytes(data[:16].tolist())) == "bmp":
+def header_problem(data: torch.Tensor, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> str | None:
+    """Why encoded bytes are refused from their header alone (too many pixels, no face's size
+    or shape, as a viewer shows the image), or None."""
+    return shape_problem(oriented_size(buffer_reader(data.numpy())), max_pixels)
+
+
+def orientation(data: torch.Tensor) -> int:
+    """The EXIF orientation (1 = upright) of encoded JPEG bytes; 1 for other formats."""
+    return jpeg_orientation(buffer_reader(data.numpy()))
+
+
+def apply_orientation(image: torch.Tensor, value: int) -> torch.Tensor:
+    """A decoded ``(C, H, W)`` image turned as EXIF orientation ``value`` says it is shown."""
+    if value in (2, 4, 5, 7):  # the mirrored ones: mirror first, then turn as 1, 3, 8, 6
+        image = image.flip(-1)
+        value = {2: 1, 4: 3, 5: 8, 7: 6}[value]
+    turns = {3: 2, 6: -1, 8: 1}.get(value, 0)  # rot90 turns counter-clockwise
+    return torch.rot90(image, turns, dims=(-2, -1)) if turns else image
+
+
+def decode_file_bytes(data: torch.Tensor, size: int | None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Encoded bytes -> ``(3, size, size)`` uint8 on the CPU (``size`` None: the image's own size),
+    upright as a viewer shows it (EXIF
+    orientation applied). Raises :class:`ImageProblem` for an image refused from its header or
+    whose JPEG data libjpeg reports corrupt; other decoder errors propagate."""
+    problem = header_problem(data, max_pixels)
+    if problem is not None:
+        raise ImageProblem(problem)
+    fmt = sniff_format(bytes(data[:16].tolist()))
+    if fmt == "bmp":
         return fit(_decode_with_pillow(data), size)
-    image = torchvision.io.decode_image(data, mode=ImageReadMode.RGB)
+    if fmt == "jpeg":
+        with _DecoderMessages() as messages:
+            image = torchvision.io.decode_image(data, mode=ImageReadMode.RGB)
+        damage = messages.damage()
+        if damage is not None:
+            raise ImageProblem(f"damaged JPEG: {damage}")
+        image = apply_orientation(image, orientation(data))
+    else:
+        image = torchvision.io.decode_image(data, mode=ImageReadMode.RGB)
     return fit(to_rgb_uint8(image), size)
+
+
+class _DecoderMessages:
+    """Captures what libjpeg prints on file descriptor 2 while a JPEG decodes (it reports
+    damaged scan data there as a warning and decodes on, filling the rest with grey); other
+    text captured meanwhile is passed on to stderr."""
+
+    _MARKS = ("Corrupt JPEG data", "Premature end of JPEG file")
+    _file = None
+
+    def __enter__(self):
+        import tempfile
+
+        cls = type(self)
+        if cls._file is None or cls._file[0] != os.getpid():
+            cls._file = (os.getpid(), tempfile.TemporaryFile())
+        self.file = cls._file[1]
+        self.file.seek(0)
+        self.file.truncate()
+        self.saved = os.dup(2)
+        os.dup2(self.file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        self.file.seek(0)
+        self.text = self.file.read().decode("utf-8", "replace")
+        other = "".join(line for line in self.text.splitlines(keepends=True)
+                        if not line.startswith(self._MARKS))
+        if other:
+            os.write(2, other.encode())
+        return False
+
+    def damage(self) -> str | None:
+        for line in self.text.splitlines():
+            if line.startswith(self._MARKS):
+                return line.strip()[:160]
+        return None
 
 
 def _decode_with_pillow(data: torch.Tensor) -> torch.Tensor:
@@ -105,12 +190,14 @@ class ImageFiles(Dataset):
     def __getitem__(self, i: int):
         try:
             data = torchvision.io.read_file(self.paths[i])
-            too_big = pixels_problem(image_size(buffer_reader(data.numpy())), self.max_pixels)
-            if too_big is not None:
-                return i, None, too_big
             if self.jpeg_bytes_only and sniff_format(bytes(data[:16].tolist())) == "jpeg":
-                return i, data, None  # decoded on the GPU by the main process
-            return i, decode_file_bytes(data, self.size), None
+                problem = header_problem(data, self.max_pixels)
+                if problem is not None:
+                    return i, None, problem
+                return i, (data, orientation(data)), None  # decoded on the GPU by the main process
+            return i, decode_file_bytes(data, self.size, self.max_pixels), None
+        except ImageProblem as e:
+            return i, None, str(e)
         except Exception as e:  # noqa: BLE001 - decoders raise many types; report, don't crash
             return i, None, _reason(e)
 
@@ -164,8 +251,8 @@ class ImageBatches:
         """Worker-decoded images (stacked, pinned, copied) and GPU-decoded JPEGs -> one uint8
         batch on the device, ordered by index."""
         failures = [(i, err) for i, img, err in items if err is not None]
-        decoded = [(i, img) for i, img, err in items if err is None and img.dim() == 3]
-        encoded = [(i, img) for i, img, err in items if err is None and img.dim() == 1]
+        decoded = [(i, img) for i, img, err in items if err is None and not isinstance(img, tuple)]
+        encoded = [(i, img) for i, img, err in items if err is None and isinstance(img, tuple)]
         parts, indices = [], []
         if decoded:
             cpu = torch.stack([img for _, img in decoded])
@@ -191,19 +278,23 @@ class ImageBatches:
         return indices, batch, failures
 
     def _decode_on_device(self, encoded):
-        datas = [d for _, d in encoded]
+        """JPEG bytes ``(index, (bytes, orientation))`` decoded with nvjpeg, then turned upright."""
+        datas = [d for _, (d, _) in encoded]
         try:
             images = torchvision.io.decode_jpeg(datas, mode=ImageReadMode.RGB, device=self.device)
-            return [(i, fit(img, self.size)) for (i, _), img in zip(encoded, images)], []
+            return [(i, fit(apply_orientation(img, turn), self.size))
+                    for (i, (_, turn)), img in zip(encoded, images)], []
         except Exception:  # noqa: BLE001 - one bad JPEG fails the batch: find it one by one
             ok, bad = [], []
-            for i, data in encoded:
+            for i, (data, turn) in encoded:
                 try:
                     img = torchvision.io.decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
-                    ok.append((i, fit(img, self.size)))
+                    ok.append((i, fit(apply_orientation(img, turn), self.size)))
                 except Exception:  # noqa: BLE001
                     try:  # the CPU decoder is more forgiving (e.g. CMYK, progressive quirks)
-                        ok.append((i, decode_file_bytes(data, self.size)))
+                        ok.append((i, decode_file_bytes(data, self.size, self.max_pixels)))
+                    except ImageProblem as e:
+                        bad.append((i, str(e)))
                     except Exception as e:  # noqa: BLE001
                         bad.append((i, _reason(e)))
             return ok, bad

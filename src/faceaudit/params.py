@@ -157,7 +157,7 @@ def name(param: str, value: Any, required: bool = True) -> str | None:
         raise ParamError(param, f"must not contain text-direction overrides or line separators: {ascii(text)}")
     if len(text) > MAX_NAME:
         raise ParamError(param, f"must be at most {MAX_NAME} characters, got {len(text)}")
-    return text
+    return normal_form(text)
 
 
 def threshold(value: Any, default: float | None = None, param: str = "threshold") -> float | None:
@@ -517,3 +517,15 @@ def embedding_model(model: Any, checkpoint: Any = None, detect: Any = False, fli
 
 
 __all__ += ["EMBED_MODELS", "embed_model", "model_file", "embedding_model"]
+# ----------------------------------------------------------------------------- names (helper "inputs")
+
+
+def normal_form(text: str) -> str:
+    """``text`` in Unicode normalisation form C: ``café`` typed as one letter (NFC, Windows,
+    Linux) or as ``e`` + a combining accent (NFD, macOS file names) is one name, not two sources
+    or identities that look the same. Every name :func:`name` accepts, and every identity and
+    group folder name a reader reads, goes through here."""
+    return unicodedata.normalize("NFC", text)
+
+
+__all__ += ["normal_form"]

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .images import IMAGE_EXTENSIONS, is_image_name, sniff_format
+from .params import normal_form
 from .recordio import RecordIOReader, find_recordio_pair
 
 FORMATS = ("folders", "bupt", "nested", "flat", "rec")
@@ -82,6 +83,8 @@ class ScanStats:
     skipped_non_image: int = 0
     skipped_examples: list[str] = field(default_factory=list)
     problems: Tally = field(default_factory=Tally)
+    #: things loaded, but worth the user's eye (folder names that differ only in encoding)
+    warnings: list[str] = field(default_factory=list)
 
     def skip(self, path: str) -> None:
         self.skipped_non_image += 1
@@ -201,21 +204,19 @@ def _entries(directory: str, stats: ScanStats) -> list[os.DirEntry]:
         return []
 
 
-def _kind(entry: os.DirEntry, stats: ScanStats, follow_links: bool = False) -> str | None:
+def _kind(entry: os.DirEntry, stats: ScanStats) -> str | None:
     """``"dir"`` or ``"file"``; None for an entry left out (counted in ``stats`` with its reason
-    when it is a problem). Symbolic links to files are followed; to folders, only where
-    ``follow_links`` says (the layout's fixed-depth identity and group folders, never in the
-    recursive walk: a link such as ``up -> ..`` would walk the same images forever), and never
-    to a folder that holds the link."""
+    when it is a problem). Symbolic links to files are followed; links to folders never are, at
+    any depth of any layout (``idB -> /usr/share`` would load icons as faces, ``up -> ..`` the
+    same images forever): they are counted and left out. (``os.DirEntry.is_dir()`` follows links,
+    so the link test comes first.)"""
     if not _is_utf8(entry.name):
         stats.problems.add(NOT_UTF8, entry.path)
         return None
     try:
         if entry.is_symlink():
             if entry.is_dir():  # follows the link: raises ELOOP for a loop
-                if follow_links and not _points_up(entry.path):
-                    return "dir"
-                stats.problems.add(SYMLINK_LOOP if follow_links else SYMLINKED_FOLDER, entry.path)
+                stats.problems.add(SYMLINKED_FOLDER, entry.path)
                 return None
             if not entry.is_file():
                 stats.problems.add(BROKEN_LINK, entry.path)
@@ -236,12 +237,6 @@ def _kind(entry: os.DirEntry, stats: ScanStats, follow_links: bool = False) -> s
     return kind
 
 
-def _points_up(link: str) -> bool:
-    """True if the folder symlink ``link`` leads to the folder that holds it, or above."""
-    target, parent = os.path.realpath(link), os.path.realpath(os.path.dirname(link))
-    return parent == target or parent.startswith(target.rstrip(os.sep) + os.sep)
-
-
 def _walk_files(directory: str, stats: ScanStats) -> Iterator[str]:
     """All files under ``directory``, sorted within each folder, following no symlinked dirs;
     entries that cannot be read are counted in ``stats`` and left out."""
@@ -259,14 +254,13 @@ def _walk_files(directory: str, stats: ScanStats) -> Iterator[str]:
 
 def _list_dir(path: str, stats: ScanStats | None = None) -> tuple[list[os.DirEntry], list[os.DirEntry]]:
     """(sub-folders, files) of ``path``, sorted by name; hidden entries are left out, and so
-    are entries that cannot be read (counted in ``stats``). Symlinked sub-folders are followed
-    (a dataset assembled from links), unless they lead back up."""
+    are entries that cannot be read (counted in ``stats``), and links to folders (counted)."""
     stats = ScanStats() if stats is None else stats
     dirs, files = [], []
     for e in _entries(path, stats):
         if e.name.startswith("."):
             continue
-        kind = _kind(e, stats, follow_links=True)
+        kind = _kind(e, stats)
         if kind == "dir":
             dirs.append(e)
         elif kind == "file":
@@ -274,16 +268,55 @@ def _list_dir(path: str, stats: ScanStats | None = None) -> tuple[list[os.DirEnt
     return dirs, files
 
 
+def _named_units(dirs: list[os.DirEntry], group: str | None, stats: ScanStats) -> list[FolderUnit]:
+    """One unit per identity folder of ``dirs``, its name in Unicode form NFC
+    (:func:`faceaudit.params.normal_form`): folders whose names differ only in how their letters
+    are encoded (``café`` from macOS and from Linux) are one identity, and a warning says so."""
+    units, spelled = [], {}
+    for d in dirs:
+        name = normal_form(d.name)
+        spelled.setdefault(name, []).append(d.path)
+        units.append(FolderUnit(d.path, name, group))
+    for name, paths in spelled.items():
+        if len(paths) > 1:
+            shown = ", ".join(ascii(os.path.basename(p)) for p in paths)
+            stats.warnings.append(f"{len(paths)} folders named {name!r} differ only in how their letters are "
+                                  f"encoded ({shown}, in {display_path(os.path.dirname(paths[0]))}): "
+                                  f"loaded as one identity")
+    return units
+
+
 def _has_images(path: str) -> bool:
     """True if ``path`` directly holds an image file (a folder that cannot be read: False)."""
     return any(is_image_name(f.name) for f in _list_dir(path)[1])
 
 
-def _check_root(path: str) -> str:
+#: Kernel and device file systems: their files are not images of faces, and ``/proc`` holds a
+#: link to every process's working folder (a load of it reads the whole machine).
+SYSTEM_ROOTS = ("/proc", "/sys", "/dev")
+
+
+def system_root(path: str) -> str | None:
+    """The system folder (:data:`SYSTEM_ROOTS`) that ``path`` is or lies under, links resolved;
+    None for any other path."""
+    real = os.path.realpath(path)
+    for root in SYSTEM_ROOTS:
+        if real == root or real.startswith(root + os.sep):
+            return root
+    return None
+
+
+def check_root(path: str) -> str:
+    """The one validation of a dataset path (every layout, every door): it exists, can be
+    listed, has a UTF-8 name and is no system folder (``/proc``, ``/sys``, ``/dev``); returns
+    it absolute. Raises :class:`LayoutError` naming the path and the problem."""
     if not _is_utf8(path):
         raise LayoutError(f"{display_path(path)}: {NOT_UTF8}; rename it")
     if not os.path.exists(path):
         raise LayoutError(f"{display_path(path)}: no such file or folder")
+    refused = system_root(path)
+    if refused is not None:
+        raise LayoutError(f"{display_path(path)}: lies in {refused}, a system folder, not a face dataset")
     if os.path.isdir(path) and not os.access(path, os.R_OK | os.X_OK):
         raise LayoutError(f"{display_path(path)}: cannot list folder (permission denied)")
     return os.path.abspath(path)
@@ -299,11 +332,11 @@ def _require_dir(path: str, layout: str) -> None:
 
 def scan_folders(path: str) -> Scan:
     """``<root>/<identity>/<images>``: one unit per identity folder."""
-    root = _check_root(path)
+    root = check_root(path)
     _require_dir(root, "folders")
     stats = ScanStats()
     dirs, files = _list_dir(root, stats)
-    units: list[Unit] = [FolderUnit(d.path, d.name, None) for d in dirs]
+    units: list[Unit] = list(_named_units(dirs, None, stats))
     for f in files:  # files beside the identity folders belong to no identity
         stats.skip(f.path)
     if not units:
@@ -327,7 +360,7 @@ def _bupt_race_roots(root: str) -> list[str]:
 
 def scan_bupt(path: str) -> Scan:
     """BUPT-BalancedFace / BUPT-GlobalFace: ``images/<subset>/<Race>/<identity>/<images>``."""
-    root = _check_root(path)
+    root = check_root(path)
     _require_dir(root, "bupt")
     race_roots = _bupt_race_roots(root)
     if not race_roots:
@@ -340,8 +373,8 @@ def scan_bupt(path: str) -> Scan:
     stats = ScanStats()
     for race_root in race_roots:
         for race in _list_dir(race_root, stats)[0]:
-            races.append(race.name)
-            units.extend(FolderUnit(d.path, d.name, race.name) for d in _list_dir(race.path, stats)[0])
+            races.append(normal_form(race.name))
+            units.extend(_named_units(_list_dir(race.path, stats)[0], normal_form(race.name), stats))
     if not units:
         raise LayoutError(f"{root}: BUPT folder without identity folders under its race folders")
     subsets = ", ".join(os.path.basename(r) for r in race_roots)
@@ -353,13 +386,13 @@ def scan_bupt(path: str) -> Scan:
 
 def scan_nested(path: str) -> Scan:
     """``<root>/<group>/<identity>/<images>`` (GANDiffFace-style demographic folders)."""
-    root = _check_root(path)
+    root = check_root(path)
     _require_dir(root, "nested")
     units: list[Unit] = []
     stats = ScanStats()
     groups = _list_dir(root, stats)[0]
     for g in groups:
-        units.extend(FolderUnit(d.path, d.name, g.name) for d in _list_dir(g.path, stats)[0])
+        units.extend(_named_units(_list_dir(g.path, stats)[0], normal_form(g.name), stats))
     if not units:
         raise LayoutError(
             f"{root}: no identity folders inside group folders (expected <root>/<group>/<identity>/<image>)"
@@ -369,7 +402,7 @@ def scan_nested(path: str) -> Scan:
 
 def scan_flat(path: str) -> Scan:
     """A folder of images with no identities (searched recursively)."""
-    root = _check_root(path)
+    root = check_root(path)
     _require_dir(root, "flat")
     stats = ScanStats()
     images = []
@@ -388,7 +421,7 @@ def scan_flat(path: str) -> Scan:
 
 def scan_rec(path: str, extract_to: str | None) -> Scan:
     """InsightFace ``train.rec`` + ``train.idx``; images go to ``extract_to/<identity>/<key>.<ext>``."""
-    root = _check_root(path)
+    root = check_root(path)
     pair = find_recordio_pair(root)
     if pair is None:
         raise LayoutError(f"{root}: no .rec file found (expected train.rec and train.idx)")
@@ -436,7 +469,7 @@ def _extract_rec_unit(unit: RecUnit) -> Iterator[FaceRecord]:
 
 def detect_format(path: str) -> tuple[str, str]:
     """Which layout ``path`` is in, and why: ``(format, reason)``."""
-    root = _check_root(path)
+    root = check_root(path)
     if find_recordio_pair(root) is not None:
         return "rec", f"found {os.path.basename(find_recordio_pair(root)[0])}"
     if not os.path.isdir(root):
