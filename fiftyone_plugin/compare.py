@@ -28,7 +28,7 @@ def compute_comparison(view, states: str = "three", alpha: float = 0.5, bootstra
     ``partial`` (the panel) a comparison of what there is, ``notes`` saying what is missing."""
     states = params.choice("states", states, tuple(stats.STATE_SETS), "three")
     alpha = params.alpha(alpha)
-    bootstrap = params.to_int("bootstrap", bootstrap, 0, minimum=0, maximum=100_000)
+    bootstrap = params.bootstrap(bootstrap)
     seed = params.to_int("seed", seed, 0, minimum=0)
     unknown = [a for a in attributes or [] if a not in ATTRIBUTES]
     if unknown:

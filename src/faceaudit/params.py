@@ -284,3 +284,8 @@ def output_files(paths: dict[str, Any], taken: dict[str, str] | None = None,
 
 
 __all__ += ["output_files"]
+
+
+def bootstrap(value: Any, default: int = 0, param: str = "bootstrap") -> int:
+    """Bootstrap resamples of the comparison (0: none)."""
+    return to_int(param, value, default, minimum=0, maximum=100_000)

@@ -279,7 +279,7 @@ def _has_images(path: str) -> bool:
     return any(is_image_name(f.name) for f in _list_dir(path)[1])
 
 
-def _check_root(path: str) -> str:
+def check_root(path: str) -> str:
     if not _is_utf8(path):
         raise LayoutError(f"{display_path(path)}: {NOT_UTF8}; rename it")
     if not os.path.exists(path):
@@ -299,7 +299,7 @@ def _require_dir(path: str, layout: str) -> None:
 
 def scan_folders(path: str) -> Scan:
     """``<root>/<identity>/<images>``: one unit per identity folder."""
-    root = _check_root(path)
+    root = check_root(path)
     _require_dir(root, "folders")
     stats = ScanStats()
     dirs, files = _list_dir(root, stats)
@@ -327,7 +327,7 @@ def _bupt_race_roots(root: str) -> list[str]:
 
 def scan_bupt(path: str) -> Scan:
     """BUPT-BalancedFace / BUPT-GlobalFace: ``images/<subset>/<Race>/<identity>/<images>``."""
-    root = _check_root(path)
+    root = check_root(path)
     _require_dir(root, "bupt")
     race_roots = _bupt_race_roots(root)
     if not race_roots:
@@ -353,7 +353,7 @@ def scan_bupt(path: str) -> Scan:
 
 def scan_nested(path: str) -> Scan:
     """``<root>/<group>/<identity>/<images>`` (GANDiffFace-style demographic folders)."""
-    root = _check_root(path)
+    root = check_root(path)
     _require_dir(root, "nested")
     units: list[Unit] = []
     stats = ScanStats()
@@ -369,7 +369,7 @@ def scan_nested(path: str) -> Scan:
 
 def scan_flat(path: str) -> Scan:
     """A folder of images with no identities (searched recursively)."""
-    root = _check_root(path)
+    root = check_root(path)
     _require_dir(root, "flat")
     stats = ScanStats()
     images = []
@@ -388,7 +388,7 @@ def scan_flat(path: str) -> Scan:
 
 def scan_rec(path: str, extract_to: str | None) -> Scan:
     """InsightFace ``train.rec`` + ``train.idx``; images go to ``extract_to/<identity>/<key>.<ext>``."""
-    root = _check_root(path)
+    root = check_root(path)
     pair = find_recordio_pair(root)
     if pair is None:
         raise LayoutError(f"{root}: no .rec file found (expected train.rec and train.idx)")
@@ -436,7 +436,7 @@ def _extract_rec_unit(unit: RecUnit) -> Iterator[FaceRecord]:
 
 def detect_format(path: str) -> tuple[str, str]:
     """Which layout ``path`` is in, and why: ``(format, reason)``."""
-    root = _check_root(path)
+    root = check_root(path)
     if find_recordio_pair(root) is not None:
         return "rec", f"found {os.path.basename(find_recordio_pair(root)[0])}"
     if not os.path.isdir(root):
