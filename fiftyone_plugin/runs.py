@@ -5,6 +5,7 @@ so that a run the App queued and a worker failed is never invisible."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import asdict, dataclass
 
 PLUGIN_PREFIX = "@faceaudit/face-audit/"
@@ -36,7 +37,10 @@ def _error(op) -> str | None:
     if message:
         return str(message)
     lines = [line for line in str(getattr(result, "error", "") or "").strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "failed (no message)"
+    if not lines:
+        return "failed (no message)"
+    # "faceaudit.readers.LayoutError: /x: no images found" -> the message, as the CLI prints it
+    return re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1].strip())
 
 
 def delegated_runs(dataset_name: str, limit: int = 20) -> list[DelegatedRun]:

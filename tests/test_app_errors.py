@@ -16,6 +16,17 @@ from test_app_operators import WAIT, _open_app, _open_operator, _set_view, _unti
 pytestmark = pytest.mark.browser
 
 
+@pytest.fixture(autouse=True)
+def _patient_app_server(monkeypatch):
+    """Give the App server 5 minutes to bind (FiftyOne waits 60 s, too little on a loaded
+    machine: "ServerService failed to bind"); before the ``app`` fixture launches it."""
+    import fiftyone.core.service as fos
+
+    wait = fos.Service._wait_for_child_port
+    monkeypatch.setattr(fos.Service, "_wait_for_child_port",
+                        lambda self, port=None, timeout=60: wait(self, port, timeout=max(timeout, 300)))
+
+
 def _shot(page, step: str) -> None:
     from test_app import ARTIFACTS
 
@@ -89,7 +100,7 @@ def test_compare_names_a_labelled_attribute_and_refuses_bad_values_in_its_words(
         page.get_by_text("Compare attributes").first.wait_for(timeout=WAIT)
         alpha = _field(page, "Smoothing alpha (pseudo-count per state)")
         alpha.fill("-1")
-        page.get_by_text("alpha: must be at least 0.0, got -1.0").first.wait_for(timeout=WAIT)
+        page.get_by_text("alpha: must be at least 0, got -1").first.wait_for(timeout=WAIT)
         assert page.get_by_text("Value must be greater than 0").count() == 0
         _shot(page, "compare-negative-alpha")
         alpha.fill("0")  # valid: no smoothing
