@@ -156,9 +156,10 @@ def test_a_face_kept_as_reviewed_is_not_flagged_again(app, page):
         raise
 
 
-def test_the_panel_follows_a_run_now_annotate_and_an_untag_and_charts_do_not_zoom(app, page):
+def test_the_panel_follows_a_run_now_annotate_and_charts_do_not_zoom(app, page):
     """Issue 15 item 6: after a Run-now annotate the panel said "0 labelled" until a browser
-    reload; after an untag it counted the old tags. Item 7: the wheel zoomed a chart."""
+    reload (an untag stamps last_modified_at too: the same freshness key). Item 7: the wheel
+    zoomed a chart."""
     from test_app import _open_panel
 
     ds, session, url = app
