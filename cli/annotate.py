@@ -57,8 +57,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     fiftyone_env()
     from fiftyone_plugin.fanout import shard_status
 
+    from fiftyone_plugin.runs import delegated_runs, runs_summary, runs_to_list
+
     report = shard_status(args.dataset, shards, source=args.source)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
+    runs = delegated_runs(args.dataset)  # every kind: load, annotate, compare, ...
+    print(json.dumps({**report.to_dict(), "operations": runs_to_list(runs)}, indent=2) if args.json
+          else f"{report.summary()}\n{runs_summary(runs)}")
     return 0
 
 
@@ -89,7 +93,7 @@ def register(sub) -> None:
     ann.add_argument("--quiet", action="store_true")
     ann.set_defaults(func=cmd_annotate)
 
-    status = sub.add_parser("status", help="what is left to label, per shard, and the delegated shards' states")
+    status = sub.add_parser("status", help="what is left to label, per shard, and every delegated faceaudit operation's state and error")
     status.add_argument("--dataset", default=DEFAULT_DATASET)
     status.add_argument("--source", help="only this source")
     status.add_argument("--shards", metavar="N", help="count left in N shards (default: the last --delegate's N)")

@@ -18,9 +18,10 @@ def cmd_outliers(args: argparse.Namespace) -> int:
         return 0
     options = outliers.outlier_options(top=args.top, threshold=args.threshold, tag=args.tag,
                                        states=args.states, alpha=args.alpha, joint=args.joint)
-    scored, consistency, n = outliers.flag_synthetic_outliers(open_dataset(args.dataset), options)
+    dataset = open_dataset(args.dataset)
+    scored, consistency, n = outliers.flag_synthetic_outliers(dataset, options)
     print(f"{scored['scored']} samples scored ({outliers.SCORE_FIELD}); {n} synthetic samples tagged "
-          f"'{options.tag}'; saved view '{outliers.OUTLIERS_VIEW}'")
+          f"'{options.tag}'{outliers.kept_note(dataset)}; saved view '{outliers.OUTLIERS_VIEW}'")
     for source, c in consistency.items():
         if c["applicable"]:
             print(f"  {printable(source)}: identity disagreement {c['mean_disagreement']:.4f} over {c['identities']} identities")
@@ -37,7 +38,8 @@ def register(sub) -> None:
     )
     out.add_argument("--dataset", default=DEFAULT_DATASET)
     pick = out.add_mutually_exclusive_group(required=True)
-    pick.add_argument("--top", type=int, metavar="K", help="tag the K synthetic samples with the highest score")
+    pick.add_argument("--top", type=int, metavar="K", help="tag the K synthetic samples with the highest score (samples tagged "
+                      "reviewed_keep, reviewed by a person, are never tagged)")
     pick.add_argument("--threshold", type=float, metavar="T", help="tag synthetic samples with score >= T")
     pick.add_argument("--clear", action="store_true", help="remove the tag from every sample")
     out.add_argument("--tag", default="outlier")

@@ -170,6 +170,19 @@ def labels_version(dataset) -> tuple:
     return stamp, coll.estimated_document_count()
 
 
+def freshness(dataset) -> tuple:
+    """What changes when anything shown about ``dataset`` may: :func:`labels_version` (every
+    sample write stamps ``last_modified_at``: labels, scores, tags and untags in the App) and the
+    dataset's faceaudit info as stored now (a comparison, a flag, an annotation run), read from
+    the database, not from this process's possibly stale copy. Two indexed look-ups and one
+    small document: cheap enough for every panel render."""
+    from fiftyone.core.odm import get_db_conn
+
+    doc = get_db_conn().datasets.find_one({"_id": dataset._doc.id}, {"info." + schema.INFO_KEY: 1}) or {}
+    info = json.dumps(doc.get("info", {}), sort_keys=True, default=str)
+    return (*labels_version(dataset), info)
+
+
 class CountsCache:
     """A small LRU of per-view results (state counts, identity consistency) keyed on what was
     computed, the view and the labels version."""

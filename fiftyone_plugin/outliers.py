@@ -23,6 +23,7 @@ from . import bulk, counts, labels, schema
 SCORE_FIELD = "realness_nll"
 DISAGREEMENT_FIELD = "identity_disagreement"
 OUTLIER_TAG = "outlier"
+REVIEWED_KEEP_TAG = core.REVIEWED_KEEP_TAG
 OUTLIERS_VIEW = "synthetic_outliers"
 MAX_JOINT = 10  # 3**10 combinations: the joint table travels inside the update
 DEFAULT_SHARE = 0.05  # the form's default K: this share of the scored synthetic samples
@@ -161,13 +162,14 @@ def flag_outliers(dataset, top: int | None = None, threshold: float | None = Non
                   tag: str = OUTLIER_TAG) -> int:
     """Tag the synthetic samples with the ``top`` highest scores, or those at or above
     ``threshold`` (replacing the previous set with this tag), and save the view
-    ``synthetic_outliers``. Returns the number tagged."""
+    ``synthetic_outliers``. Returns the number tagged. Samples tagged ``reviewed_keep`` are
+    never tagged (K counts the others; see :func:`reviewed_kept`)."""
     top, threshold, tag = flag_options(top, threshold, tag)
     if SCORE_FIELD not in dataset.get_field_schema():
         raise OutlierError(f"dataset {dataset.name!r} has no {SCORE_FIELD} yet: score it first")
     coll = dataset._sample_collection
     clear_outliers(dataset, tag, keep_view=True)
-    scored = {schema.DOMAIN: "synthetic", SCORE_FIELD: {"$type": "double"}}
+    scored = {schema.DOMAIN: "synthetic", SCORE_FIELD: {"$type": "double"}, "tags": {"$ne": REVIEWED_KEEP_TAG}}
     if top is not None:
         ids = [d["_id"] for d in coll.find(scored, {"_id": 1}).sort(SCORE_FIELD, -1).limit(top)]
         query = {"_id": {"$in": ids}}
@@ -176,6 +178,32 @@ def flag_outliers(dataset, top: int | None = None, threshold: float | None = Non
     n = coll.update_many(query, {"$addToSet": {"tags": tag}, "$set": {"last_modified_at": schema.utc_now()}}).modified_count
     dataset.save_view(OUTLIERS_VIEW, dataset.match_tags(tag).sort_by(SCORE_FIELD, reverse=True), overwrite=True)
     return n
+
+
+def reviewed_kept(dataset) -> int:
+    """Synthetic samples tagged ``reviewed_keep``: reviewed, kept, left out of flagging."""
+    return dataset._sample_collection.count_documents({schema.DOMAIN: "synthetic", "tags": REVIEWED_KEEP_TAG})
+
+
+def keep_reviewed(dataset, sample_ids, tag: str = OUTLIER_TAG) -> int:
+    """Mark ``sample_ids`` as reviewed and kept: add ``reviewed_keep``, remove ``tag``; returns
+    how many samples were marked."""
+    from bson import ObjectId
+
+    tag = params.name("tag", tag)
+    ids = [ObjectId(i) for i in sample_ids]
+    if not ids:
+        raise OutlierError("select the reviewed faces first (nothing is selected)")
+    coll, now = dataset._sample_collection, schema.utc_now()
+    coll.update_many({"_id": {"$in": ids}}, {"$pull": {"tags": tag}})  # one path per update
+    return coll.update_many({"_id": {"$in": ids}},
+                            {"$addToSet": {"tags": REVIEWED_KEEP_TAG}, "$set": {"last_modified_at": now}}).matched_count
+
+
+def kept_note(dataset) -> str:
+    """``"; N reviewed faces kept (tag 'reviewed_keep')"`` when there are any, else ``""``."""
+    n = reviewed_kept(dataset)
+    return f"; {n} reviewed {'face' if n == 1 else 'faces'} kept (tag '{REVIEWED_KEEP_TAG}')" if n else ""
 
 
 def clear_outliers(dataset, tag: str = OUTLIER_TAG, keep_view: bool = False) -> int:

@@ -10,7 +10,7 @@ import fiftyone.operators.types as types
 
 from faceaudit import params
 
-from .common import delegation_by_size, door_check, form_check, resolve_path, run_job, size_notice
+from .common import delegation_by_size, door_check, form_check, resolve_path, run_job, shown_errors, size_notice, started
 
 
 class AnnotateAttributes(foo.Operator):
@@ -66,14 +66,15 @@ class AnnotateAttributes(foo.Operator):
         return delegation_by_size(ctx)
 
     def execute(self, ctx):
+        # a plain function returning the steps: what annotate refuses before labelling (a missing
+        # checkpoint, an empty view, a bad option) raises here, where the App shows it
         from fiftyone_plugin.annotate import iter_annotate
 
         p = ctx.params
         if params.shards(p.get("shards")) > 1 and not p.get("shard"):
-            yield from _fan_out(ctx, params.shards(p.get("shards")))
-            return
+            return shown_errors(ctx, _fan_out(ctx, params.shards(p.get("shards"))), "annotate failed")
         mac = (p.get("model") or "mac") == "mac"
-        job = iter_annotate(
+        job = started(iter_annotate(
             ctx.dataset.name,
             model=p.get("model") or "mac",
             checkpoint=p.get("checkpoint") if mac else None,
@@ -83,11 +84,15 @@ class AnnotateAttributes(foo.Operator):
             mc_passes=p.get("mc_passes") if mac else None,
             threshold=p.get("threshold"),
             shard=params.shard(p.get("shard")),
-        )
-        report = yield from run_job(ctx, job)
-        if not ctx.delegated:
-            yield ctx.ops.notify(report.summary(), variant="success")
-            yield ctx.ops.reload_dataset()
+        ))
+        return shown_errors(ctx, _steps(ctx, job), "annotate failed")
+
+
+def _steps(ctx, job):
+    report = yield from run_job(ctx, job)
+    if not ctx.delegated:
+        yield ctx.ops.notify(report.summary(), variant="success")
+        yield ctx.ops.reload_dataset()
 
 
 def _fan_out(ctx, shards: int):

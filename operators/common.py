@@ -52,7 +52,7 @@ def form_check(ctx, name: str, validate: Callable[[Any], Any]) -> dict:
     while its current value is refused (the App then keeps Execute disabled)."""
     try:
         validate(ctx.params.get(name))
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # params' ParamError, readers' LayoutError, ...
         return {"invalid": True, "error_message": str(e)}
     return {}
 
@@ -130,3 +130,42 @@ def size_notice(ctx, inputs: types.Object) -> None:
         inputs.view("note", types.Notice(
             label=f"{count} samples: this runs as a delegated operation (fiftyone delegated launch)"))
     execution_mode(ctx, inputs, default_delegated=count > RUN_NOW_DEFAULT)
+def started(job):
+    """``job`` (a progress-yielding core job) run up to its first progress event, returned as a
+    job that continues from there.
+
+    Whatever the core refuses before it does any work (a path that does not exist, a bad option,
+    a missing checkpoint) then raises from ``execute`` itself, before FiftyOne starts streaming a
+    generator's messages: the App shows it as the operation's error, in the CLI's words. An
+    exception inside the stream is lost (FiftyOne answers 200 with an empty body), which is why
+    a generator operator should build its steps as ``shown_errors(ctx, steps(started(job)))``."""
+    try:
+        first = next(job)
+    except StopIteration as stop:
+        result = stop.value
+
+        def finished():
+            return result
+            yield  # a generator that yields nothing
+
+        return finished()
+
+    def resumed():
+        yield first
+        return (yield from job)
+
+    return resumed()
+
+
+def shown_errors(ctx, steps, what: str = "failed"):
+    """The generator ``steps`` with an error raised mid-run shown as an error notification in
+    the App (``what: message``); a delegated run re-raises, so its operation is marked failed
+    with the error. Use for generator operators; a plain ``execute`` may simply raise."""
+    try:
+        return (yield from steps)
+    except Exception as e:  # noqa: BLE001 - every error must reach the user, with its words
+        if ctx.delegated:
+            raise
+        yield ctx.ops.notify(f"{what}: {e}", variant="error")
+        return None
+

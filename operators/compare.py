@@ -8,7 +8,7 @@ import fiftyone.operators.types as types
 
 from faceaudit import params
 
-from .common import execution_mode, wants_delegation
+from .common import execution_mode, form_check, wants_delegation
 
 
 class ComputeAttributeComparison(foo.Operator):
@@ -27,8 +27,11 @@ class ComputeAttributeComparison(foo.Operator):
         inputs = types.Object()
         inputs.view_target(ctx)
         inputs.enum("states", ["three", "binary"], default="three", label="States")
-        inputs.float("alpha", default=0.5, min=0.0, label="Smoothing alpha (pseudo-count per state)")
-        inputs.int("bootstrap", default=0, min=0, label="Bootstrap resamples (0: none)")
+        # checked by the same functions as `faceaudit compare` (min= would say "greater than 0")
+        inputs.float("alpha", default=0.5, label="Smoothing alpha (pseudo-count per state)",
+                     **form_check(ctx, "alpha", params.alpha))
+        inputs.int("bootstrap", default=0, label="Bootstrap resamples (0: none)",
+                   **form_check(ctx, "bootstrap", params.bootstrap))
         inputs.bool("open_panel", default=True, label="Open the comparison panel")
         execution_mode(ctx, inputs)
         return types.Property(inputs, view=types.View(label="Compare attributes"))
@@ -37,6 +40,7 @@ class ComputeAttributeComparison(foo.Operator):
         return wants_delegation(ctx)
 
     def execute(self, ctx):
+        from faceaudit.report import ranked_by_divergence
         from fiftyone_plugin.compare import compute_comparison, store_comparison
 
         p = ctx.params
@@ -45,9 +49,9 @@ class ComputeAttributeComparison(foo.Operator):
         store_comparison(ctx.dataset, result)
         if params.to_bool("open_panel", p.get("open_panel"), True) and not ctx.delegated:
             ctx.ops.open_panel("attribute_comparison", layout="horizontal", is_active=True)
-        top = max(result["attributes"].items(),
-                  key=lambda kv: kv[1]["real_vs_synthetic"]["kl_real_synth"] or float("inf"))
-        return {"sources": len(result["sources"]), "largest_kl_real_synth": top[0]}
+        ranked = ranked_by_divergence(result)  # the CLI's and the panel's order: labelled attributes only
+        return {"sources": len(result["sources"]),
+                "largest_kl_real_synth": ranked[0] if ranked else "(no attribute is labelled)"}
 
     def resolve_output(self, ctx):
         outputs = types.Object()

@@ -8,7 +8,7 @@ import fiftyone.operators.types as types
 
 from faceaudit import params
 
-from .common import door_check, execution_mode, resolve_path, run_job, wants_delegation
+from .common import door_check, execution_mode, form_check, resolve_path, run_job, shown_errors, started, wants_delegation
 
 FORMATS = ("auto", "folders", "bupt", "nested", "flat", "rec")
 
@@ -30,9 +30,17 @@ class LoadFaceDataset(foo.Operator):
     def resolve_input(self, ctx):
         from faceaudit.presets import PRESETS
 
+        from faceaudit.readers import check_root
+        from fiftyone_plugin.schema import DEFAULT_DATASET
+
         inputs = types.Object()
-        inputs.str("path", required=True, label="Path",
-                   description="Dataset folder, or a train.rec file")
+        if ctx.dataset is None:  # the App with no dataset open: the load makes the first one
+            inputs.str("dataset_name", default=DEFAULT_DATASET, required=True, label="Dataset name",
+                       description="The dataset to load into (created if it does not exist)",
+                       **form_check(ctx, "dataset_name", lambda v: params.name("dataset", v)))
+        path = ctx.params.get("path")
+        inputs.str("path", required=True, label="Path", description="Dataset folder, or a train.rec file",
+                   **(form_check(ctx, "path", check_root) if not params.is_blank(path) else {}))
         preset_choices = types.Dropdown()
         preset_choices.add_choice("", label="(none: set the options below)")
         for name, preset in PRESETS.items():
@@ -47,7 +55,8 @@ class LoadFaceDataset(foo.Operator):
                     label="Layout")
         inputs.str("extract_to", label="Extract RecordIO images to",
                    description="Folder for the images of a .rec (rec layout only)")
-        inputs.int("limit", label="Limit", description="Load at most this many images")
+        inputs.int("limit", label="Limit", description="Load at most this many images",
+                   **form_check(ctx, "limit", lambda v: params.to_int("limit", v, minimum=1)))
         execution_mode(ctx, inputs)
         door_check(inputs, lambda: _check(ctx.params), fallback="path")
         return types.Property(inputs, view=types.View(label="Load face dataset"))
@@ -58,23 +67,30 @@ class LoadFaceDataset(foo.Operator):
         return wants_delegation(ctx)
 
     def execute(self, ctx):
+        # a plain function returning the steps: what the load refuses up front raises here,
+        # where the App shows it (see operators.common.started)
         from fiftyone_plugin.ingest import iter_load
 
         p = ctx.params
-        job = iter_load(
+        name = ctx.dataset.name if ctx.dataset is not None else p.get("dataset_name")
+        job = started(iter_load(
             p["path"],
             source=p.get("source") or None,
             domain=p.get("domain") or None,
             format=p.get("format") or None,
             preset=p.get("preset") or None,
-            dataset_name=ctx.dataset.name,
+            dataset_name=name,
             extract_to=p.get("extract_to") or None,
             limit=p.get("limit"),  # 0 is refused there, not read as "no limit"
-        )
+        ))
+        return shown_errors(ctx, self._steps(ctx, job, opened=ctx.dataset is not None), "load failed")
+
+    @staticmethod
+    def _steps(ctx, job, opened: bool):
         report = yield from run_job(ctx, job)
         if not ctx.delegated:
             yield ctx.ops.notify(report.summary(), variant="success")
-            yield ctx.ops.reload_dataset()
+            yield ctx.ops.reload_dataset() if opened else ctx.ops.open_dataset(report.dataset)
 
     def __call__(self, sample_collection, path, delegate=False, **params):
         """Python SDK: ``foo.get_operator(uri)(dataset, path, source=..., domain=...)``."""

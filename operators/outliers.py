@@ -10,7 +10,7 @@ from faceaudit import params
 
 from .common import form_check
 
-MODES = ("top", "threshold", "clear")
+MODES = ("top", "threshold", "clear", "keep")
 SELECT_SAVED_VIEW = "select_saved_view"
 
 
@@ -38,6 +38,8 @@ class FlagSyntheticOutliers(foo.Operator):
         mode.add_choice("top", label="Top K")
         mode.add_choice("threshold", label="Threshold on realness_nll")
         mode.add_choice("clear", label="Clear the tag")
+        mode.add_choice("keep", label=f"Keep the selected faces (reviewed: tag '{outliers.REVIEWED_KEEP_TAG}', "
+                                      "never flagged again)")
         inputs.enum("mode", mode.values(), default="top", view=mode, label="What to do")
         chosen = ctx.params.get("mode") or "top"
         top, threshold = outliers.suggested_defaults(ctx.dataset) if ctx.dataset is not None else (1, None)
@@ -52,6 +54,11 @@ class FlagSyntheticOutliers(foo.Operator):
                     f"(K = {top}, {outliers.DEFAULT_SHARE:.0%} of them)")
             inputs.float("threshold", default=threshold, required=True, label="realness_nll at least",
                          description=hint, **form_check(ctx, "threshold", lambda v: params.to_float("threshold", v)))
+        elif chosen == "keep":
+            inputs.view("selected", types.Notice(label=f"{len(ctx.selected)} selected faces: they lose the "
+                                                       f"outlier tag and get '{outliers.REVIEWED_KEEP_TAG}'"),
+                        **({} if ctx.selected else
+                           {"invalid": True, "error_message": "select the reviewed faces in the grid first"}))
         inputs.str("tag", default=outliers.OUTLIER_TAG, label="Tag",
                    **form_check(ctx, "tag", lambda v: params.tag(v)))
         return types.Property(inputs, view=types.View(label="Flag synthetic outliers"))
@@ -66,13 +73,21 @@ class FlagSyntheticOutliers(foo.Operator):
             ctx.ops.reload_dataset()
             ctx.ops.notify(f"tag removed from {n} samples", variant="success")
             return {"tagged": 0, "cleared": n, "message": f"tag removed from {n} samples"}
+        if mode == "keep":
+            n = outliers.keep_reviewed(ctx.dataset, ctx.selected, p.get("tag") or outliers.OUTLIER_TAG)
+            message = f"{n} faces kept as reviewed (tag '{outliers.REVIEWED_KEEP_TAG}'): flagging skips them"
+            ctx.ops.clear_selected_samples()
+            ctx.ops.reload_dataset()
+            ctx.ops.notify(message, variant="success")
+            return {"tagged": 0, "cleared": 0, "kept": n, "message": message}
         options = outliers.outlier_options(
             top=p.get("top") if mode == "top" else None,
             threshold=p.get("threshold") if mode == "threshold" else None,
             tag=p.get("tag") or outliers.OUTLIER_TAG,
         )
         scored, _, n = outliers.flag_synthetic_outliers(ctx.dataset, options)
-        message = (f"{n} synthetic faces tagged '{options.tag}' ({scored['scored']} samples scored); "
+        message = (f"{n} synthetic faces tagged '{options.tag}' ({scored['scored']} samples scored)"
+                   f"{outliers.kept_note(ctx.dataset)}; "
                    f"saved view '{outliers.OUTLIERS_VIEW}'")
         ctx.ops.reload_dataset()  # the App refetches its saved views...
         ctx.trigger(f"{self.plugin_name}/{SELECT_SAVED_VIEW}", params={"name": outliers.OUTLIERS_VIEW})

@@ -50,6 +50,7 @@ _HELD: dict[str, tuple[float, dict]] = {}
 #: seconds after an open or a control change within which filters found gone are put back (the
 #: App's reloads drop them 1-5 s after; later, an empty sidebar is the user's own doing)
 RESTORE_WINDOW_S = 15.0
+RUNS_SHOWN = 3  # the newest delegated faceaudit operations named under the summary
 
 HELP = """For each of the 47 MAAD-Face attributes: its distribution per source (raw shares), and
 the real vs synthetic KL divergence in both directions (nats; smoothing alpha inside the
@@ -94,12 +95,18 @@ class AttributeComparisonPanel(foo.Panel):
     def shown(self, ctx) -> dict:
         """The charts, tables and texts of the compared view with the current settings:
         computed once per (view, settings), counts cached per view."""
+        from fiftyone_plugin.counts import freshness
+        from fiftyone_plugin.runs import delegated_runs
+
         settings = _settings(ctx)
         view = _compared_view(ctx)
-        key = json.dumps([_stages(view), settings, ctx.dataset.name], sort_keys=True, default=str)
+        runs = delegated_runs(ctx.dataset.name, limit=RUNS_SHOWN)
+        # the key holds what makes numbers stale: label and tag writes, stored info, runs ending
+        key = json.dumps([_stages(view), settings, ctx.dataset.name, freshness(ctx.dataset),
+                          [(r.id, r.state) for r in runs]], sort_keys=True, default=str)
         entry = _SHOWN.get(_panel_id(ctx))
         if entry is None or entry["key"] != key:
-            entry = {"key": key, "data": _panel_data(ctx, view, settings)}
+            entry = {"key": key, "data": {**_panel_data(ctx, view, settings), "runs": _runs_text(runs)}}
             _SHOWN.pop(_panel_id(ctx), None)
             _SHOWN[_panel_id(ctx)] = entry
             while len(_SHOWN) > _SHOWN_MAX:
@@ -152,6 +159,8 @@ class AttributeComparisonPanel(foo.Panel):
         if data["error"]:
             panel.md(data["error"], name="error_text")
         panel.md(data["summary"], name="summary_text")
+        if data.get("runs"):
+            panel.md(data["runs"], name="runs_text")
         drill = _drilldown_of(ctx)
         if drill is not None:
             panel.md(drill.get("text", ""), name="drilldown_text")
@@ -198,7 +207,8 @@ def _plot(panel, name: str, data: dict, on_click=None) -> None:
                height=layout["height"])
 
 
-_PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+# the wheel scrolls the panel (which is mostly charts), it does not zoom a chart
+_PLOT_CONFIG = {"displaylogo": False, "responsive": True, "scrollZoom": False}
 _REALNESS_LAYOUT = {
     "barmode": "group", "bargap": 0.15, "height": 320, "showlegend": True,
     "title": {"text": "realness_nll per source: click a bar for its faces", "x": 0, "xanchor": "left",
@@ -239,6 +249,15 @@ def _panel_data(ctx, view, settings: dict) -> dict:
             "kl_plot": report.kl_figure(result, category, top),
             "pairwise": {**report.pairwise_figure(result), "layout": {**report.pairwise_figure(result)["layout"],
                                                                       "height": 320}}}
+
+
+def _runs_text(runs) -> str:
+    """The newest delegated faceaudit operations, a failed one with its error (``faceaudit
+    status`` lists them all)."""
+    if not runs:
+        return ""
+    return "**Delegated runs** (newest first; all: `faceaudit status`): " + " · ".join(
+        md_escape(r.line()) for r in runs)
 
 
 def _kl_table(rows: list[dict]) -> str:

@@ -283,3 +283,33 @@ def test_operator_form_defaults_come_from_the_data(world):
     assert result.result["tagged"] == synthetic.match(fo.ViewField(outliers.SCORE_FIELD) >= t).count() >= k
     assert result.result["message"].startswith(f"{result.result['tagged']} synthetic faces tagged 'outlier'")
     outliers.clear_outliers(ds)
+
+
+def test_a_reviewed_face_is_kept_out_of_flagging_and_counted_apart(world):
+    """Issue 15 item 8: untagging a false positive and flagging again with the same K tagged it
+    again. Tagged ``reviewed_keep`` (by the App's keep mode, or any tagging), it stays out."""
+    name, env, planted, _ = world
+    ds = fo.load_dataset(name)
+    k = len(planted)
+    run(["outliers", "--dataset", name, "--top", str(k)], env)
+    ds.reload()
+    ranked = ds.match(fo.ViewField("domain") == "synthetic").sort_by(outliers.SCORE_FIELD, reverse=True)
+    ids, paths = ranked.values(["id", "filepath"])
+    reviewed = ids[0]  # the highest score: a "false positive" a person looked at
+    assert outliers.keep_reviewed(ds, [reviewed]) == 1
+    ds.reload()
+    assert core.REVIEWED_KEEP_TAG == outliers.REVIEWED_KEEP_TAG == "reviewed_keep"
+    assert ds[reviewed].tags == ["reviewed_keep"]
+    try:
+        out = run(["outliers", "--dataset", name, "--top", str(k)], env)
+        assert f"{k} synthetic samples tagged 'outlier'; 1 reviewed face kept (tag 'reviewed_keep')" in out.stdout
+        ds.reload()
+        tagged = set(ds.match_tags("outlier").values("id"))
+        assert tagged == set(ids[1:k + 1])  # K counts the faces not reviewed: the next one comes in
+        assert reviewed not in tagged and reviewed not in ds.load_saved_view(outliers.OUTLIERS_VIEW).values("id")
+        out = run(["outliers", "--dataset", name, "--threshold", "-1"], env)  # every scored face...
+        ds.reload()
+        assert reviewed not in set(ds.match_tags("outlier").values("id"))  # ...but the reviewed one
+        assert len(ds.match_tags("outlier")) == len(ids) - 1
+    finally:
+        ds.untag_samples(["reviewed_keep", "outlier"])

@@ -24,6 +24,10 @@ from .stats import StatsError, check_parameters
 
 STABLE_ATTRIBUTES = ("Male", "Asian", "White", "Black")
 
+# A face a person reviewed and kept (a false positive of the outlier flag): flagging never tags
+# it again and counts it apart. Every door that tags or lists outliers must respect it.
+REVIEWED_KEEP_TAG = "reviewed_keep"
+
 
 def nll_table(real_counts: np.ndarray, states: str = "three", alpha: float = 0.5) -> np.ndarray:
     """``(A, 3)`` real state counts -> ``(A, 3)`` NLL per (attribute, state); binary: undefined 0."""

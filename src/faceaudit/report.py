@@ -84,11 +84,17 @@ def cell(row: dict, key: str, digits: int = 4) -> str:
     return fmt(row[key], digits, row.get("reason") if row[key] is None else None)
 
 
+def ranked_by_divergence(result: dict, category: str | None = None) -> list[str]:
+    """The attributes with a KL(real || synthetic), largest (inf) first: an attribute no model
+    labelled (or labelled in one domain only) never ranks."""
+    return [r["attribute"] for r in kl_rows(result, category)
+            if r["kl_real_synth"] is not None or (r["reason"] or "").startswith("infinite")]
+
+
 def ranked_attributes(result: dict, category: str | None = None) -> list[str]:
     """Attributes by KL(real || synthetic), largest (inf) first; then those without a
     divergence (one domain, not labelled) in MAAD order."""
-    ranked = [r["attribute"] for r in kl_rows(result, category)
-              if r["kl_real_synth"] is not None or (r["reason"] or "").startswith("infinite")]
+    ranked = ranked_by_divergence(result, category)
     return ranked + [a for a in attributes_of(result, category) if a not in ranked]
 
 
