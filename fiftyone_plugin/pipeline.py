@@ -151,7 +151,7 @@ def _outliers(dataset, config: StudyConfig, key: dict, done: dict, report: Study
          f"(saved view '{outliers.OUTLIERS_VIEW}')")
 
 
-def _record(dataset, step: str, key: dict) -> None:
+def _record(dataset, step: str, key) -> None:
     done = dict(schema.get_info(dataset, INFO_KEY, {}) or {})
     done[step] = key
     schema.set_info(dataset, INFO_KEY, done)
@@ -174,7 +174,8 @@ def _write_reports(dataset, config: StudyConfig, result: dict, report: StudyRepo
     paths = {kind: os.path.abspath(p) for kind, p in asdict(config.reports).items() if p is not None}
     for path in paths.values():
         _remove_leftovers(path)
-    recorded = (schema.get_info(dataset, INFO_KEY, {}) or {}).get("reports", {})
+    recorded = {r.get("path"): r for r in (schema.get_info(dataset, INFO_KEY, {}) or {}).get("reports") or []
+                if isinstance(r, dict)}  # a list: paths hold dots, which MongoDB keys should not
     if paths and all(_is_current(path, recorded.get(path), run_key) for path in paths.values()):
         report.steps["reports"] = "skipped: reports up to date"
         return
@@ -192,8 +193,8 @@ def _write_reports(dataset, config: StudyConfig, result: dict, report: StudyRepo
         os.replace(parts[kind], path)
         report.written.append(path)
         _pause(kind)
-    _record(dataset, "reports", {path: {"key": run_key, "digest": fingerprint.file_digest(path)}
-                                 for path in paths.values()})
+    _record(dataset, "reports", [{"path": path, "key": run_key, "digest": fingerprint.file_digest(path)}
+                                 for path in paths.values()])
     report.steps["reports"] = "written: " + ", ".join(report.written)
 
 
