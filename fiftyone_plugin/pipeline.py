@@ -205,7 +205,7 @@ def _outliers(dataset, config: StudyConfig, key: dict, done: dict, report: Study
          f"(saved view '{outliers.OUTLIERS_VIEW}')")
 
 
-def _record(dataset, step: str, key: dict) -> None:
+def _record(dataset, step: str, key) -> None:
     schema.set_info_entry(dataset, INFO_KEY, step, key)  # this step only: a concurrent run keeps its own
 
 
@@ -227,7 +227,8 @@ def _write_reports(dataset, config: StudyConfig, result: dict, report: StudyRepo
              if getattr(config.reports, kind) is not None}
     for path in paths.values():
         _remove_leftovers(path)
-    recorded = (schema.get_info(dataset, INFO_KEY, {}) or {}).get("reports", {})
+    recorded = {r.get("path"): r for r in (schema.get_info(dataset, INFO_KEY, {}) or {}).get("reports") or []
+                if isinstance(r, dict)}  # a list: paths hold dots, which MongoDB keys should not
     if paths and all(_is_current(path, recorded.get(path), run_key) for path in paths.values()):
         report.steps["reports"] = "skipped: reports up to date"
         return
@@ -245,8 +246,8 @@ def _write_reports(dataset, config: StudyConfig, result: dict, report: StudyRepo
         os.replace(parts[kind], path)
         report.written.append(path)
         _pause(kind)
-    _record(dataset, "reports", {path: {"key": run_key, "digest": fingerprint.file_digest(path)}
-                                 for path in paths.values()})
+    _record(dataset, "reports", [{"path": path, "key": run_key, "digest": fingerprint.file_digest(path)}
+                                 for path in paths.values()])
     report.steps["reports"] = "written: " + ", ".join(report.written)
 
 
