@@ -339,14 +339,16 @@ def test_replica_set_primary_killed_during_annotate_and_load(replica_set, annota
 
 
 def test_fault_message_names_the_address_without_credentials_and_the_wait_is_bounded(monkeypatch):
-    import importlib
-
-    cli = importlib.import_module("faceaudit_cli.main")  # the package exports main() under that name
+    from faceaudit_cli import common
 
     monkeypatch.setenv("FIFTYONE_DATABASE_URI", "mongodb://alice:s3cret@db1:27017,db2:27018/fiftyone?replicaSet=rs0")
-    assert cli._database_address() == "mongodb://db1:27017,db2:27018"
-    cli._fiftyone_env()  # a URI without its own wait gets the CLI's bounded one
-    assert os.environ["FIFTYONE_DATABASE_URI"].endswith(f"&serverSelectionTimeoutMS={cli.SERVER_SELECTION_MS}")
+    assert common.database_address() == "mongodb://db1:27017,db2:27018"
+    # a URI without its own wait gets the CLI's bounded one; the user's own choice is kept
+    uri = common.with_option("mongodb://db1:27017/fiftyone?replicaSet=rs0",
+                             f"serverSelectionTimeoutMS={common.SERVER_SELECTION_MS}")
+    assert uri.endswith(f"&serverSelectionTimeoutMS={common.SERVER_SELECTION_MS}")
+    # an address where nothing answers is refused at once, in one line (issue 16 item 15)
     monkeypatch.setenv("FIFTYONE_DATABASE_URI", "mongodb://db1/?serverSelectionTimeoutMS=2000")
-    cli._fiftyone_env()  # the user's own choice is kept
+    with pytest.raises(ValueError, match="nothing answers at mongodb://db1"):
+        common.fiftyone_env()
     assert os.environ["FIFTYONE_DATABASE_URI"] == "mongodb://db1/?serverSelectionTimeoutMS=2000"
