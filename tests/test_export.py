@@ -248,3 +248,71 @@ def test_unsafe_identity_names_stay_inside_and_collisions_are_deterministic(tmp_
     assert folders == sorted(["___.._escape", "A", "a~2", "a_b", "a_b~2", "_hidden", "_con"])
     assert all(Path(os.path.realpath(p)).is_relative_to(os.path.realpath(out)) for p in out.rglob("*"))
     assert not (tmp_path / "escape").exists()
+
+
+def test_rebalance_planted_imbalance_whole_identities(tmp_path, faces, dataset_name):
+    """14 of 20 synthetic identities male, real data 50% male: the subset drops male identities
+    until the share matches, keeps >= half, tags whole identities; KL checked with scipy here."""
+    from scipy.special import rel_entr
+
+    from faceaudit.attributes import ATTRIBUTES
+    from fiftyone_plugin import labels
+    from fiftyone_plugin.rebalance import rebalance_source
+
+    faces.identity_tree(tmp_path / "real", {f"r{k:02d}": 3 for k in range(10)})
+    faces.identity_tree(tmp_path / "syn", {f"s{k:02d}": 3 for k in range(20)}, start=30)
+    load_face_dataset(str(tmp_path / "real"), source="real", domain="real", dataset_name=dataset_name)
+    load_face_dataset(str(tmp_path / "syn"), source="syn", domain="synthetic", dataset_name=dataset_name)
+    ds = fo.load_dataset(dataset_name)
+    ids, identities = ds.values(["id", "identity"])
+    male = ATTRIBUTES.index("Male")
+    states = np.full((len(ids), len(ATTRIBUTES)), -1, np.int8)
+    for i, name in enumerate(identities):
+        k = int(name[1:])
+        states[i, male] = 1 if (k < 5 if name[0] == "r" else k < 14) else -1
+    labels.ensure_label_schema(ds)
+    labels.write_labels(ds, ids, states)
+
+    report = rebalance_source(ds, "syn", ["Male"], keep=0.5)
+    ds.reload()
+    tagged = ds.match_tags("rebalanced").values("identity")
+    per_identity = {name: tagged.count(name) for name in set(tagged)}
+    assert set(per_identity.values()) == {3}  # whole identities only
+    assert len(tagged) >= 0.5 * 60 and report["kept_share"] >= 0.5
+    assert set(ds.match_tags("rebalanced").distinct("source")) == {"syn"}
+
+    def kl(synthetic_names):  # three-state Male distribution, alpha 0.5, as the comparison
+        def dist(male_count, total):
+            c = np.array([male_count, total - male_count, 0]) + 0.5
+            return c / c.sum()
+        real = dist(15, 30)
+        males = sum(3 for n in synthetic_names if int(n[1:]) < 14)
+        return rel_entr(real, dist(males, 3 * len(synthetic_names))).sum()
+
+    before, after = kl([f"s{k:02d}" for k in range(20)]), kl(list(per_identity))
+    assert report["kl_joint"]["before"] == pytest.approx(before) and report["kl_joint"]["after"] == pytest.approx(after)
+    assert report["kl_attributes"]["Male"]["after"] == pytest.approx(after)
+    assert after < 0.05 * before
+    assert ds.has_saved_view("rebalanced") and len(ds.load_saved_view("rebalanced")) == len(tagged)
+    # then export --view takes it
+    out = tmp_path / "out"
+    result = drive(export_dataset(ds, str(out), view_name="rebalanced"))
+    assert result.images == len(tagged) and result.identities == len(per_identity)
+
+
+def test_greedy_close_to_the_exhaustive_optimum():
+    from faceaudit import rebalance as rb
+
+    rng = np.random.default_rng(1)
+    gaps = []
+    for _ in range(12):
+        real = rng.multinomial(2000, rng.dirichlet(np.ones(9)))
+        skew = rng.dirichlet(np.ones(9) * 0.5)
+        sizes = rng.integers(2, 8, 14)
+        counts = np.array([rng.multinomial(s, skew if rng.random() < 0.7 else rng.dirichlet(np.ones(9))) for s in sizes])
+        greedy, best = rb.greedy(real, counts, sizes, 0.5), rb.exhaustive(real, counts, sizes, 0.5)
+        assert sizes[greedy].sum() >= 0.5 * sizes.sum()
+        before, g, e = (rb.kl(real, counts[m].sum(0), 0.5) for m in (np.ones(14, bool), greedy, best))
+        assert e <= g + 1e-12 <= before + 1e-12
+        gaps.append((g - e) / (before - e))
+    assert np.median(gaps) < 0.05 and max(gaps) < 0.3
