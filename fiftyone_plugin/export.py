@@ -67,8 +67,7 @@ def iter_export(view, out: str, format: str = "folders", exclude_tags=(), min_im
                 view_name: str | None = None) -> Generator[Progress, None, core.Result]:
     """Export ``view`` (a Dataset or DatasetView) into ``out``; every argument is checked before
     anything is read or written."""
-    if params.is_blank(out):
-        raise params.ParamError("out", "a folder is required")
+    out = params.out_folder(out)
     options = core.check_options(format, link, exclude_tags, min_images, no_identity, overwrite)
     view = view.view()  # a Dataset or a DatasetView
     dataset = view._dataset
