@@ -42,7 +42,7 @@ def rebalance_options(source, attributes, keep=0.5, unit="identity", tag=DEFAULT
     return {
         "source": params.name("source", source),
         "attributes": check_attributes(attributes),
-        "keep": params.to_float("keep", keep, 0.5, minimum=0.0, maximum=1.0),
+        "keep": params.keep_share(keep),
         "unit": params.choice("unit", unit, core.UNITS, "identity"),
         "tag": params.name("tag", tag, required=False) or DEFAULT_TAG,
         "states": params.choice("states", states, tuple(STATE_SETS), "three"),

@@ -24,6 +24,7 @@ from faceaudit.recordio import RecordIOReader
 from fiftyone_plugin.export import export_dataset
 from fiftyone_plugin.ingest import load_face_dataset
 from faceaudit.progress import drive
+from test_app_operators import app, page  # noqa: F401  (fixtures of the browser test)
 
 FACEAUDIT = str(Path(sys.executable).with_name("faceaudit"))
 LAYOUT = {"alice": 4, "bob": 3, "carol": 2, "dave": 5}
@@ -182,38 +183,6 @@ def _mxnet_check(out: Path, expected) -> None:
     assert got["ranges"] == [[1, 3], [3, 5], [5, 7], [7, 11]]
 
 
-def test_killed_export_rerun_equals_one_run(tmp_path, faces, dataset_name):
-    root = tmp_path / "many"
-    faces.identity_tree(root, {f"id{k:03d}": 10 for k in range(60)})
-    load_face_dataset(str(root), source="many", domain="synthetic", dataset_name=dataset_name)
-    ds = fo.load_dataset(dataset_name)
-    one = tmp_path / "one"
-    _export(ds, one)
-    for fmt in ("folders", "rec"):
-        out = tmp_path / f"killed-{fmt}"
-        args = [FACEAUDIT, "export", "--dataset", dataset_name, "--out", str(out), "--format", fmt, "--quiet"]
-        proc = subprocess.Popen(args, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        marker = out / core.MARKER
-        deadline = time.time() + 120
-        while not (marker.exists() and (fmt == "rec" or len(list(out.glob("id*/*.jpg"))) > 20)):
-            assert proc.poll() is None, "the export ended before it could be killed"
-            assert time.time() < deadline
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert not (out / core.MANIFEST).exists()  # a partial export never looks complete
-        done = subprocess.run(args[:-1] + ["--json"], env=dict(os.environ), capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout)["status"] == "resumed"
-        if fmt == "folders":
-            assert _tree(out) == _tree(one)
-        else:
-            ref = tmp_path / "ref-rec"
-            _export(ds, ref, format="rec")
-            assert _tree(out) == _tree(ref)
-        assert not [p for p in out.rglob(".*")]  # no temporary names left
-
-
 @pytest.mark.parametrize("case", ["non-empty", "tag", "view", "k", "source"])
 def test_refusals_write_nothing(loaded, tmp_path, case):
     ds, _ = loaded
@@ -316,3 +285,71 @@ def test_greedy_close_to_the_exhaustive_optimum():
         assert e <= g + 1e-12 <= before + 1e-12
         gaps.append((g - e) / (before - e))
     assert np.median(gaps) < 0.05 and max(gaps) < 0.3
+
+
+def test_killed_export_rerun_equals_one_run(tmp_path, faces, dataset_name):
+    """Last but the browser test: a SIGKILLed FiftyOne client (the export) is a hard exit for the
+    database service too."""
+    root = tmp_path / "many"
+    faces.identity_tree(root, {f"id{k:03d}": 10 for k in range(60)})
+    load_face_dataset(str(root), source="many", domain="synthetic", dataset_name=dataset_name)
+    ds = fo.load_dataset(dataset_name)
+    one = tmp_path / "one"
+    _export(ds, one)
+    for fmt in ("folders", "rec"):
+        out = tmp_path / f"killed-{fmt}"
+        args = [FACEAUDIT, "export", "--dataset", dataset_name, "--out", str(out), "--format", fmt, "--quiet"]
+        proc = subprocess.Popen(args, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        marker = out / core.MARKER
+        deadline = time.time() + 120
+        while not (marker.exists() and (fmt == "rec" or len(list(out.glob("id*/*.jpg"))) > 20)):
+            assert proc.poll() is None, "the export ended before it could be killed"
+            assert time.time() < deadline
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not (out / core.MANIFEST).exists()  # a partial export never looks complete
+        done = subprocess.run(args[:-1] + ["--json"], env=dict(os.environ), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["status"] == "resumed"
+        if fmt == "folders":
+            assert _tree(out) == _tree(one)
+        else:
+            ref = tmp_path / "ref-rec"
+            _export(ds, ref, format="rec")
+            assert _tree(out) == _tree(ref)
+        assert not [p for p in out.rglob(".*")]  # no temporary names left
+
+
+@pytest.mark.browser
+def test_app_export_operator_exports_the_sidebar_filtered_view(app, page, tmp_path):
+    """In headless Chromium: filter the grid in the sidebar, run "Export training set" from the
+    operator browser, and the folder on disk is what the view showed, byte for byte."""
+    from test_app_operators import WAIT, _open_app, _open_operator, _shot, _until
+    from test_app_panel import _sidebar_filter
+
+    ds, _, url = app
+    out = tmp_path / "from-the-app"
+    try:
+        _open_app(page, url, 12)
+        page.get_by_text("identity", exact=True).first.click()  # open its filter, then move away:
+        page.get_by_placeholder("+ filter by identity").wait_for(timeout=WAIT)
+        page.mouse.move(900, 900)  # the field's colour tooltip would take the filter box's click
+        time.sleep(1)
+        _sidebar_filter(page, "identity", ["synth-faces-1"])
+        page.get_by_text("3 samples", exact=True).wait_for(timeout=WAIT)
+        _open_operator(page, "export training", "faceaudit: export training set")
+        page.get_by_text("Export training set").first.wait_for(timeout=WAIT)
+        page.get_by_text("Folder", exact=True).first.locator("xpath=following::input[1]").fill(str(out))
+        page.get_by_text("Run now", exact=True).click()
+        _shot(page, "export-form")
+        page.get_by_role("button", name="Execute").click()
+        assert _until(lambda: (out / core.MANIFEST).exists(), 120), "the operator wrote no manifest"
+        page.get_by_text("3 images of 1 identities", exact=False).first.wait_for(timeout=WAIT)
+        _shot(page, "export-result")
+    except Exception:
+        _shot(page, "export-failure")
+        raise
+    shown = ds.match(fo.ViewField("identity") == "synth-faces-1")
+    expected = {f"synth-faces-1/{os.path.basename(p)}": _digest(Path(p)) for p in shown.values("filepath")}
+    assert _tree(out) == expected and len(expected) == 3
