@@ -30,7 +30,7 @@ Safe and resumable:
   ``train.rec``/``.idx``/``property`` and the manifests are written under hidden temporary
   names and renamed; ``manifest.csv`` then ``manifest.json`` come last, so a folder without
   ``manifest.json`` is never a finished export. Image files of ``folders`` are written at their
-  names (as ``cp -r`` does: a rename per file costs ~30%); a resumed run keeps a file only if it
+  names (as ``cp -r`` does, no rename per file); a resumed run keeps a file only if it
   is finished (a copy of the original's size, a hard link to its inode, a symbolic link to its
   path) and writes the others again;
 * a rerun with the same plan into a finished export changes nothing and says so; into an
