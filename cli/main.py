@@ -8,11 +8,11 @@ import sys
 
 from faceaudit.textsafe import printable
 
-from . import annotate, compare, embed, identity, labels, load, outliers, run, train
+from . import annotate, compare, embed, export, identity, labels, load, outliers, rebalance, run, train
 from .common import database_address, database_fault, fiftyone_env
 from .run import app_hint  # noqa: F401  (part of the CLI's Python surface)
 
-COMMANDS = (load, labels, train, annotate, embed, compare, outliers, identity, run)
+COMMANDS = (load, labels, train, annotate, embed, compare, outliers, identity, rebalance, export, run)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,9 +3,12 @@
 from .annotate import AnnotateAttributes
 from .compare import ComputeAttributeComparison
 from .embed import ComputeFaceEmbeddings
+from .export import ExportTrainingSet
 from .identity import ComputeIdentityAudit
 from .load import LoadFaceDataset
 from .outliers import FlagSyntheticOutliers, SelectSavedView
+from .rebalance import RebalanceSyntheticSource
 
 OPERATORS = (LoadFaceDataset, AnnotateAttributes, ComputeAttributeComparison, FlagSyntheticOutliers,
-             SelectSavedView, ComputeFaceEmbeddings, ComputeIdentityAudit)
+             SelectSavedView, ComputeFaceEmbeddings, ComputeIdentityAudit, ExportTrainingSet,
+             RebalanceSyntheticSource)

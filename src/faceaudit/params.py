@@ -529,3 +529,33 @@ def normal_form(text: str) -> str:
 
 
 __all__ += ["normal_form"]
+# ----------------------------------------------------------------------------- export (helper "export")
+
+
+def min_images(value: Any, default: int = 1, param: str = "min_images") -> int:
+    """The fewest images an exported identity keeps: at least 1."""
+    return to_int(param, value, default, minimum=1)
+
+
+def keep_share(value: Any, default: float = 0.5, param: str = "keep") -> float:
+    """The share of a source a rebalanced subset keeps at least: more than 0, at most 1."""
+    result = to_float(param, value, default, minimum=0.0, maximum=1.0)
+    if result <= 0:
+        raise ParamError(param, f"must be more than 0, got {result:g}")
+    return result
+
+
+__all__ += ["min_images", "keep_share"]
+
+
+def out_folder(value: Any, param: str = "out") -> str:
+    """The folder an export writes: required, not an existing file; returned absolute."""
+    if is_blank(value):
+        raise ParamError(param, "a folder is required")
+    path = os.path.abspath(os.path.expanduser(str(value).strip()))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ParamError(param, f"{path} is a file, not a folder")
+    return path
+
+
+__all__ += ["out_folder"]

@@ -189,6 +189,54 @@ def find_recordio_pair(path: str) -> tuple[str, str] | None:
     return None
 
 
+class RecordIOWriter:
+    """Streaming writer of a ``.rec``/``.idx`` pair, record by record (memory does not grow).
+
+    The inverse of :func:`read_record_at` and :func:`unpack_payload`: each payload is split where
+    the magic number sits at an aligned position (dmlc-core's continuation flags), every part is
+    ``magic, lrecord`` then the bytes padded to 4; the ``.idx`` gets ``key<TAB>offset``."""
+
+    def __init__(self, rec_path: str, idx_path: str | None = None):
+        self.rec_path = rec_path
+        self.idx_path = idx_path or os.path.splitext(rec_path)[0] + ".idx"
+        os.makedirs(os.path.dirname(os.path.abspath(rec_path)), exist_ok=True)
+        self.rec = open(rec_path, "wb")
+        self.idx = open(self.idx_path, "w", encoding="ascii")
+
+    def put(self, key: int, payload: bytes) -> None:
+        """Append the record ``key`` with ``payload`` (an IRHeader and the image bytes)."""
+        self.idx.write(f"{key}\t{self.rec.tell()}\n")
+        for cflag, part in _split_on_magic(payload):
+            self.rec.write(struct.pack("<II", MAGIC, (cflag << 29) | len(part)))
+            self.rec.write(part + b"\x00" * ((-len(part)) % 4))
+
+    def put_image(self, key: int, label: float, data: bytes) -> None:
+        """An image record: ``IRHeader(flag=0, label, id=key, id2=0)`` then the image bytes."""
+        self.put(key, image_payload(key, label, data))
+
+    def put_header(self, key: int, labels: tuple[float, ...]) -> None:
+        """A header record: ``flag = len(labels)`` float32 labels after the IRHeader, no image."""
+        self.put(key, header_payload(labels))
+
+    def close(self) -> None:
+        self.rec.close()
+        self.idx.close()
+
+    def __enter__(self) -> RecordIOWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def image_payload(key: int, label: float, data: bytes) -> bytes:
+    return _IRHEADER.pack(0, float(label), key, 0) + data
+
+
+def header_payload(labels: tuple[float, ...]) -> bytes:
+    return _IRHEADER.pack(len(labels), 0.0, 0, 0) + struct.pack(f"<{len(labels)}f", *labels)
+
+
 def write_recordio(
     rec_path: str,
     images: Iterable[tuple[float, bytes]],
@@ -200,34 +248,23 @@ def write_recordio(
     With ``insightface_header`` (the default) record 0 is the header InsightFace's tools write,
     followed by one identity record per label, so the files read like DCFace's or CASIA's.
     Returns the number of image records written. Used by the tests and by users who repackage
-    image folders for training code that reads RecordIO.
+    image folders for training code that reads RecordIO (:mod:`faceaudit.export` streams its
+    own with :class:`RecordIOWriter`).
     """
-    idx_path = idx_path or os.path.splitext(rec_path)[0] + ".idx"
     images = list(images)
-    os.makedirs(os.path.dirname(os.path.abspath(rec_path)), exist_ok=True)
-    with open(rec_path, "wb") as rec, open(idx_path, "w", encoding="ascii") as idx:
-
-        def put(key: int, payload: bytes) -> None:
-            idx.write(f"{key}\t{rec.tell()}\n")
-            for cflag, part in _split_on_magic(payload):
-                rec.write(struct.pack("<II", MAGIC, (cflag << 29) | len(part)))
-                rec.write(part + b"\x00" * ((-len(part)) % 4))
-
-        def header(labels: tuple[float, ...]) -> bytes:
-            return _IRHEADER.pack(len(labels), 0.0, 0, 0) + struct.pack(f"<{len(labels)}f", *labels)
-
+    with RecordIOWriter(rec_path, idx_path) as writer:
         first = 1 if insightface_header else 0
         identities: dict[float, list[int]] = {}
         for i, (label, data) in enumerate(images):
             identities.setdefault(label, []).append(first + i)
         if insightface_header:
             start = first + len(images)
-            put(0, header((float(start), float(start + len(identities)))))
+            writer.put_header(0, (float(start), float(start + len(identities))))
         for i, (label, data) in enumerate(images):
-            put(first + i, _IRHEADER.pack(0, float(label), first + i, 0) + data)
+            writer.put_image(first + i, label, data)
         if insightface_header:
             for j, keys in enumerate(identities.values()):
-                put(start + j, header((float(keys[0]), float(keys[-1] + 1))))
+                writer.put_header(start + j, (float(keys[0]), float(keys[-1] + 1)))
     return len(images)
 
 

@@ -1,0 +1,121 @@
+"""Rebalance a synthetic source toward the pooled real sources (:mod:`faceaudit.rebalance` chooses).
+
+The labels are read as the comparison reads them: the ``mac_code`` string of each labelled sample
+(:func:`.labels.state_indices`), the real sources pooled. The chosen subset is tagged (the tag is
+first removed from the source's samples, so a rerun replaces the previous choice) and saved as a
+view of that name, which ``faceaudit export --view`` takes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from fiftyone import ViewField as F
+
+from faceaudit import params
+from faceaudit import rebalance as core
+from faceaudit.attributes import ATTRIBUTES
+from faceaudit.stats import STATE_SETS
+
+from . import labels, schema
+
+DEFAULT_TAG = "rebalanced"
+TAG_BATCH = 10_000
+
+
+def check_attributes(attributes) -> tuple[str, ...]:
+    if isinstance(attributes, str):
+        attributes = [a for a in attributes.replace(",", " ").split() if a]
+    attributes = tuple(attributes or ())
+    if not attributes:
+        raise params.ParamError("attributes", "give at least one attribute, e.g. Male Young")
+    unknown = [a for a in attributes if a not in ATTRIBUTES]
+    if unknown:
+        raise params.ParamError("attributes", f"unknown attribute {unknown[0]!r}: attributes are MAAD-Face's 47 "
+                                              f"({', '.join(ATTRIBUTES[:4])}, ...)")
+    if len(set(attributes)) != len(attributes):
+        raise params.ParamError("attributes", "an attribute is given twice")
+    return attributes
+
+
+def rebalance_options(source, attributes, keep=0.5, unit="identity", tag=DEFAULT_TAG, states="three", alpha=0.5) -> dict:
+    """Every argument checked (one validation per argument, for every door)."""
+    return {
+        "source": params.name("source", source),
+        "attributes": check_attributes(attributes),
+        "keep": params.keep_share(keep),
+        "unit": params.choice("unit", unit, core.UNITS, "identity"),
+        "tag": params.name("tag", tag, required=False) or DEFAULT_TAG,
+        "states": params.choice("states", states, tuple(STATE_SETS), "three"),
+        "alpha": params.alpha(alpha),
+    }
+
+
+def _joint(codes, attributes, states: str) -> np.ndarray:
+    """Joint state per sample (-1 for a sample without labels or outside the state set)."""
+    joint = np.full(len(codes), -1, np.int64)
+    have = [i for i, c in enumerate(codes) if c is not None]
+    if have:
+        idx = labels.state_indices([codes[i] for i in have])[:, [ATTRIBUTES.index(a) for a in attributes]]
+        joint[have] = core.joint_index(idx, states)
+    return joint
+
+
+def rebalance_source(dataset, source, attributes, keep=0.5, unit="identity", tag=DEFAULT_TAG,
+                     states="three", alpha=0.5) -> dict:
+    """Choose, tag and save the subset of ``source``; returns the report (also stored on the
+    dataset under ``info["faceaudit"]["rebalance"]``)."""
+    o = rebalance_options(source, attributes, keep, unit, tag, states, alpha)
+    info = schema.sources_info(dataset)
+    if o["source"] not in info:
+        raise core.RebalanceError(f"source {o['source']!r} is not in dataset {dataset.name!r} "
+                                  f"(sources: {', '.join(sorted(info)) or 'none'})")
+    if info[o["source"]].get("domain") != "synthetic":
+        raise core.RebalanceError(f"source {o['source']!r} is not synthetic: rebalance chooses a subset of a "
+                                  "synthetic source toward the real ones")
+    if labels.CODE_FIELD not in dataset.get_field_schema():
+        raise core.RebalanceError(f"dataset {dataset.name!r} has no mac_* labels yet: run faceaudit annotate "
+                                  "or import-labels first")
+    attrs, n_states = o["attributes"], len(STATE_SETS[o["states"]]) ** len(o["attributes"])
+    if n_states > core.MAX_JOINT_STATES:
+        raise params.ParamError("attributes", f"{len(attrs)} attributes make {n_states} joint states; at most "
+                                              f"{core.MAX_JOINT_STATES}")
+    real_codes = dataset.match((F(schema.DOMAIN) == "real") & F(labels.CODE_FIELD).exists()).values(labels.CODE_FIELD)
+    real_joint = _joint(real_codes, attrs, o["states"])
+    real = np.bincount(real_joint[real_joint >= 0], minlength=n_states)
+    synth = dataset.match(schema.source_is(o["source"]))
+    ids, identities, codes = synth.values(["id", schema.IDENTITY, labels.CODE_FIELD])
+    if o["unit"] == "identity":
+        keys = [f"i{x}" if x is not None else f"s{k}" for k, x in enumerate(identities)]
+        _, unit_of = np.unique(np.array(keys, dtype=object), return_inverse=True)
+    else:
+        unit_of = np.arange(len(ids))
+    n_units = int(unit_of.max()) + 1 if len(ids) else 0
+    result = core.rebalance(real, unit_of, _joint(codes, attrs, o["states"]), n_units, attrs,
+                            o["keep"], o["alpha"], o["states"])
+    kept_ids = [i for i, u in zip(ids, unit_of) if result.kept[u]]
+    synth.match_tags(o["tag"]).untag_samples(o["tag"])
+    for start in range(0, len(kept_ids), TAG_BATCH):
+        dataset.select(kept_ids[start:start + TAG_BATCH]).tag_samples(o["tag"])
+    dataset.save_view(o["tag"], dataset.match(schema.source_is(o["source"])).match_tags(o["tag"]), overwrite=True)
+    report = {"dataset": dataset.name, "source": o["source"], "attributes": list(attrs), "keep": o["keep"],
+              "unit": o["unit"], "states": o["states"], "alpha": o["alpha"], "tag": o["tag"], "view": o["tag"],
+              **result.to_dict()}
+    schema.set_info(dataset, "rebalance", report, stamp="computed_at")
+    return report
+
+
+def summary(report: dict) -> list[str]:
+    """The report in a few lines (CLI and operator)."""
+    lines = [f"kept {report['kept_units']} of {report['units']} {report['unit']} units "
+             f"({report['kept_samples']} of {report['samples']} samples, {report['kept_share']:.1%}) of "
+             f"{report['source']}; tagged '{report['tag']}', saved view '{report['view']}'",
+             f"KL(real || synthetic), joint over {len(report['attributes'])} attributes: "
+             f"{report['kl_joint']['before']:.4f} -> {report['kl_joint']['after']:.4f}"]
+    for a, v in report["kl_attributes"].items():
+        lines.append(f"  {a}: {v['before']:.4f} -> {v['after']:.4f}")
+    if report["unmatched"]:
+        lines.append(f"{len(report['unmatched'])} joint states real data has and {report['source']} lacks "
+                     f"(no subset can create them; real share {sum(u['real_share'] for u in report['unmatched']):.1%})")
+    for a, states in report["unmatched_attributes"].items():
+        lines.append(f"  {a}: {', '.join(states)} absent from {report['source']}")
+    return lines

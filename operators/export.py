@@ -1,0 +1,83 @@
+"""``export_training_set``: export the App's current view (sidebar filters and view stages
+included) as identity folders or an InsightFace train.rec (the App's door to
+:func:`fiftyone_plugin.export.iter_export`, as ``faceaudit export``)."""
+
+from __future__ import annotations
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from faceaudit import export as core
+from faceaudit import params
+
+from .common import execution_mode, form_check, run_job, wants_delegation
+
+
+class ExportTrainingSet(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="export_training_set",
+            label="faceaudit: export training set",
+            icon="/assets/icon.svg",
+            dynamic=True,
+            execute_as_generator=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_placement(self, ctx):
+        return types.Placement(
+            types.Places.SAMPLES_GRID_SECONDARY_ACTIONS,
+            types.Button(label="Export training set", icon="/assets/icon.svg", prompt=True),
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        n = ctx.view.count() if ctx.view is not None else 0
+        inputs.str("out", required=True, label="Folder",
+                   description=f"An empty or new folder on the App server's machine; the current view "
+                               f"({n} samples, sidebar filters included) goes in",
+                   **form_check(ctx, "out", params.out_folder))
+        inputs.enum("format", list(core.FORMATS), default="folders", label="Format",
+                    description="folders: <folder>/<identity>/<file>; rec: InsightFace train.rec/.idx")
+        tags = sorted(ctx.dataset.distinct("tags")) if ctx.dataset is not None else []
+        choices = types.AutocompleteView()
+        for tag in tags:
+            choices.add_choice(tag, label=tag)
+        inputs.list("exclude_tags", types.String(), default=[], label="Leave out samples tagged",
+                    description="'unreadable' samples are always left out", view=choices)
+        inputs.int("min_images", default=1, min=1, label="Identities with at least K images",
+                   **form_check(ctx, "min_images", lambda v: params.min_images(v)))
+        inputs.enum("link", list(core.LINKS), default="copy", label="Files (folders format)")
+        inputs.enum("no_identity", list(core.NO_IDENTITY), default="refuse", label="Samples without identity")
+        inputs.bool("overwrite", default=False, label="Empty a non-empty folder first")
+        execution_mode(ctx, inputs)
+        return types.Property(inputs, view=types.View(label="Export training set"))
+
+    def resolve_delegation(self, ctx):
+        return wants_delegation(ctx)
+
+    def execute(self, ctx):
+        from fiftyone_plugin.export import iter_export
+
+        p = ctx.params
+        job = iter_export(ctx.view, p.get("out"), format=p.get("format"), exclude_tags=p.get("exclude_tags") or (),
+                          min_images=p.get("min_images"), link=p.get("link"), overwrite=p.get("overwrite"),
+                          no_identity=p.get("no_identity"))
+        result = yield from run_job(ctx, job)
+        message = result.summary()
+        if not ctx.delegated:
+            yield ctx.ops.notify(message, variant="success")
+            yield ctx.ops.show_output(types.Property(self._outputs(), view=types.View(label="Export training set")).to_json(),
+                                      {**result.to_dict(), "message": message})
+
+    @staticmethod
+    def _outputs() -> types.Object:
+        outputs = types.Object()
+        outputs.str("message", label="Result")
+        outputs.str("out", label="Folder")
+        outputs.int("images", label="Images")
+        outputs.int("identities", label="Identities")
+        return outputs
+
