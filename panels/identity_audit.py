@@ -19,7 +19,13 @@ import json
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from .attribute_comparison import _hold_filters, _restore_filters, _stage_key, _view_json, md_escape
+from .attribute_comparison import (
+    _drilldown_of,
+    _hold_filters,
+    _restore_filters,
+    _stage_key,
+    md_escape,
+)
 
 HELP = """The identity audit stored by `faceaudit identity` (or the "Identity audit" operator):
 cosine similarity of the `face_embedding` vectors. Genuine (mated) scores are pairs inside an
@@ -113,8 +119,8 @@ class IdentityAuditPanel(foo.Panel):
 
     def _leakage(self, panel, result: dict) -> None:
         leakage = result.get("leakage") or {}
-        lines = ["**Leakage of real identities** (each synthetic identity's most similar real identity; "
-                 "click a pair: the grid shows both identities)"]
+        lines = [("**Leakage of real identities** (each synthetic identity's most similar real identity; "
+                  "click a pair: the grid shows both identities)")]
         for source, leak in leakage.items():
             if not leak.get("applicable"):
                 lines.append(f"- {md_escape(source)}: n/a ({md_escape(str(leak.get('reason', '')))})")
@@ -243,13 +249,3 @@ def _drill_down(ctx, view, what: str) -> None:
     ctx.panel.state.set("drilldown", {"stage": _stage_key(match._serialize()), "text": f"{faces} of {what}"})
     ctx.ops.set_view(view)
 
-
-def _drilldown_of(ctx) -> dict | None:
-    """The panel's drill-down if the App's view still holds its stage, else None."""
-    from bson import json_util
-
-    drill = ctx.panel.state.drilldown
-    if not drill or not drill.get("stage"):
-        return None
-    stages = {_stage_key(stage) for stage in json_util.loads(_view_json(ctx.view))}
-    return drill if drill["stage"] in stages else None

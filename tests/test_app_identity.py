@@ -12,14 +12,14 @@ import time
 
 import fiftyone as fo
 import pytest
-
 from browser import ARTIFACTS, in_chromium, require_chromium, served
-from faceaudit.report import num
-from fiftyone_plugin import identity as adapter
-from fiftyone_plugin import schema
 from test_app import _open
 from test_app_panel import _session_view, _wait_plot
 from test_identity import THRESHOLD, world  # noqa: F401  (the fixture: real faces, dlib vectors)
+
+from faceaudit.report import num
+from fiftyone_plugin import identity as adapter
+from fiftyone_plugin import schema
 
 
 def _shot(page, name: str) -> None:
@@ -102,6 +102,7 @@ def test_without_a_stored_audit_the_panel_names_the_command_and_the_operator(fac
     """The panel's render on a dataset never audited (a real ExecutionContext on the real
     dataset): one message naming `faceaudit identity` and the operator, no chart."""
     from fiftyone.operators.executor import ExecutionContext
+
     from fiftyone_plugin.ingest import load_face_dataset
     from panels.identity_audit import IdentityAuditPanel
 
