@@ -44,3 +44,25 @@ def score_histograms(view, field: str, bins: int = 30) -> dict | None:
         counts, _, _ = view.match(schema.source_is(source)).histogram_values(field, bins=bins, range=[low, high])
         result[source] = list(counts)
     return {"edges": edges, "counts": result}
+
+
+def identities_view(view, pairs):
+    """The samples of ``view`` of the given ``(source, identity)`` pairs (a leak: the synthetic
+    identity and its real match; a collision: both identities), sorted by source, identity and
+    file, so that the grid shows one identity beside the other."""
+    expr = None
+    for source, identity in pairs:
+        one = schema.source_is(source) & (F(schema.IDENTITY) == schema.literal(identity))
+        expr = one if expr is None else expr | one
+    if expr is None:
+        raise ValueError("no identity given")
+    return view.match(expr).sort_by([(schema.SOURCE, 1), (schema.IDENTITY, 1), ("filepath", 1)])
+
+
+def identity_outlier_view(view, threshold: float | None = None, tagged: bool = True):
+    """The identity outliers of ``view``, lowest ``identity_similarity`` first: the samples
+    tagged ``identity_outlier`` when the audit tagged, else those below ``threshold``."""
+    from .identity import OUTLIER_TAG, SIMILARITY_FIELD
+
+    picked = view.match_tags(OUTLIER_TAG) if tagged else view.match(F(SIMILARITY_FIELD) < threshold)
+    return picked.sort_by(SIMILARITY_FIELD)

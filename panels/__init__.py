@@ -1,5 +1,6 @@
 """Python panels of the faceaudit plugin."""
 
 from .attribute_comparison import AttributeComparisonPanel
+from .identity_audit import IdentityAuditPanel
 
-PANELS = (AttributeComparisonPanel,)
+PANELS = (AttributeComparisonPanel, IdentityAuditPanel)

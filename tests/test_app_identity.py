@@ -1,0 +1,114 @@
+"""The identity-audit panel in the real App (issue 13, item 4), driven as a user drives it: open
+it from the "+" beside the Samples tab, see the genuine / impostor histograms and the metrics
+table, click the planted leak's row: the grid shows exactly the synthetic identity's faces and
+its real match's. The dataset is test_identity's: real LFW faces with real dlib embeddings and a
+planted leak, collision and wrong face. Screenshots go to test-artifacts/identity-*.png."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import fiftyone as fo
+import pytest
+from browser import ARTIFACTS, in_chromium, require_chromium, served
+from test_app import _open
+from test_app_panel import _session_view, _wait_plot
+from test_identity import THRESHOLD, world  # noqa: F401  (the fixture: real faces, dlib vectors)
+
+from faceaudit.report import num
+from fiftyone_plugin import identity as adapter
+from fiftyone_plugin import schema
+
+
+def _shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"identity-{name}.png"))
+
+
+def _open_identity_panel(page) -> None:
+    page.locator("[data-cy='new-panel-btn']").or_(page.get_by_title("New panel")).first.click()
+    page.get_by_text("faceaudit: identity audit").first.click()
+
+
+@pytest.mark.browser
+def test_histograms_table_and_a_leak_click_shows_both_identities(world):  # noqa: F811
+    require_chromium()
+    name, wrong_path, _ = world
+    ds = fo.load_dataset(name)
+    result = adapter.identity_audit(ds, adapter.options(threshold=THRESHOLD), tag=True, similarity_index=False)
+    assert schema.get_info(ds, "identity")["threshold"] == THRESHOLD
+    leak = result["leakage"]["synth"]["top"][0]  # the planted leak: s_leak is r0's face
+    assert (leak["identity"], leak["real_identity"]) == ("s_leak", "r0")
+    expected = set(ds.match((fo.ViewField("source") == "synth") & (fo.ViewField("identity") == "s_leak")).values("filepath")) \
+        | set(ds.match((fo.ViewField("source") == "real") & (fo.ViewField("identity") == "r0")).values("filepath"))
+    total = ds.count()
+
+    with served(ds) as (session, url):
+        def drive(page, _context):
+            page.set_default_timeout(60_000)
+            _open(page, url, total)
+            _open_identity_panel(page)
+            page.get_by_text("Metrics per source").wait_for(timeout=90_000)
+            for kind in ("genuine", "impostor"):
+                plot = _wait_plot(page, f"{kind} (", lambda p: p["bars"] > 0)
+                shown = {t["name"].split(" (")[0]: t for t in plot["traces"]}
+                assert set(shown) == {"real", "synth"}  # flatgan has no identities
+                for source, trace in shown.items():
+                    counts = result["sources"][source][kind]["histogram"]
+                    assert trace["customdata"] == counts  # the stored aggregates, nothing per sample
+                    assert trace["y"] == pytest.approx([c / sum(counts) for c in counts])
+            _shot(page, "open")
+            table = page.locator("table", has_text="uniqueness").first
+            text = table.inner_text()
+            for label in ("identities", "EER", "FNMR @ FMR 1e-2", "d'", "FDR", "uniqueness", "consistency"):
+                assert label in text, label
+            for source in ("real", "synth"):
+                r = result["sources"][source]
+                for key in ("eer", "d_prime", "uniqueness"):
+                    assert num(r[key]) in text, (source, key)
+            body = page.inner_text("body")
+            assert "flatgan" in body  # named as not applicable
+
+            row = page.get_by_role("button", name=re.compile(r"s_leak .*r0: cosine"))
+            row.scroll_into_view_if_needed()
+            _shot(page, "leakage")
+            row.click()
+            page.get_by_text(f"{len(expected)} samples", exact=True).wait_for(timeout=60_000)
+            view = _session_view(session, lambda v: len(v) == len(expected))
+            assert set(view.values("filepath")) == expected
+            assert view.values("identity") == ["r0"] * 4 + ["s_leak"] * 3  # the real match beside it
+            page.get_by_text("Showing the 7 faces of").wait_for(timeout=60_000)
+            time.sleep(3)
+            _shot(page, "leak-click")
+            page.get_by_role("button", name=re.compile(r"s_c1 = s_c2")).click()  # the planted collision
+            view = _session_view(session, lambda v: set(v.values("identity")) == {"s_c1", "s_c2"})
+            assert view.count() == ds.match(fo.ViewField("identity").is_in(["s_c1", "s_c2"])).count() == 4
+            page.get_by_text("4 samples", exact=True).wait_for(timeout=60_000)
+            page.get_by_role("button", name="Show the identity outliers").click()
+            outliers = ds.match_tags(adapter.OUTLIER_TAG)
+            view = _session_view(session, lambda v: len(v) == outliers.count() and "identity_outlier" in str(v))
+            sims = view.values(adapter.SIMILARITY_FIELD)
+            assert sims == sorted(sims) and sims and max(sims) < THRESHOLD
+            assert view.values("filepath")[0] == wrong_path  # the planted wrong face first
+            page.get_by_text(f"{len(sims)} sample" + ("" if len(sims) == 1 else "s"), exact=True).wait_for()
+            time.sleep(2)
+            _shot(page, "outliers")
+
+        in_chromium(drive, "identity-failure.png")
+
+
+def test_without_a_stored_audit_the_panel_names_the_command_and_the_operator(faces, tmp_path, dataset_name):
+    """The panel's render on a dataset never audited (a real ExecutionContext on the real
+    dataset): one message naming `faceaudit identity` and the operator, no chart."""
+    from fiftyone.operators.executor import ExecutionContext
+
+    from fiftyone_plugin.ingest import load_face_dataset
+    from panels.identity_audit import IdentityAuditPanel
+
+    faces.identity_tree(tmp_path / "real", {"a": 2, "b": 2})
+    load_face_dataset(str(tmp_path / "real"), source="real", domain="real", dataset_name=dataset_name)
+    ctx = ExecutionContext(request_params={"dataset_name": dataset_name, "panel_id": "p", "panel_state": {}})
+    layout = json.dumps(IdentityAuditPanel().render(ctx).to_json())
+    assert "faceaudit identity" in layout and "Identity audit" in layout and "No identity audit" in layout
+    assert "genuine_plot" not in layout
