@@ -157,7 +157,9 @@ def _identity(dataset, config: StudyConfig, done: dict, report: StudyReport, ech
     i = config.identity
     if i is None:
         return None
-    key = _key(asdict(i), embedding=schema.get_info(dataset, "embedding") or {},
+    made_with = {k: v for k, v in (schema.get_info(dataset, "embedding") or {}).items()
+                 if not k.endswith("_at")}  # the settings, not when a run last finished
+    key = _key(asdict(i), embedding=made_with,
                embedded=count_samples(dataset.exists(FIELD)), samples=count_samples(dataset))
     if done.get("identity") == key and schema.get_info(dataset, "identity"):
         report.steps["identity"] = "skipped: embeddings and settings unchanged"

@@ -112,9 +112,18 @@ def test_demo_runs_the_pipeline_and_reruns_as_a_no_op(tmp_path, dataset_name, cl
     assert len(ds.load_saved_view("synthetic_outliers")) == 10
     assert "201 samples embedded with dlib (128-d)" in first.stdout  # the [embedding] step
     assert ds.exists("face_embedding").count() == 201 and ds.info["faceaudit"]["embedding"]["model"] == "dlib"
+    # the [identity] step: every stand-in synthetic identity is a real one mirrored and darkened,
+    # so the leakage finds all 100 (each synthetic lfw_NNN's nearest real identity is lfw_NNN)
+    assert "identity: computed" in first.stdout
+    audit = ds.info["faceaudit"]["identity"]
+    leak = audit["leakage"]["lfw-altered-demo"]
+    assert leak["share_above_threshold"] == 1.0 and len(ds.match_tags("identity_leak")) == 100
+    assert all(p["identity"] == p["real_identity"] for p in leak["top"])
+    assert "Identity audit" in (tmp_path / "demo" / "report.html").read_text(encoding="utf-8")
     again = run(["demo", *args], cli_env)
     assert "0 added, 101 already present" in again.stdout and "0 samples labelled" in again.stdout
     assert "embed: skipped: every readable sample is embedded" in again.stdout
+    assert "identity: skipped" in again.stdout and "nothing new" in again.stdout
 
 
 # ------------------------------------------------------------------ arguments refused before any write
