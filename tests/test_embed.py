@@ -130,7 +130,7 @@ def test_onnx_that_is_not_a_face_model_and_missing_checkpoints_are_refused(model
     with pytest.raises(params.ParamError, match="detect: --detect is for the dlib model"):
         params.embedding_model("onnx", models["onnx"], detect=True)
     (tmp_path / "model.pth").write_bytes(b"\x00" * 100)
-    with pytest.raises(EmbedderError, match="not a loadable torch checkpoint"):
+    with pytest.raises(EmbedderError, match="is not a torch checkpoint"):  # told from its first bytes
         IResNetEmbedder(str(tmp_path / "model.pth"))
 
 
