@@ -12,8 +12,12 @@ def cmd_rebalance(args: argparse.Namespace) -> int:
     from faceaudit import params
     from fiftyone_plugin import rebalance
 
-    (json_out,) = params.output_files({"json": args.json}).values()
-    report = rebalance.rebalance_source(open_dataset(args.dataset), args.source, args.attributes, keep=args.keep,
+    from fiftyone_plugin.schema import check_outputs
+
+    params.output_files({"json": args.json}, overwrite=True)  # the path's form, before opening the dataset
+    dataset = open_dataset(args.dataset)
+    (json_out,) = check_outputs(dataset, {"json": args.json}).values()  # never over a source's files
+    report = rebalance.rebalance_source(dataset, args.source, args.attributes, keep=args.keep,
                                         unit=args.unit, tag=args.tag, states=args.states, alpha=args.alpha)
     for line in rebalance.summary(report):
         print(line)
