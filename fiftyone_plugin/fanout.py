@@ -120,7 +120,7 @@ def shard_operations(dataset_name: str, view=None, job: Job | None = None) -> di
     not shard 0/2 of ``--source s``)."""
     from fiftyone.operators.delegated import DelegatedOperationService
 
-    wanted = None if view is None else _stages(view._serialize())
+    wanted = None if view is None else _view_stages(view)
     by_shard: dict[str, list] = {}
     uri = (job or ANNOTATE).uri
     ops = DelegatedOperationService().list_operations(operator=uri, dataset_name=dataset_name)
@@ -131,11 +131,20 @@ def shard_operations(dataset_name: str, view=None, job: Job | None = None) -> di
     return by_shard
 
 
+def _view_stages(view) -> list:
+    """The stages of ``view``, a view or a whole dataset (a delegated operation's ``ctx.view``
+    on a dataset with no stages is the dataset, whose ``_serialize()`` is its document)."""
+    return _stages(view.view()._serialize())
+
+
 def _stages(serialized) -> list:
-    """A serialized view's stages without their random ``_uuid``s, to compare selections."""
+    """A serialized view's stages without their random ``_uuid``s, to compare selections. The
+    stages come as dicts from ``view._serialize()``, as JSON strings each in a delegated
+    operation's request (and a view built from that request), or as one JSON string."""
     if isinstance(serialized, str):
         serialized = json.loads(serialized)
-    return [{k: v for k, v in stage.items() if k != "_uuid"} for stage in serialized or []]
+    stages = [json.loads(stage) if isinstance(stage, str) else stage for stage in serialized or []]
+    return [{k: v for k, v in stage.items() if k != "_uuid"} for stage in stages]
 
 
 def _request(op) -> dict:
@@ -237,7 +246,7 @@ def _refuse_other_live_work(dataset, view, params: dict, live: set[str], job: Jo
     while live shards of another selection overlap this one (their samples labelled twice)."""
     import fiftyone.core.stages as fost
 
-    mine = _stages(view._serialize())
+    mine = _view_stages(view)
     for shard, ops in shard_operations(dataset.name, job=job).items():
         for op in (o for o in ops if o.run_state in ACTIVE_STATES):
             theirs = _stages(_request(op).get("view"))
@@ -295,7 +304,7 @@ def claim_shard_count(dataset, view, count: int) -> None:
     import fiftyone.core.odm as foo_db
     from pymongo.errors import DuplicateKeyError
 
-    selection = json.dumps(_stages(view._serialize()), sort_keys=True, default=str)
+    selection = json.dumps(_view_stages(view), sort_keys=True, default=str)
     key = f"{dataset.name}:{hashlib.sha1(selection.encode()).hexdigest()}"
     counts = foo_db.get_db_conn()[SHARD_COUNTS]
     for _ in range(3):

@@ -119,10 +119,11 @@ def test_engine_handles_odd_images_and_reports_bad_ones(tmp_path, faces):
         _save(tmp_path / "rgba.png", np.dstack([face, np.full(face.shape[:2], 200, np.uint8)])),
         str(tmp_path / "cmyk.jpg"),
         str(tmp_path / "16bit.png"),
-        _save(tmp_path / "tiny.png", face[::14, ::14].copy()),
+        _save(tmp_path / "small.png", face[::7, ::7].copy()),  # 16 x 16: the smallest face taken
         _save(tmp_path / "huge.jpg", np.asarray(Image.fromarray(face).resize((1500, 1500)))),
         str(tmp_path / "broken.jpg"),
         str(tmp_path / "missing.jpg"),
+        _save(tmp_path / "tiny.png", face[::14, ::14].copy()),  # 8 x 8: refused, not a face
     ]
     Image.fromarray(face).convert("CMYK").save(paths[3])
     Image.fromarray((gray.astype(np.uint16) * 257)).save(paths[4])
@@ -132,7 +133,9 @@ def test_engine_handles_odd_images_and_reports_bad_ones(tmp_path, faces):
     done = np.concatenate([r.indices for r in results])
     failed = dict(f for r in results for f in r.failures)
     assert sorted(done.tolist()) == [0, 1, 2, 3, 4, 5, 6]
-    assert set(failed) == {7, 8} and all("cannot decode" in v for v in failed.values())
+    assert set(failed) == {7, 8, 9}
+    assert "cannot decode" in failed[7] and "cannot decode" in failed[8]
+    assert "too small for a face: 8 x 8 pixels" in failed[9]
     states = np.concatenate([r.states for r in results])
     assert states.shape == (7, 47)
 
