@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 from collections.abc import Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import asdict, dataclass, field
 from functools import partial
 
@@ -45,6 +46,7 @@ from .bulk import fiftyone_rand, new_object_ids
 
 CHUNK_SIZE = 10_000
 CHECK_THREADS = 8  # image checks are a few small reads each: I/O bound, so threads help
+INSERTS_IN_FLIGHT = 2  # chunks inserted at once: mongod works on both while Python builds the next
 
 
 class LoadError(ValueError):
@@ -317,8 +319,9 @@ def _finish(dataset, found: Scan, report: LoadReport) -> None:
 class _ChunkWriter:
     """Buffers records and writes them in chunks of new, complete sample documents.
 
-    Inserts run on a background thread, so that building the next chunk's documents (Python)
-    overlaps the server's work on the previous one; at most one chunk is in flight.
+    Inserts run on background threads, so that building the next chunk's documents (Python)
+    overlaps the server's work on the previous ones; at most :data:`INSERTS_IN_FLIGHT` chunks are
+    in flight (two inserts keep two server threads busy, where one waits on the journal).
     Existing file paths are looked up only when the source already has samples (a rerun, or a
     load that was stopped): a first load of a source pays nothing for idempotence.
     """
@@ -335,8 +338,8 @@ class _ChunkWriter:
         self.pending: list[FaceRecord] = []
         self.before_first_write = before_first_write
         self.check_pool = ThreadPoolExecutor(CHECK_THREADS) if check_images else None
-        self.insert_pool = ThreadPoolExecutor(1)
-        self.in_flight: Future | None = None
+        self.insert_pool = ThreadPoolExecutor(INSERTS_IN_FLIGHT)
+        self.in_flight: list[Future] = []
         self.source_has_samples = self.collection.find_one({schema.SOURCE: source}, {"_id": 1}) is not None
 
     def add(self, record: FaceRecord) -> None:
@@ -354,11 +357,13 @@ class _ChunkWriter:
         if not new:
             return
         docs = self._documents(new)
-        self._wait()
         if self.before_first_write is not None:
+            self._wait()
             self.before_first_write()
             self.before_first_write = None
-        self.in_flight = self.insert_pool.submit(_insert_new, self.collection, docs)
+        while len(self.in_flight) >= INSERTS_IN_FLIGHT:
+            self._wait_oldest()
+        self.in_flight.append(self.insert_pool.submit(_insert_new, self.collection, docs))
 
     def __enter__(self) -> _ChunkWriter:
         return self
@@ -376,12 +381,15 @@ class _ChunkWriter:
                 self.check_pool.shutdown()
 
     def _wait(self) -> None:
-        """Count what the chunk in flight wrote: documents another load wrote first are
+        """Wait for every chunk in flight (raising the first error, after all have ended)."""
+        futures_wait(self.in_flight)
+        while self.in_flight:
+            self._wait_oldest()
+
+    def _wait_oldest(self) -> None:
+        """Count what the oldest chunk in flight wrote: documents another load wrote first are
         already present, and only the written ones count as added or unreadable."""
-        if self.in_flight is None:
-            return
-        docs, duplicates = self.in_flight.result()
-        self.in_flight = None
+        docs, duplicates = self.in_flight.pop(0).result()
         self.report.added += len(docs) - len(duplicates)
         self.report.already_present += len(duplicates)
         for k, doc in enumerate(docs):
