@@ -116,13 +116,38 @@ def test_planted_outliers_rank_first_get_tagged_and_clear_cleanly(world):
 def test_threshold_and_joint_model(world):
     name, _, planted, _ = world
     ds = fo.load_dataset(name)
-    outliers.score_realness(ds, joint=("Bald", "Wearing_Hat", "Eyeglasses"))
-    ds.reload()
+    joint = ("Bald", "Wearing_Hat", "Eyeglasses")
+    for states, alpha in (("binary", 0.25), ("three", 0.5)):
+        outliers.score_realness(ds, states=states, alpha=alpha, joint=joint)
+        ds.reload()
+        codes, domains, scores = ds.exists("mac_code").values(["mac_code", "domain", outliers.SCORE_FIELD])
+        assert np.allclose(scores, _reference_nll(codes, domains, states, alpha, joint), atol=1e-9)
     planted_scores = ds.match(fo.ViewField("filepath").is_in(list(planted))).values(outliers.SCORE_FIELD)
     threshold = min(planted_scores)
     n = outliers.flag_outliers(ds, threshold=threshold)
     assert n == len(planted)  # the unseen combination alone sets them apart
     outliers.clear_outliers(ds)
+
+
+def _reference_nll(codes, domains, states: str, alpha: float, joint: tuple[str, ...]) -> np.ndarray:
+    """Realness NLL computed here from the codes alone: per attribute -log((count + alpha) /
+    total) over the real samples' states (binary: the undefined state neither counted nor scored),
+    plus, for ``joint``, -log of the smoothed share of the real samples with the same combination."""
+    index = np.array([["pnu".index(ch) for ch in code] for code in codes])
+    real = index[np.array(domains) == "real"]
+    kinds = 2 if states == "binary" else 3
+    total = np.zeros(len(codes))
+    cols = [ATTRIBUTES.index(a) for a in joint]
+    for j in range(len(ATTRIBUTES)):
+        if j in cols:
+            continue
+        counts = np.array([(real[:, j] == s).sum() for s in range(kinds)], float) + alpha
+        nll = np.append(-np.log(counts / counts.sum()), [0.0] * (3 - kinds))
+        total += nll[index[:, j]]
+    combos = [tuple(row) for row in real[:, cols]]
+    for i, row in enumerate(index[:, cols]):
+        total[i] -= np.log((combos.count(tuple(row)) + alpha) / (len(combos) + alpha * 3 ** len(cols)))
+    return total
 
 
 def test_identity_consistency(world, tmp_path):
