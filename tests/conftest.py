@@ -1,8 +1,14 @@
 """Test set-up: a FiftyOne database and plugins directory of the test run's own.
 
-FiftyOne starts its bundled mongod on the database directory below (a real server, not a mock).
-Set FIFTYONE_DATABASE_URI beforehand to run the suite against another MongoDB instead.
-These variables must be set before anything imports fiftyone, hence at module level.
+The run's mongod (FiftyOne's bundled one, a real server, not a mock) serves the database folder
+below. It is started the way ``faceaudit`` commands start theirs (faceaudit_cli.database: found
+by its folder, started under a lock) and FiftyOne is pointed at it by FIFTYONE_DATABASE_URI:
+FiftyOne's own service would attach to any FiftyOne database service running on the machine,
+whatever its folder, so two runs at once (``pytest -n 2`` workers, or another checkout's tests)
+would share one database and one run's delegated-operation launchers would run the other's
+operations. It is stopped when the run ends. Set FIFTYONE_DATABASE_URI beforehand to run the
+suite against another MongoDB instead. These variables must be set before anything imports
+fiftyone, hence at module level.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_DIR = Path(tempfile.mkdtemp(prefix="faceaudit-tests-"))
-if not os.environ.get("FIFTYONE_DATABASE_URI"):
+OWN_DATABASE = not os.environ.get("FIFTYONE_DATABASE_URI")
+if OWN_DATABASE:
     os.environ["FIFTYONE_DATABASE_DIR"] = str(RUN_DIR / "db")
 os.environ["FIFTYONE_PLUGINS_DIR"] = str(RUN_DIR / "plugins")
 os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
@@ -29,13 +36,33 @@ from facefixtures import FaceImages  # noqa: E402
 
 @pytest.fixture(scope="session", autouse=True)
 def database():
-    """Connect once for the whole run. FiftyOne's database service stops mongod when its last
-    client exits; holding a client here keeps one server up for every `faceaudit` subprocess,
-    instead of a stop/start race between two of them."""
+    """Connect once for the whole run (every `faceaudit` subprocess uses the same server, by
+    FIFTYONE_DATABASE_URI); stop the run's own mongod at the end."""
     import fiftyone as fo
 
     fo.list_datasets()
     yield
+
+
+def _xdist_controller(config) -> bool:
+    """Whether this process only hands tests to ``pytest -n`` workers (it runs none itself)."""
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+
+
+def pytest_configure(config):
+    """Start the run's own mongod (before the test modules import fiftyone), in each process
+    that runs tests."""
+    if OWN_DATABASE and not _xdist_controller(config):
+        from faceaudit_cli import database
+
+        database.ensure_database()  # sets FIFTYONE_DATABASE_URI to the folder's own mongod
+
+
+def pytest_unconfigure(config):
+    if OWN_DATABASE and not _xdist_controller(config):
+        from faceaudit_cli import database
+
+        database.stop_database(str(RUN_DIR / "db"))
 
 
 @pytest.fixture(scope="session")
