@@ -18,6 +18,7 @@ from fiftyone import ViewField as F
 from faceaudit.attributes import ATTRIBUTES
 from fiftyone_plugin import labels
 from fiftyone_plugin.ingest import load_face_dataset
+from browser import connected
 from test_labels import write_csv
 
 pytestmark = pytest.mark.browser
@@ -44,7 +45,7 @@ def app(tmp_path, faces, dataset_name):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    session = fo.launch_app(ds, remote=True, port=port)
+    session = connected(fo.launch_app(ds, remote=True, port=port))
     yield ds, session, f"http://127.0.0.1:{port}/datasets/{dataset_name}"
     session.close()
 

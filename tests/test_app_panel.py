@@ -18,6 +18,7 @@ from fiftyone import ViewField as F
 from faceaudit.attributes import ATTRIBUTES, CATEGORIES, CATEGORY_OF
 from fiftyone_plugin import labels
 from fiftyone_plugin.ingest import load_face_dataset
+from browser import connected
 from test_app import ARTIFACTS, CHROMIUM, FLAGS, _open, _open_panel
 from test_labels import write_csv
 
@@ -50,7 +51,7 @@ def server():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    session = fo.launch_app(remote=True, port=port)
+    session = connected(fo.launch_app(remote=True, port=port))
     yield session, f"http://127.0.0.1:{port}/datasets/"
     session.close()
 
