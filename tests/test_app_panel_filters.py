@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from test_app import _open, _open_panel
+from test_app import _open, _open_panel, _press
 from test_app_errors import _patient_app_server  # noqa: F401  (autouse: the App gets 300 s to bind)
 from test_app_panel import _labelled, _plot, _shot, _sidebar_filter, _wait_plot
 from test_app_panel import page, server  # noqa: F401  (fixtures)
@@ -44,12 +44,6 @@ def _held(page, expected: str | re.Pattern, what: str, seconds: float = 6) -> No
             assert ok, f"{what}: the grid showed {count!r}, not {expected!r} (the sidebar filter was dropped)"
         time.sleep(0.2)
     assert seen, f"{what}: the grid showed no count"
-
-
-def _press(page, name: str, label: str) -> None:
-    """Click the panel button ``name``, then wait for the control's label to read ``label``."""
-    page.get_by_role("button", name=name, exact=True).first.click()
-    page.get_by_text(label, exact=True).first.wait_for(timeout=60_000)
 
 
 def test_every_control_keeps_the_sidebar_filter(server, page, tmp_path, faces, dataset_name):
