@@ -51,6 +51,8 @@ CONTROLS = {"states": "three", "alpha": 0.5, "category": CATEGORY_ALL, "shown_st
             "show": "top", "attribute": "Male", "sort": "kl_real_synth"}
 #: the App's stage for an extended selection (the drill-down, see _drill_down)
 SELECT_STAGE = "fiftyone.core.stages.Select"
+#: the App's stage for the grid's *Sort by* (see _grid_sort_note)
+SORT_STAGE = "fiftyone.core.stages.SortBy"
 #: the alpha buttons (the CLI and the compare operator take any alpha >= 0)
 ALPHAS = (0.0, 0.1, 0.25, 0.5, 1.0)
 #: per panel: {"settings": the controls' values the user set, "drilldown": the drill-down or
@@ -180,6 +182,9 @@ class AttributeComparisonPanel(foo.Panel):
         if data["error"]:
             panel.md(data["error"], name="error_text")
         panel.md(data["summary"], name="summary_text")
+        sort_note = _grid_sort_note(ctx)
+        if sort_note:
+            panel.md(sort_note, name="grid_sort_text")
         if data.get("runs"):
             panel.md(data["runs"], name="runs_text")
         drill = _drilldown_of(ctx)
@@ -341,6 +346,34 @@ def _drill_down(ctx, view, what: str) -> None:
     _panel(ctx)["drilldown"] = {"ids": sorted(ids), "text": f"{faces} of {what}"}
     ctx.ops.set_extended_selection(selection=ids)
     ctx.faceaudit_view = _compared_view_without_selection(ctx)  # this request's render
+
+
+def _grid_sort_note(ctx) -> str:
+    """What to say when the App's grid *Sort by* replaces the order of the saved view it shows
+    (issue 15.9: ``synthetic_outliers``, realness_nll highest first, shown lowest first).
+
+    FiftyOne 1.22 keeps the grid's sort in the browser (``localStorage``, per dataset, so it
+    comes back with the next view and the next visit) and the server applies it after every
+    stage of the view, a saved view's own sort included; no operator can read or clear it
+    except through the request's extended stages. So the panel says so, next to the numbers."""
+    name = ctx.request_params.get("view_name")
+    grid = (ctx.request_params.get("extended") or {}).get(SORT_STAGE)
+    if not name or not isinstance(grid, dict) or not ctx.dataset.has_saved_view(name):
+        return ""
+    own = [s for s in ctx.dataset.load_saved_view(name)._stages if type(s).__name__ == "SortBy"]
+    if not own:
+        return ""
+    field, reverse = str(grid.get("field_or_expr")), bool(grid.get("reverse"))
+    mine = own[-1]
+    if str(mine.field_or_expr) == field and bool(mine.reverse) == reverse:
+        return ""
+
+    def order(f, r):
+        return f"{md_escape(f)}, {'highest' if r else 'lowest'} first"
+
+    return (f"**The grid's Sort by ({order(field, reverse)}) replaces the order of the saved view "
+            f"{md_escape(name)} ({order(str(mine.field_or_expr), bool(mine.reverse))})**: clear the grid's "
+            "*Sort by* (`-`) or turn its arrow to see the view in its own order.")
 
 
 def _selection(ctx) -> list[str] | None:
