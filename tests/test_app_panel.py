@@ -92,6 +92,17 @@ def _labelled(tmp_path, faces, name, sources, seed=5, blank=()) -> dict[str, lis
     return rows_by_source
 
 
+def _panel_on_two_sources(page, url: str, tmp_path, faces, dataset_name) -> tuple[dict, dict]:
+    """A labelled real source (4 identities) and a synthetic one (3), the App on them and the
+    panel open with its bars drawn; returns the label rows and the overview plot."""
+    rows = _labelled(tmp_path, faces, dataset_name, {"real-faces": ("real", 4, True),
+                                                       "synth-faces": ("synthetic", 3, True)})
+    _open(page, url + dataset_name, 28)
+    _open_panel(page)
+    page.get_by_text("real-faces (real, 16 labelled)").wait_for(timeout=120_000)
+    return rows, _wait_plot(page, "per attribute", lambda p: p["bars"] > 0)
+
+
 def raw_share(rows, attr: str, state: str, states=("positive", "negative", "undefined")) -> float:
     codes = [CODE[r[2 + ATTRIBUTES.index(attr)]] for r in rows]
     kept = [c for c in codes if STATE_OF[c] in states]
@@ -158,12 +169,7 @@ def test_sidebar_filters_hold_and_the_numbers_follow_them(server, page, tmp_path
     """9.3: filters ticked in the sidebar while the panel is open: the grid keeps them, the
     panel counts the filtered faces (raw shares, 9.9)."""
     _, url = server
-    rows = _labelled(tmp_path, faces, dataset_name, {"real-faces": ("real", 4, True),
-                                                       "synth-faces": ("synthetic", 3, True)})
-    _open(page, url + dataset_name, 28)
-    _open_panel(page)
-    page.get_by_text("real-faces (real, 16 labelled)").wait_for(timeout=90_000)
-    _wait_plot(page, "per attribute", lambda p: p["bars"] > 0)
+    rows, _ = _panel_on_two_sources(page, url, tmp_path, faces, dataset_name)
     _sidebar_filter(page, "identity", ["real-faces-1", "synth-faces-0"])  # with the panel open
     page.get_by_text("8 samples", exact=True).wait_for()
     page.get_by_text("real-faces (real, 4 labelled)").wait_for(timeout=90_000)
@@ -238,12 +244,7 @@ def test_controls_replace_the_charts_and_a_drill_down_survives_a_sort(server, pa
     """9.4 (Category, States: bar counts), 9.7 (legend, one colour per source), 9.12 (the
     Attribute dropdown follows a click; "1 face"), 9.5 (drill-down with a sort, then Back)."""
     session, url = server
-    _labelled(tmp_path, faces, dataset_name, {"real-faces": ("real", 4, True),
-                                              "synth-faces": ("synthetic", 3, True)})
-    _open(page, url + dataset_name, 28)
-    _open_panel(page)
-    page.get_by_text("real-faces (real, 16 labelled)").wait_for(timeout=90_000)
-    overview = _wait_plot(page, "per attribute", lambda p: p["bars"] > 0)
+    _, overview = _panel_on_two_sources(page, url, tmp_path, faces, dataset_name)
     _shot(page, "open")
     assert overview["legend"] == 2  # one legend entry per source
     attribute = _wait_plot(page, "state shares per source", lambda p: p["bars"] == 6)

@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-from test_app import _open, _open_panel, _press
+from test_app import _press
 from test_app_errors import _patient_app_server  # noqa: F401  (autouse: the App gets 300 s to bind)
-from test_app_panel import _labelled, _plot, _shot, _sidebar_filter, _wait_plot
+from test_app_panel import _panel_on_two_sources, _plot, _shot, _sidebar_filter
 from test_app_panel import page, server  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.browser
@@ -56,12 +56,7 @@ def test_every_control_keeps_the_sidebar_filter(server, page, tmp_path, faces, d
 
 def _drive(server, page, tmp_path, faces, dataset_name) -> None:
     _, url = server
-    _labelled(tmp_path, faces, dataset_name, {"real-faces": ("real", 4, True),
-                                              "synth-faces": ("synthetic", 3, True)})
-    _open(page, url + dataset_name, 28)
-    _open_panel(page)
-    page.get_by_text("real-faces (real, 16 labelled)").wait_for(timeout=120_000)
-    _wait_plot(page, "per attribute", lambda p: p["bars"] > 0)
+    _panel_on_two_sources(page, url, tmp_path, faces, dataset_name)
     time.sleep(6)  # the spaces saves of the open are over
     _sidebar_filter(page, "identity", ["real-faces-1", "synth-faces-0"])
     page.get_by_text("8 samples", exact=True).wait_for()
