@@ -6,21 +6,29 @@ the browser. It follows the App's view, sidebar filters included: a filter chang
 and stays. A click on a bar sets the App's view to the faces behind it (a drill-down); Back
 returns.
 
-Why the numbers go into the rendered layout, not into panel data or state: the App (1.22)
-saves a grid panel's state into the session's spaces after a state or data patch, and each save
-reloads the dataset page from the router location of the last navigation, which drops the
-sidebar filters the user set since (seen in the browser: a data patch on a filter's view event
-removed that filter 2 s later). The layout (``render``) is not saved, so every chart and text
-goes there, from a per-panel cache of the last computation; panel state holds only what the
-user sets (controls, a drill-down), written when the user acts on the panel. A replaced layout
+Why nothing the user sets goes into panel state: FiftyOne 1.22 keeps a grid panel's state
+inside the session's spaces (the ``state`` of the spaces' ``Panel`` node, saved with every
+workspace). Every panel state change, and every value a form control of a Python panel takes
+(the App writes it into the panel's state, ``panelsState``, before the control's callback
+reaches the server), saves the spaces; the ``sessionSpaces`` writer then replaces the router
+location (``event: "spaces"``), a hard reload of ``DatasetPageQuery`` during which the App's
+``filters`` atom reads its default ``{}``: the user's sidebar filters are gone (seen in the
+browser: the grid counts every sample ~2 s after a dropdown change; ``set_filters`` could only
+put them back after the grid had shown the unfiltered view). So the panel has no form fields:
+its controls are buttons (a click carries the chosen value in its ``params``), and the
+controls' values and the drill-down are kept per panel in this process (:data:`_PANELS`), read
+by every request of that panel. The charts and texts go into the rendered layout (``render``),
+which the App does not save, from a per-panel cache of the last computation. A replaced layout
 also replaces each chart whole: no chart keeps an old tail. A plot click reports the bar's
-``ids`` entry, so the click handlers need no state either.
+``ids`` entry, so the click handlers need no state either. A drill-down shows the clicked
+bar's faces as the App's extended selection and Back clears it: the App's view and its sidebar
+filters stay as they are (``set_view`` would make the App drop the sidebar filters too).
 
-Opening the panel (any panel: Histograms and Embeddings do the same) saves the spaces too, and
-the reload drops the sidebar filters that were active; so do the state saves of a control
-change. The panel remembers the filters it saw then and, for a few seconds, puts them back
-through the App's built-in ``set_filters`` operator whenever a view event arrives without them
-(see :func:`_restore_filters`).
+Opening the panel (any panel: Histograms and Embeddings do the same) saves the spaces, which
+the panel cannot avoid, and that reload drops the sidebar filters that were active. The panel
+remembers the filters it saw then and, for a few seconds, puts them back through the App's
+built-in ``set_filters`` operator whenever a view event arrives without them (see
+:func:`_restore_filters`).
 """
 
 from __future__ import annotations
@@ -36,10 +44,21 @@ import fiftyone.operators.types as types
 CATEGORY_ALL = "all"
 SHOW_ALL = "all"
 SORT_KEYS = {"kl_real_synth": "KL(real || synth)", "kl_synth_real": "KL(synth || real)", "js": "JS"}
-#: the controls: state path -> default (the form keeps a control's value at its path)
-CONTROLS = {"controls.states": "three", "controls.alpha": 0.5, "controls.category": CATEGORY_ALL,
-            "controls.shown_state": "positive", "controls.show": "top", "picked.attribute": "Male",
-            "sort": "kl_real_synth"}
+#: readable choices of the controls whose values are names
+CHOICE_LABELS = {**SORT_KEYS, CATEGORY_ALL: "all", "top": "top 15"}
+#: the controls: name -> default
+CONTROLS = {"states": "three", "alpha": 0.5, "category": CATEGORY_ALL, "shown_state": "positive",
+            "show": "top", "attribute": "Male", "sort": "kl_real_synth"}
+#: the App's stage for an extended selection (the drill-down, see _drill_down)
+SELECT_STAGE = "fiftyone.core.stages.Select"
+#: the App's stage for the grid's *Sort by* (see _grid_sort_note)
+SORT_STAGE = "fiftyone.core.stages.SortBy"
+#: the alpha buttons (the CLI and the compare operator take any alpha >= 0)
+ALPHAS = (0.0, 0.1, 0.25, 0.5, 1.0)
+#: per panel: {"settings": the controls' values the user set, "drilldown": the drill-down or
+#: None}. Kept in the App server's process, never in panel state (see the module doc); a
+#: restarted server shows the defaults
+_PANELS: dict[str, dict] = {}
 #: per panel: the key (view, settings) and the charts, tables and texts last computed. The form
 #: reports every control's value when it mounts and the App repeats view events: those reuse it
 _SHOWN: dict[str, dict] = {}
@@ -47,8 +66,8 @@ _SHOWN_MAX = 64  # panels remembered (one per open panel; old ones dropped first
 #: per panel: (when, the sidebar filters) seen at an open or a control change, until the App's
 #: reload has dropped them and they are put back (see _restore_filters)
 _HELD: dict[str, tuple[float, dict]] = {}
-#: seconds after an open or a control change within which filters found gone are put back (the
-#: App's reloads drop them 1-5 s after; later, an empty sidebar is the user's own doing)
+#: seconds after an open within which filters found gone are put back (the App's reloads drop
+#: them 1-5 s after; later, an empty sidebar is the user's own doing)
 RESTORE_WINDOW_S = 15.0
 RUNS_SHOWN = 3  # the newest delegated faceaudit operations named under the summary
 
@@ -73,6 +92,7 @@ class AttributeComparisonPanel(foo.Panel):
     def on_load(self, ctx):
         _SHOWN.pop(_panel_id(ctx), None)  # render recomputes
         _hold_filters(ctx)  # opening the panel reloads the App's page, which drops them
+        _restore_filters(ctx)  # a reload that remounts the panel sends no view event
 
     def on_change_view(self, ctx):
         """A view event (a sidebar filter, the view bar, our own drill-down): render follows
@@ -83,12 +103,15 @@ class AttributeComparisonPanel(foo.Panel):
 
     def on_change_dataset(self, ctx):
         _SHOWN.pop(_panel_id(ctx), None)
+        _PANELS.pop(_panel_id(ctx), None)
 
-    def on_control_change(self, ctx):
-        """A control changed (its new value is already in the panel state): render recomputes
-        the compared view, not a drill-down the App shows. The App saved that state, and its
-        reload drops the sidebar filters: they are held to be put back."""
-        _hold_filters(ctx)
+    def on_control(self, ctx):
+        """A control's button: its ``params`` name the control and the chosen value. Render
+        recomputes the compared view (not a drill-down the App shows). Nothing goes into panel
+        state, so the App saves no spaces and keeps the sidebar filters (see the module doc)."""
+        name, value = ctx.params.get("control"), ctx.params.get("value")
+        if name in CONTROLS and value is not None:
+            _settings_of(ctx)[name] = value
 
     # ------------------------------------------------------------------ data
 
@@ -125,8 +148,8 @@ class AttributeComparisonPanel(foo.Panel):
             return
         source, attribute, state = picked
         view = attribute_state_view(_compared_view(ctx), source, attribute, state)
-        _drill_down(ctx, view, f"{md_escape(source)} with **{attribute} = {state}**",
-                    {"picked.attribute": attribute})
+        _settings_of(ctx)["attribute"] = attribute  # the one-attribute chart follows the click
+        _drill_down(ctx, view, f"{md_escape(source)} with **{attribute} = {state}**")
 
     def on_realness_click(self, ctx):
         """A histogram bar: ``[source, low, high]``, that source's samples in the bin."""
@@ -138,14 +161,14 @@ class AttributeComparisonPanel(foo.Panel):
             return
         source, low, high = picked
         view = score_range_view(_compared_view(ctx), source, SCORE_FIELD, float(low), float(high))
-        _drill_down(ctx, view, f"{md_escape(source)} with realness_nll in [{low:.2f}, {high:.2f})", {})
+        _drill_down(ctx, view, f"{md_escape(source)} with realness_nll in [{low:.2f}, {high:.2f})")
 
     def back_to_compared_view(self, ctx):
-        """Return the App to the view the charts describe."""
-        view = _compared_view(ctx)
-        ctx.panel.state.set("drilldown", None)
-        ctx.ops.set_view(view)
-        ctx.faceaudit_view = view  # this request's render: ctx.view is still the drill-down
+        """Return the App to the view the charts describe (its sidebar filters stay filters,
+        never baked into the view bar)."""
+        _panel(ctx)["drilldown"] = None
+        ctx.ops.set_extended_selection(selection=None)
+        ctx.faceaudit_view = _compared_view_without_selection(ctx)  # this request still has it
 
     # ------------------------------------------------------------------ layout
 
@@ -159,6 +182,9 @@ class AttributeComparisonPanel(foo.Panel):
         if data["error"]:
             panel.md(data["error"], name="error_text")
         panel.md(data["summary"], name="summary_text")
+        sort_note = _grid_sort_note(ctx)
+        if sort_note:
+            panel.md(sort_note, name="grid_sort_text")
         if data.get("runs"):
             panel.md(data["runs"], name="runs_text")
         drill = _drilldown_of(ctx)
@@ -167,23 +193,18 @@ class AttributeComparisonPanel(foo.Panel):
             panel.btn("back", label="Back to the compared view", variant="contained",
                       on_click=self.back_to_compared_view)
 
-        controls = panel.h_stack("controls", gap=2, align_x="left")
+        # one row per control: a row of every control overflows a 1280 px window
         shown_states = ["positive", "negative"] + (["undefined"] if settings["states"] == "three" else [])
         for name, choices, label in (("states", ["three", "binary"], "States"),
-                                     ("category", [CATEGORY_ALL, *CATEGORIES], "Category"),
                                      ("shown_state", shown_states, "Bars show"),
-                                     ("show", ["top", SHOW_ALL], f"Attributes (top {report.TOP_N} or all)")):
-            _control(controls, name, choices, f"{label}: {settings[name]}", self.on_control_change)
-        controls.float("alpha", min=0.0, label=f"Smoothing alpha: {settings['alpha']}",
-                       on_change=self.on_control_change)
-
+                                     ("show", ["top", SHOW_ALL], f"Attributes (top {report.TOP_N} or all)"),
+                                     ("alpha", list(ALPHAS), "Smoothing alpha")):
+            _choices(panel, name, choices, label, settings[name], self.on_control)
+        _stepper(panel, "category", [CATEGORY_ALL, *CATEGORIES], "Category", settings["category"], self.on_control)
         _plot(panel, "overview", data, self.on_bar_click)
-        picked = panel.h_stack("picked", gap=2, align_x="left")
-        _control(picked, "attribute", list(ATTRIBUTES), f"Attribute: {settings['attribute']}",
-                 self.on_control_change)
+        _stepper(panel, "attribute", list(ATTRIBUTES), "Attribute", settings["attribute"], self.on_control)
         _plot(panel, "attribute_plot", data, self.on_bar_click)
-        _control(panel, "sort", list(SORT_KEYS), f"Sort KL table by: {SORT_KEYS[settings['sort']]}",
-                 self.on_control_change)
+        _choices(panel, "sort", list(SORT_KEYS), "Sort KL table by", settings["sort"], self.on_control)
         panel.md(data["kl_table"], name="kl_table_text")
         _plot(panel, "kl_plot", data)
         _plot(panel, "pairwise", data)
@@ -192,11 +213,30 @@ class AttributeComparisonPanel(foo.Panel):
         return types.Property(panel, view=types.GridView(orientation="vertical", gap=2))
 
 
-def _control(parent, name: str, choices: list[str], label: str, on_change) -> None:
-    """A dropdown without a default, its current value in its label. A default would make the
-    form write every control into the panel state when it mounts, and the App reloads the page
-    on a state save, dropping the user's sidebar filters (see the module doc)."""
-    parent.enum(name, choices, label=label, view=types.DropdownView(), on_change=on_change)
+def _choices(panel, name: str, choices: list, label: str, current, on_click) -> None:
+    """A control as one row: its label with the current value, then one button per choice
+    (the current one filled). A button, unlike a form field, writes nothing into panel state
+    (see the module doc); its ``params`` carry the choice to :meth:`on_control`."""
+    row = panel.h_stack(f"{name}_row", gap=1, align_x="left", align_y="center")
+    row.md(f"{label}: **{_word(current)}**", name=f"{name}_label")
+    for k, choice in enumerate(choices):
+        row.btn(f"{name}_{k}", label=_word(choice), variant="contained" if choice == current else "outlined",
+                on_click=on_click, params={"control": name, "value": choice})
+
+
+def _stepper(panel, name: str, choices: list, label: str, current, on_click) -> None:
+    """A control of many choices as one row: its label with the current value and buttons to
+    the previous and the next choice (wrapping round)."""
+    row = panel.h_stack(f"{name}_row", gap=1, align_x="left", align_y="center")
+    row.md(f"{label}: **{_word(current)}**", name=f"{name}_label")
+    k = choices.index(current) if current in choices else 0
+    for step, text in ((-1, f"\u25c2 {label}"), (1, f"{label} \u25b8")):
+        row.btn(f"{name}_{'prev' if step < 0 else 'next'}", label=text, variant="outlined",
+                on_click=on_click, params={"control": name, "value": choices[(k + step) % len(choices)]})
+
+
+def _word(choice) -> str:
+    return CHOICE_LABELS.get(choice, str(choice)) if isinstance(choice, str) else f"{choice:g}"
 
 
 def _plot(panel, name: str, data: dict, on_click=None) -> None:
@@ -293,50 +333,111 @@ def _realness(ctx, view) -> dict | None:
     return {"data": bars, "layout": layout}
 
 
-def _drill_down(ctx, view, what: str, state: dict) -> None:
-    """Set the App's view to the faces behind a click. The drill-down is remembered as the
-    match stage it adds and the view it came from: whatever else the App adds to the view (a
-    sort, a filter), a view holding that stage is still the drill-down, and Back returns."""
-    n = view.count()
+def _drill_down(ctx, view, what: str) -> None:
+    """Show the faces behind a click in the App's grid as its extended selection (as the
+    Embeddings panel shows a lasso): the App's view and its sidebar filters stay as they are
+    (setting the view would make the App drop the sidebar filters, and baking them into a view
+    stage would turn them into something else). The drill-down is remembered as its sample ids:
+    while the App's extended selection is those, the charts describe the view without it, and
+    Back clears it."""
+    ids = view.values("id")
+    n = len(ids)
     faces = "Showing 1 face" if n == 1 else f"Showing the {n:,} faces"
-    base = _compared_view(ctx)
-    ctx.panel.state.set({**state, "drilldown": {"base": _view_json(base),
-                                                "stage": _stage_key(view._stages[-1]._serialize()),
-                                                "text": f"{faces} of {what}"}})
-    ctx.ops.set_view(view)
+    _panel(ctx)["drilldown"] = {"ids": sorted(ids), "text": f"{faces} of {what}"}
+    ctx.ops.set_extended_selection(selection=ids)
+    ctx.faceaudit_view = _compared_view_without_selection(ctx)  # this request's render
+
+
+def _grid_sort_note(ctx) -> str:
+    """What to say when the App's grid *Sort by* replaces the order of the saved view it shows
+    (issue 15.9: ``synthetic_outliers``, realness_nll highest first, shown lowest first).
+
+    FiftyOne 1.22 keeps the grid's sort in the browser (``localStorage``, per dataset, so it
+    comes back with the next view and the next visit) and the server applies it after every
+    stage of the view, a saved view's own sort included; no operator can read or clear it
+    except through the request's extended stages. So the panel says so, next to the numbers."""
+    name = ctx.request_params.get("view_name")
+    grid = (ctx.request_params.get("extended") or {}).get(SORT_STAGE)
+    if not name or not isinstance(grid, dict) or not ctx.dataset.has_saved_view(name):
+        return ""
+    own = [s for s in ctx.dataset.load_saved_view(name)._stages if type(s).__name__ == "SortBy"]
+    if not own:
+        return ""
+    field, reverse = str(grid.get("field_or_expr")), bool(grid.get("reverse"))
+    mine = own[-1]
+    if str(mine.field_or_expr) == field and bool(mine.reverse) == reverse:
+        return ""
+
+    def order(f, r):
+        return f"{md_escape(f)}, {'highest' if r else 'lowest'} first"
+
+    return (f"**The grid's Sort by ({order(field, reverse)}) replaces the order of the saved view "
+            f"{md_escape(name)} ({order(str(mine.field_or_expr), bool(mine.reverse))})**: clear the grid's "
+            "*Sort by* (`-`) or turn its arrow to see the view in its own order.")
+
+
+def _selection(ctx) -> list[str] | None:
+    """The sample ids of the App's extended selection sent with this request, or None."""
+    sel = ctx.request_params.get("extended_selection")
+    ids = sel.get("selection") if isinstance(sel, dict) else sel
+    return list(ids) if isinstance(ids, list) and ids else None
 
 
 def _drilldown_of(ctx) -> dict | None:
-    """The panel's drill-down if the App's view still holds its stage, else None."""
-    drill = ctx.panel.state.drilldown
-    if not drill or not drill.get("stage"):
+    """The panel's drill-down if the App's extended selection is still its faces, else None."""
+    drill = _panel(ctx).get("drilldown")
+    if not drill:
         return None
-    stages = {_stage_key(stage) for stage in json_util.loads(_view_json(ctx.view))}
-    return drill if drill["stage"] in stages else None
+    if getattr(ctx, "faceaudit_view", None) is not None:  # the click's own request
+        return drill
+    return drill if sorted(_selection(ctx) or []) == drill["ids"] else None
+
+
+def _compared_view_without_selection(ctx):
+    """The App's view (view-bar stages, sidebar filters, extended stages) without the extended
+    selection's ``Select`` stage."""
+    import fiftyone.server.view as fosv
+
+    extended = dict(ctx.request_params.get("extended") or {})
+    if ctx.request_params.get("view_name") or extended.pop(SELECT_STAGE, None) is None:
+        return ctx.view
+    return fosv.get_view(ctx.dataset.name, stages=ctx.request_params.get("view") or [],
+                         filters=ctx.request_params.get("filters") or None, extended_stages=extended or None)
 
 
 def _compared_view(ctx):
-    """The view the charts describe: the App's (sidebar filters included), or in a drill-down
-    the view the drill-down came from."""
-    from fiftyone.core.view import DatasetView
-
+    """The view the charts describe: the App's (sidebar filters included), without the
+    panel's drill-down selection."""
     if getattr(ctx, "faceaudit_view", None) is not None:
         return ctx.faceaudit_view
-    drill = _drilldown_of(ctx)
-    if drill is None:
+    if _drilldown_of(ctx) is None:
         return ctx.view
-    return DatasetView._build(ctx.dataset, json_util.loads(drill["base"]))
+    return _compared_view_without_selection(ctx)
+
+
+def _panel(ctx) -> dict:
+    """What this panel keeps between requests (:data:`_PANELS`), the newest used kept last."""
+    entry = _PANELS.pop(_panel_id(ctx), None) or {"settings": {}, "drilldown": None}
+    _PANELS[_panel_id(ctx)] = entry
+    while len(_PANELS) > _SHOWN_MAX:
+        _PANELS.pop(next(iter(_PANELS)))
+    return entry
+
+
+def _settings_of(ctx) -> dict:
+    return _panel(ctx)["settings"]
 
 
 def _settings(ctx) -> dict:
-    """The controls' values (defaults until the form reports them)."""
-    state = ctx.panel.state
-    values = {path.rsplit(".", 1)[-1]: state.get(path) for path in CONTROLS}
-    settings = {k: v if v is not None else CONTROLS[p] for (k, v), p in zip(values.items(), CONTROLS)}
+    """The controls' values: the defaults, with what the user set. A value no button offers
+    (a stale one) reads as the default."""
+    from faceaudit import params
+
+    settings = {**CONTROLS, **_settings_of(ctx)}
     try:
-        settings["alpha"] = float(settings["alpha"])
-    except (TypeError, ValueError):
-        settings["alpha"] = CONTROLS["controls.alpha"]
+        settings["alpha"] = params.alpha(settings["alpha"], CONTROLS["alpha"])
+    except params.ParamError:
+        settings["alpha"] = CONTROLS["alpha"]
     if settings["sort"] not in SORT_KEYS:
         settings["sort"] = CONTROLS["sort"]
     return settings
@@ -378,8 +479,7 @@ def _sidebar_filters(ctx) -> dict:
 
 def _hold_filters(ctx) -> None:
     """Remember the sidebar filters of this request, which the App is about to drop. A request
-    without filters keeps what is held: the form reports its controls again when it mounts,
-    and those requests can come after the drop (then they carry none)."""
+    without filters keeps what is held (a reload that remounts the panel loads it again)."""
     filters = _sidebar_filters(ctx)
     if filters:
         _HELD.pop(_panel_id(ctx), None)
@@ -393,32 +493,25 @@ def _restore_filters(ctx) -> None:
 
     FiftyOne 1.22's App saves the session's spaces when a panel opens or its state changes
     (the ``sessionSpaces`` writer: ``router.replace(..., {event: "spaces"})``); that is a hard
-    route load (only ``event == "modal"`` is soft) which re-runs ``DatasetPageQuery`` and
-    leaves the sidebar filters empty. One open saves the spaces more than once, so the drop can
+    route load which re-runs ``DatasetPageQuery`` and leaves the sidebar filters empty. The
+    panel writes no state (see the module doc), so only the open needs this. One open saves the spaces more than once, so the drop can
     come again after a restore (seen 1 s and 5 s after an open on a loaded machine). Within
     :data:`RESTORE_WINDOW_S` of the hold, every view event without filters puts the held ones
     back through the App's built-in ``set_filters`` operator; filters the user changes meanwhile
     become the held ones. The price: a user who clears every filter within that window gets
     them back once more (clear again after it)."""
     held = _HELD.get(_panel_id(ctx))
+    if held is not None and time.monotonic() - held[0] > RESTORE_WINDOW_S:
+        del _HELD[_panel_id(ctx)]
+        held = None
     if held is None:
         return
     when, filters = held
-    if time.monotonic() - when > RESTORE_WINDOW_S:
-        del _HELD[_panel_id(ctx)]
-        return
     now = _sidebar_filters(ctx)
     if now:
         _HELD[_panel_id(ctx)] = (when, now)  # the user's, or the held ones back
     else:
         ctx.trigger("set_filters", params=filters)
-
-
-def _view_json(view) -> str:
-    """A view's stages as JSON text. Panel state keeps views as text: a serialized stage is a
-    dict with a ``_cls`` key, and FiftyOne's session state (which holds panel state) would read
-    such a dict as a document of an unregistered class (``session.view = ...`` then fails)."""
-    return json_util.dumps(view._serialize())
 
 
 def _stage_key(stage: dict) -> str:

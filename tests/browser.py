@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,11 +32,26 @@ def served(dataset):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    session = fo.launch_app(dataset, remote=True, port=port)
+    session = connected(fo.launch_app(dataset, remote=True, port=port))
     try:
         yield session, f"http://127.0.0.1:{port}/datasets/{dataset.name}"
     finally:
         session.close()
+
+
+def connected(session, timeout: float = 120):
+    """``session`` once its client is subscribed to the App server; returns it.
+
+    FiftyOne 1.22's ``Session`` opens its client before it starts the server, so the client's
+    first connection fails and it retries 10 s later ("Could not connect session"). When it
+    connects it sends its state to the App, which loads that state as a new page: a page the
+    test opened meanwhile loses its sidebar filters, or its dataset if the session has none.
+    So no page opens before that."""
+    client, deadline = session._client, time.time() + timeout
+    while not client._connected and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)  # the subscription (with the state it sends) follows the successful ping
+    return session
 
 
 def in_chromium(drive: Callable, failure: str, viewport=(1600, 1000), **context_options) -> None:

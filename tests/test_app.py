@@ -18,6 +18,7 @@ from fiftyone import ViewField as F
 from faceaudit.attributes import ATTRIBUTES
 from fiftyone_plugin import labels
 from fiftyone_plugin.ingest import load_face_dataset
+from browser import connected
 from test_labels import write_csv
 
 pytestmark = pytest.mark.browser
@@ -44,7 +45,7 @@ def app(tmp_path, faces, dataset_name):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    session = fo.launch_app(ds, remote=True, port=port)
+    session = connected(fo.launch_app(ds, remote=True, port=port))
     yield ds, session, f"http://127.0.0.1:{port}/datasets/{dataset_name}"
     session.close()
 
@@ -61,6 +62,13 @@ def _open(page, url: str, samples: int) -> None:
 def _open_panel(page) -> None:
     page.locator("[data-cy='new-panel-btn']").or_(page.get_by_title("New panel")).first.click()
     page.get_by_text("faceaudit: attribute comparison").first.click()
+
+
+def _press(page, name: str, label: str) -> None:
+    """Click the panel button ``name`` (a control's choice), then wait for the control's label
+    to read ``label`` (e.g. "States: binary")."""
+    page.get_by_role("button", name=name, exact=True).first.click()
+    page.get_by_text(label, exact=True).first.wait_for(timeout=60_000)
 
 
 def test_panel_shows_bars_and_kl_table_and_a_click_filters_the_grid(app):
@@ -111,17 +119,14 @@ def _drive(page, ds, session, url):
     page.get_by_text(f"{top['attribute']} = positive").wait_for(timeout=60_000)
     page.get_by_text(f"{expected} samples", exact=True).wait_for(timeout=60_000)
     page.screenshot(path=str(ARTIFACTS / "panel-after-click.png"))
-    deadline = time.time() + 30
-    while (session.view is None or session.view.count() != expected) and time.time() < deadline:
-        time.sleep(0.2)
-    assert session.view is not None and session.view.count() == expected
-    assert set(session.view.values("source")) == {"real-faces"}
-    assert {c[j] for c in session.view.values(labels.CODE_FIELD)} == {"p"}
+    # the grid shows those faces as the App's extended selection; its view is unchanged
+    shown = f"Showing the {expected} faces of" if expected != 1 else "Showing 1 face of"
+    assert page.get_by_text(shown, exact=False).count() == 1
+    assert session.view is None or not len(session.view._stages)
 
     # a control recomputes the compared view (both sources), not the drill-down's real faces:
     # binary states leave undefined out, and the drill-down stays
-    page.get_by_text("States: three", exact=True).locator("xpath=following::*[@role='combobox'][1]").click()
-    page.get_by_role("option", name="binary").click()
+    _press(page, "binary", "States: binary")
     page.get_by_text("states: positive/negative;").wait_for(timeout=60_000)
     text = page.inner_text("body")
     assert "synth-faces (synthetic, 12 labelled)" in text and f"{top['attribute']} = positive" in text
@@ -165,16 +170,76 @@ def test_saved_outlier_view_opens_and_the_realness_histogram_filters(app):
             bar.click(force=True)
             page.get_by_text("realness_nll in [").wait_for(timeout=60_000)
             page.screenshot(path=str(ARTIFACTS / "realness-click.png"))
-            deadline = time.time() + 30
-            while (session.view is None or not len(session.view)) and time.time() < deadline:
-                time.sleep(0.2)
-            low, high = session.view.bounds(outliers.SCORE_FIELD)
-            assert len(set(session.view.values("source"))) == 1 and high - low < 1e9
+            # the grid shows that source's faces in the bin: what the panel's text names
+            text = page.get_by_text("realness_nll in [").first.inner_text()
+            found = re.search(r"Showing (?:the )?(\d+) faces? of (.+?) with realness_nll in \[(\S+), (\S+)\)", text)
+            n, source, low, high = int(found[1]), found[2].strip("` "), float(found[3]), float(found[4])
+            everyone = np.array(ds.values(outliers.SCORE_FIELD), dtype=float)  # the panel's 30 shared bins
+            edges = np.linspace(everyone.min(), everyone.max() + 1e-9 * max(1.0, abs(everyone.max())), 31)
+            k = min(range(30), key=lambda i: abs(edges[i] - low) + abs(edges[i + 1] - high))
+            scores = np.array(ds.match(F("source") == source).values(outliers.SCORE_FIELD), dtype=float)
+            assert n == int(((scores >= edges[k]) & (scores < edges[k + 1])).sum()) > 0
+            page.get_by_text(f"{n} sample" + ("" if n == 1 else "s"), exact=True).wait_for(timeout=60_000)
+            _a_grid_sort_comes_back_on_the_outlier_view(page, ds)
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "failure-outliers.png"))
             raise
         finally:
             browser.close()
+
+
+def _a_grid_sort_comes_back_on_the_outlier_view(page, ds) -> None:
+    """Issue 15.9: the grid's *Sort by* set in a drill-down (realness_nll: lowest first) is
+    kept by the App per dataset and applied after the saved outlier view's own sort, so the
+    view shows the outliers lowest score first. The panel names that, and the advice it gives
+    (the sort's arrow: highest first) brings the score order back, as the grid's page of samples
+    from the server shows."""
+    import json
+
+    from fiftyone_plugin import outliers
+
+    orders = []
+
+    def grid_order(response) -> None:
+        if "/graphql" in response.url:
+            try:
+                body = json.loads(response.text())
+            except Exception:
+                return
+            edges = (((body.get("data") or {}).get("samples") or {}).get("edges")) or []
+            if edges:
+                orders.append([e["node"]["sample"]["filepath"] for e in edges])
+
+    def grid_sort(request) -> None:
+        if "/graphql" in request.url and "paginateSamples" in (request.post_data or ""):
+            stages = (json.loads(request.post_data).get("variables") or {}).get("extendedStages") or {}
+            sorts.append(stages.get("fiftyone.core.stages.SortBy"))
+
+    sorts = []
+    page.on("response", grid_order)
+    page.on("request", grid_sort)
+    page.get_by_placeholder("Sort by").first.click(force=True)  # the grid's toolbar
+    page.keyboard.type("realness")
+    page.get_by_text(outliers.SCORE_FIELD, exact=True).last.click()
+    page.get_by_role("button", name="Back to the compared view").click()
+    page.get_by_text("28 samples", exact=True).wait_for(timeout=60_000)
+    page.get_by_text("Unsaved view").click()
+    page.get_by_text(outliers.OUTLIERS_VIEW).first.click()
+    page.get_by_text("3 samples", exact=True).wait_for(timeout=60_000)
+    note = page.get_by_text(re.compile(r"Sort by \(realness_nll, lowest first\) replaces the order of the saved view"))
+    note.first.wait_for(timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "outliers-grid-sort.png"))
+    expected = ds.load_saved_view(outliers.OUTLIERS_VIEW).values("filepath")  # highest score first
+    assert orders and orders[-1] == expected[::-1], "the grid sort did not reverse the view (reproduction)"
+    assert sorts[-1] == {"field_or_expr": outliers.SCORE_FIELD, "reverse": False, "create_index": False}
+    seen = len(orders)
+    page.get_by_title("Ascending").first.click()  # the panel's advice: the grid sort's arrow
+    note.first.wait_for(state="detached", timeout=60_000)
+    deadline = time.time() + 60  # the grid asks for highest first (a page it has may come from its cache)
+    while expected not in orders[seen:] and (sorts[-1] or {}).get("reverse") is not True and time.time() < deadline:
+        time.sleep(0.3)
+    assert expected in orders[seen:] or sorts[-1]["reverse"] is True, f"the grid still asks for {sorts[-1]}"
+    page.screenshot(path=str(ARTIFACTS / "outliers-score-order.png"))
 
 
 def test_html_report_opens_offline_with_the_json_numbers(tmp_path, faces, dataset_name):

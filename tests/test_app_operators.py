@@ -19,6 +19,7 @@ import pytest
 
 from fiftyone_plugin import labels, outliers
 from fiftyone_plugin.ingest import load_face_dataset
+from browser import connected
 from test_app import ARTIFACTS, CHROMIUM, FLAGS
 from test_cli import _free_port
 
@@ -57,7 +58,7 @@ def app(tmp_path, faces, dataset_name, monkeypatch):
         faces.identity_tree(tmp_path / source, {f"{source}-{k}": 3 for k in range(2)}, start=start)
         load_face_dataset(str(tmp_path / source), source=source, domain=domain, dataset_name=dataset_name)
     ds, port = fo.load_dataset(dataset_name), _free_port()
-    session = fo.launch_app(ds, remote=True, port=port)
+    session = connected(fo.launch_app(ds, remote=True, port=port))
     yield ds, session, f"http://127.0.0.1:{port}/datasets/{dataset_name}"
     session.close()
 

@@ -18,7 +18,8 @@ from fiftyone import ViewField as F
 from faceaudit.attributes import ATTRIBUTES, CATEGORIES, CATEGORY_OF
 from fiftyone_plugin import labels
 from fiftyone_plugin.ingest import load_face_dataset
-from test_app import ARTIFACTS, CHROMIUM, FLAGS, _open, _open_panel
+from browser import connected
+from test_app import ARTIFACTS, CHROMIUM, FLAGS, _open, _open_panel, _press
 from test_labels import write_csv
 
 pytestmark = pytest.mark.browser
@@ -50,7 +51,7 @@ def server():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    session = fo.launch_app(remote=True, port=port)
+    session = connected(fo.launch_app(remote=True, port=port))
     yield session, f"http://127.0.0.1:{port}/datasets/"
     session.close()
 
@@ -89,6 +90,17 @@ def _labelled(tmp_path, faces, name, sources, seed=5, blank=()) -> dict[str, lis
         labels.import_labels(fo.load_dataset(name), source, str(write_csv(tmp_path / f"{k}.csv", rows)))
         rows_by_source[source] = rows
     return rows_by_source
+
+
+def _panel_on_two_sources(page, url: str, tmp_path, faces, dataset_name) -> tuple[dict, dict]:
+    """A labelled real source (4 identities) and a synthetic one (3), the App on them and the
+    panel open with its bars drawn; returns the label rows and the overview plot."""
+    rows = _labelled(tmp_path, faces, dataset_name, {"real-faces": ("real", 4, True),
+                                                       "synth-faces": ("synthetic", 3, True)})
+    _open(page, url + dataset_name, 28)
+    _open_panel(page)
+    page.get_by_text("real-faces (real, 16 labelled)").wait_for(timeout=120_000)
+    return rows, _wait_plot(page, "per attribute", lambda p: p["bars"] > 0)
 
 
 def raw_share(rows, attr: str, state: str, states=("positive", "negative", "undefined")) -> float:
@@ -143,12 +155,6 @@ def _sidebar_filter(page, field: str, values: list[str]) -> None:
         time.sleep(1)
 
 
-def _choose(page, label: str, option: str) -> None:
-    """Open the panel dropdown labelled ``label`` and pick ``option``."""
-    page.get_by_text(label, exact=True).locator("xpath=following::*[@role='combobox'][1]").click()
-    page.get_by_role("option", name=option, exact=True).click()
-
-
 def _session_view(session, check, timeout: float = 30):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -163,12 +169,7 @@ def test_sidebar_filters_hold_and_the_numbers_follow_them(server, page, tmp_path
     """9.3: filters ticked in the sidebar while the panel is open: the grid keeps them, the
     panel counts the filtered faces (raw shares, 9.9)."""
     _, url = server
-    rows = _labelled(tmp_path, faces, dataset_name, {"real-faces": ("real", 4, True),
-                                                       "synth-faces": ("synthetic", 3, True)})
-    _open(page, url + dataset_name, 28)
-    _open_panel(page)
-    page.get_by_text("real-faces (real, 16 labelled)").wait_for(timeout=90_000)
-    _wait_plot(page, "per attribute", lambda p: p["bars"] > 0)
+    rows, _ = _panel_on_two_sources(page, url, tmp_path, faces, dataset_name)
     _sidebar_filter(page, "identity", ["real-faces-1", "synth-faces-0"])  # with the panel open
     page.get_by_text("8 samples", exact=True).wait_for()
     page.get_by_text("real-faces (real, 4 labelled)").wait_for(timeout=90_000)
@@ -210,8 +211,8 @@ def test_a_filter_set_before_the_panel_opens_holds_and_so_after_a_control_change
                                                                                  faces, dataset_name):
     """9.3, second half: a sidebar filter active when the panel opens. Opening any panel saves
     the session's spaces and the App's reload drops the filter ~1-2 s later (FiftyOne 1.22; the
-    built-in Histograms panel too); the panel puts it back. A control change saves panel state,
-    with the same reload: the filter holds too."""
+    built-in Histograms panel too); the panel puts it back. A control (a button) writes no panel
+    state: the filter holds too."""
     _, url = server
     rows = _labelled(tmp_path, faces, dataset_name, {"real-faces": ("real", 4, True),
                                                        "synth-faces": ("synthetic", 3, True)})
@@ -228,7 +229,7 @@ def test_a_filter_set_before_the_panel_opens_holds_and_so_after_a_control_change
     kept = {"real-faces": ("real-faces-1",), "synth-faces": ("synth-faces-0",)}
     _assert_overview_counts(page, rows, kept)
 
-    _choose(page, "Category: all", "Demographics")  # a panel state save
+    _press(page, "Category \u25b8", "Category: Demographics")
     _wait_plot(page, "per attribute", lambda p: len(p["traces"][0]["y"]) < 15, timeout=60)
     time.sleep(6)
     _shot(page, "filter-then-control")
@@ -243,12 +244,7 @@ def test_controls_replace_the_charts_and_a_drill_down_survives_a_sort(server, pa
     """9.4 (Category, States: bar counts), 9.7 (legend, one colour per source), 9.12 (the
     Attribute dropdown follows a click; "1 face"), 9.5 (drill-down with a sort, then Back)."""
     session, url = server
-    _labelled(tmp_path, faces, dataset_name, {"real-faces": ("real", 4, True),
-                                              "synth-faces": ("synthetic", 3, True)})
-    _open(page, url + dataset_name, 28)
-    _open_panel(page)
-    page.get_by_text("real-faces (real, 16 labelled)").wait_for(timeout=90_000)
-    overview = _wait_plot(page, "per attribute", lambda p: p["bars"] > 0)
+    _, overview = _panel_on_two_sources(page, url, tmp_path, faces, dataset_name)
     _shot(page, "open")
     assert overview["legend"] == 2  # one legend entry per source
     attribute = _wait_plot(page, "state shares per source", lambda p: p["bars"] == 6)
@@ -256,13 +252,13 @@ def test_controls_replace_the_charts_and_a_drill_down_survives_a_sort(server, pa
     assert len(set(colours.values())) == 2
     assert {t["customdata"][0][0]: t["color"] for t in attribute["traces"]} == colours
 
-    _choose(page, "Category: all", "Demographics")
+    _press(page, "Category \u25b8", "Category: Demographics")
     demographics = [a for a in ATTRIBUTES if CATEGORY_OF[a] == "Demographics"]
     overview = _wait_plot(page, "per attribute", lambda p: p["bars"] == 2 * len(demographics), timeout=60)
     _shot(page, "category-demographics")
     assert {c[1] for t in overview["traces"] for c in t["customdata"]} == set(demographics)
 
-    _choose(page, "States: three", "binary")
+    _press(page, "binary", "States: binary")
     attribute = _wait_plot(page, "state shares per source", lambda p: p["bars"] == 4, timeout=60)
     _shot(page, "states-binary")
     assert all("undefined" not in (t["x"] if t["orientation"] == "v" else t["y"]) for t in attribute["traces"])
@@ -281,9 +277,11 @@ def test_controls_replace_the_charts_and_a_drill_down_survives_a_sort(server, pa
     source, attr, state = (text.split(" of ", 1)[1].split(" with ")[0].strip("* "),
                            *text.split(" with ", 1)[1].split(";")[0].strip("* ").split(" = "))
     attr, state = attr.strip("* "), state.strip("* ")
-    view = _session_view(session, lambda v: any(type(s).__name__ == "Match" for s in v._stages))
-    expected = view.count()
-    assert set(view.values("source")) == {source}
+    from fiftyone_plugin.views import attribute_state_view
+
+    sorted_view = fo.load_dataset(dataset_name).sort_by("filepath", reverse=True)
+    expected = attribute_state_view(sorted_view, source, attr, state).count()
+    assert [type(s).__name__ for s in session.view._stages] == ["SortBy"]  # the view is kept
     assert ("Showing 1 face " if expected == 1 else f"Showing the {expected} faces ") in text
     page.get_by_text(f"{expected} sample" + ("" if expected == 1 else "s"), exact=True).wait_for()
     page.get_by_text(f"Attribute: {attr}", exact=True).wait_for()  # the dropdown follows the click

@@ -114,12 +114,17 @@ def overview_figure(result: dict, state: str = "positive", category: str | None 
                     top: int | None = None) -> dict:
     """Horizontal grouped bars: for each attribute (ranked by KL(real || synthetic), the
     ``top`` first), the raw share of ``state`` in each source with labels. A bar's
-    ``customdata`` is ``[source, attribute, state]`` (what a click filters to)."""
-    attrs = ranked_attributes(result, category)[:top]
-    marks = {a: f"{a} ({NOT_LABELLED})" for a in not_labelled(result, category)}
+    ``customdata`` is ``[source, attribute, state]`` (what a click filters to). A ``top`` list
+    holds labelled attributes only; in the full list an attribute no source labelled is marked
+    and has no bars (not 100% undefined: "not labelled" is not the state "undefined")."""
+    unlabelled = set(not_labelled(result, category))
+    attrs = ranked_attributes(result, category)
+    attrs = [a for a in attrs if a not in unlabelled][:top] if top else attrs
+    marks = {a: f"{a} ({NOT_LABELLED})" for a in unlabelled}
     data = []
     for source, info in result["sources"].items():
-        shares = [result["attributes"][a]["distributions"][source].get(state) for a in attrs]
+        shares = [None if a in unlabelled else result["attributes"][a]["distributions"][source].get(state)
+                  for a in attrs]
         if all(v is None for v in shares):
             continue  # a source without labels: nothing to draw (the panel says so)
         data.append({
