@@ -99,3 +99,13 @@ def collection():
     coll = foo_db.get_db_conn()[f"scratch-{uuid.uuid4().hex[:8]}"]
     yield coll
     coll.drop()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Browser tests get one rerun (pytest-rerunfailures; the summary lists each rerun as R).
+    Under two workers on two cores, FiftyOne's App sometimes reloads its page state while a test
+    drives it (a panel opened, a session reconnecting) and a filter or a panel message is gone:
+    that is open in issue 15, and one rerun keeps it from hiding every other result of a CI run."""
+    for item in items:
+        if item.get_closest_marker("browser") is not None and item.get_closest_marker("flaky") is None:
+            item.add_marker(pytest.mark.flaky(reruns=1))

@@ -183,7 +183,7 @@ def test_imported_labels_are_kept_and_a_manual_compare_is_not_taken_for_the_run(
     assert "nothing new" in run(["run", str(config), "--quiet"], cli_env)
 
 
-@pytest.mark.parametrize("point", ["html", "html.part"])
+@pytest.mark.parametrize("point", ["html", pytest.param("html.part", marks=pytest.mark.slow)])  # the second: -m slow
 def test_a_kill_between_reports_leaves_no_mismatch_and_no_leftovers(small_study, tiny_mac, tmp_path,  # noqa: F811
                                                                     cli_env, names, point):
     name = names(1)
