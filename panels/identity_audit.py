@@ -20,7 +20,6 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from .attribute_comparison import (
-    _drilldown_of,
     _hold_filters,
     _restore_filters,
     _stage_key,
@@ -239,6 +238,18 @@ def _row(panel, name: str, label: str, pair: str, on_click) -> None:
     """One listed pair: a button whose label is the pair (plain text: a button label is not
     markdown) and whose click reports the pair."""
     panel.btn(name, label=label, variant="outlined", on_click=on_click, params={"pair": pair})
+
+
+def _drilldown_of(ctx) -> dict | None:
+    """The panel's drill-down if the App's view still holds its match stage, else None (this
+    panel's clicks set the App's view; the comparison panel's use the extended selection)."""
+    from bson import json_util
+
+    drill = ctx.panel.state.drilldown
+    if not drill or not drill.get("stage") or ctx.view is None:
+        return None
+    stages = {_stage_key(stage) for stage in json_util.loads(json_util.dumps(ctx.view.view()._serialize()))}
+    return drill if drill["stage"] in stages else None
 
 
 def _drill_down(ctx, view, what: str) -> None:
