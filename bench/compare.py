@@ -132,9 +132,6 @@ def main() -> None:
     # (mongod skips a write that sets the value already there)
     alpha = 0.5 + float(np.random.default_rng().uniform(0, 1e-3))
     score_s, _ = timed(lambda: outliers.score_realness(ds, alpha=alpha))
-    default_run, outliers.RUN = outliers.RUN, 1  # one lookup per attribute, as before runs of three
-    single_s, _ = timed(lambda: outliers.score_realness(ds, alpha=alpha + 1e-4))
-    outliers.RUN = default_run
     tag_s, tagged = timed(lambda: outliers.flag_outliers(ds, top=1000))
     # the floor for any per-sample write: setting one constant on every labelled sample
     floor_s, _ = timed(lambda: bulk.update_many_in_parts(
@@ -146,7 +143,6 @@ def main() -> None:
         ds.delete()
     print(f"samples: {args.n}, 4 sources, 47 attributes")
     print(f"realness_nll for all samples:      {score_s:7.2f} s")
-    print(f"  one lookup per attribute:        {single_s:7.2f} s  (runs of {outliers.RUN}: {single_s / score_s:.2f}x faster)")
     print(f"floor: $set one value on each:     {floor_s:7.2f} s  (realness / floor {score_s / floor_s:.2f}x, target <= 1.5x)")
     print(f"tag top 1000 + saved view:         {tag_s:7.2f} s")
     print(f"identity consistency (+ write):    {consistency_s:7.2f} s")

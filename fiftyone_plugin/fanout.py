@@ -138,13 +138,10 @@ def _view_stages(view) -> list:
 
 
 def _stages(serialized) -> list:
-    """A serialized view's stages without their random ``_uuid``s, to compare selections. The
-    stages come as dicts from ``view._serialize()``, as JSON strings each in a delegated
-    operation's request (and a view built from that request), or as one JSON string."""
+    """A serialized view's stages without their random ``_uuid``s, to compare selections."""
     if isinstance(serialized, str):
         serialized = json.loads(serialized)
-    stages = [json.loads(stage) if isinstance(stage, str) else stage for stage in serialized or []]
-    return [{k: v for k, v in stage.items() if k != "_uuid"} for stage in stages]
+    return [{k: v for k, v in stage.items() if k != "_uuid"} for stage in serialized or []]
 
 
 def _request(op) -> dict:

@@ -8,7 +8,6 @@ any) travels inside the update, and each document's score is a sum of table look
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -27,7 +26,6 @@ OUTLIER_TAG = "outlier"
 REVIEWED_KEEP_TAG = core.REVIEWED_KEEP_TAG
 OUTLIERS_VIEW = "synthetic_outliers"
 MAX_JOINT = 10  # 3**10 combinations: the joint table travels inside the update
-RUN = 3  # consecutive attributes looked up together in realness_nll (3**3 state strings)
 DEFAULT_SHARE = 0.05  # the form's default K: this share of the scored synthetic samples
 
 
@@ -102,26 +100,6 @@ def _state_index_expr(j: int) -> dict:
     return {"$indexOfBytes": ["pnu", {"$substrBytes": ["$" + labels.CODE_FIELD, j, 1]}]}
 
 
-def independent_terms(table: np.ndarray, columns: list[int], run: int | None = None) -> list[dict]:
-    """MQL terms whose sum is the independent NLL of ``columns``: each run of up to ``run``
-    consecutive columns is one lookup, its code substring's place among the 3**run state strings
-    picking the run's summed NLL. One lookup per attribute costs three expressions each (47 x 3
-    per document, 2.8x the floor of a constant ``$set``); runs of three cut that to 16 x 3."""
-    run = RUN if run is None else run
-    terms, k = [], 0
-    while k < len(columns):
-        start, length = columns[k], 1
-        while length < run and k + length < len(columns) and columns[k + length] == start + length:
-            length += 1
-        combos = list(itertools.product(range(3), repeat=length))
-        strings = ["".join("pnu"[i] for i in combo) for combo in combos]  # state index 0 p, 1 n, 2 u
-        sums = [float(sum(table[start + i, state] for i, state in enumerate(combo))) for combo in combos]
-        code = {"$substrBytes": ["$" + labels.CODE_FIELD, start, length]}
-        terms.append({"$arrayElemAt": [sums, {"$indexOfArray": [strings, code]}]})
-        k += length
-    return terms
-
-
 def _require_labels(dataset) -> None:
     if labels.CODE_FIELD not in dataset.get_field_schema():
         raise OutlierError(f"dataset {dataset.name!r} has no mac_* labels yet: run faceaudit annotate "
@@ -149,7 +127,11 @@ def score_realness(dataset, states: str = "three", alpha: float = 0.5, joint: tu
         raise OutlierError(f"dataset {dataset.name!r} has no real source with labels to score against "
                            f"(sources: {', '.join(c.sources) or 'none'})")
     table = core.nll_table(c.counts[real].sum(0), states, alpha)
-    terms = independent_terms(table, [j for j, a in enumerate(ATTRIBUTES) if a not in joint])
+    terms = []
+    for j in range(len(ATTRIBUTES)):
+        if ATTRIBUTES[j] in joint:
+            continue
+        terms.append({"$arrayElemAt": [table[j].tolist(), _state_index_expr(j)]})
     if joint:
         terms.append(_joint_term(dataset, joint, alpha))
     ensure_fields(dataset)
