@@ -156,8 +156,10 @@ def test_fan_out_of_one_source_does_not_block_or_report_another(faces, tmp_path,
     from fiftyone_plugin.fanout import fan_out, shard_status
     from fiftyone_plugin.ingest import load_face_dataset
 
-    faces.identity_tree(tmp_path / "real", {f"p{k}": 3 for k in range(2)})
-    faces.identity_tree(tmp_path / "synth", {f"q{k}": 3 for k in range(2)}, start=20)
+    # 16 faces a source: a shard is the hashed _id modulo the count, and with 6 faces one of the
+    # two shards was empty in 1 run of 32 (CI of stop 13: only "0/2" queued)
+    faces.identity_tree(tmp_path / "real", {f"p{k}": 8 for k in range(2)})
+    faces.identity_tree(tmp_path / "synth", {f"q{k}": 8 for k in range(2)}, start=20)
     load_face_dataset(str(tmp_path / "real"), source="r", domain="real", dataset_name=dataset_name)
     load_face_dataset(str(tmp_path / "synth"), source="s", domain="synthetic", dataset_name=dataset_name)
     options = {"model": "mac", "checkpoint": tiny_mac, "device": "cpu", "batch_size": 2}
@@ -182,7 +184,8 @@ def test_two_fan_outs_at_once_queue_each_shard_once(faces, tmp_path, tiny_mac, d
     from fiftyone_plugin.fanout import fan_out, shard_operations
     from fiftyone_plugin.ingest import load_face_dataset
 
-    faces.identity_tree(tmp_path / "synth", {f"q{k}": 4 for k in range(4)})
+    # 48 faces: with 16, one of 4 shards (hashed _id modulo 4) was empty in about 1 run in 25
+    faces.identity_tree(tmp_path / "synth", {f"q{k}": 12 for k in range(4)})
     load_face_dataset(str(tmp_path / "synth"), source="s", domain="synthetic", dataset_name=dataset_name)
     options = {"model": "mac", "checkpoint": tiny_mac, "device": "cpu", "batch_size": 2}
     for count in (2, 3, 4):
