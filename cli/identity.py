@@ -69,5 +69,6 @@ def register(sub) -> None:
                                                       "and save their views")
     p.add_argument("--clear", action="store_true", help="remove the identity tags and views")
     p.add_argument("--no-similarity-index", action="store_true",
-                   help="do not register face_embedding as the Brain similarity index face_similarity")
+                   help="do not register face_embedding as the Brain similarity index face_similarity, "
+                        "nor its 2-D map face_map for the App's Embeddings panel")
     p.set_defaults(func=cmd_identity)

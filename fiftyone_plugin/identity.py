@@ -28,6 +28,7 @@ TAGS = (LEAK_TAG, COLLISION_TAG, OUTLIER_TAG)
 KEEP_TAG = "reviewed_keep"  # a person looked and kept the sample: never tagged as an outlier
 VIEWS = {LEAK_TAG: "identity_leaks", COLLISION_TAG: "identity_collisions", OUTLIER_TAG: "identity_outliers"}
 BRAIN_KEY = "face_similarity"
+VISUALIZATION_KEY = "face_map"  # the Embeddings panel's 2-D map of face_embedding
 READ_BATCH = 4096
 
 
@@ -135,7 +136,8 @@ def ensure_fields(dataset) -> None:
     dataset.create_index(NEAREST_REAL_FIELD)
 
 
-def identity_audit(dataset, opts: core.AuditOptions, tag: bool = False, similarity_index: bool = True) -> dict:
+def identity_audit(dataset, opts: core.AuditOptions, tag: bool = False, similarity_index: bool = True,
+                   visualization: bool | None = None) -> dict:
     """The whole audit, as ``faceaudit identity`` and the operator run it; returns the result
     (also stored under ``dataset.info["faceaudit"]["identity"]``). Every check runs before the
     first write: a refused run leaves the dataset as it was."""
@@ -160,6 +162,8 @@ def identity_audit(dataset, opts: core.AuditOptions, tag: bool = False, similari
         result["tagged"] = tag_samples(dataset, outcome)
     if similarity_index:
         result["similarity_index"] = register_similarity_index(dataset)
+    if similarity_index if visualization is None else visualization:
+        result["visualization"] = register_visualization(dataset)
     schema.set_info(dataset, "identity", result, stamp="at")
     return result
 
@@ -227,6 +231,37 @@ def register_similarity_index(dataset, brain_key: str = BRAIN_KEY, backend: str 
     fob.compute_similarity(dataset, embeddings=EMBEDDING_FIELD, brain_key=brain_key, backend=backend,
                            metric="cosine", progress=False)
     return {"brain_key": brain_key, "backend": backend}
+
+
+UMAP_MAX_SAMPLES = 200_000  # above this, PCA: UMAP's neighbour graph takes hours on a CPU at 1M
+
+
+def visualization_method(samples: int = 0) -> str:
+    """UMAP where ``umap-learn`` imports and the map has at most :data:`UMAP_MAX_SAMPLES` points
+    (it keeps identities apart on the map), else PCA (always there: scikit-learn)."""
+    if samples > UMAP_MAX_SAMPLES:
+        return "pca"
+    try:
+        import umap  # noqa: F401
+    except ImportError:
+        return "pca"
+    return "umap"
+
+
+def register_visualization(dataset, brain_key: str = VISUALIZATION_KEY, method: str | None = None) -> dict:
+    """A 2-D map of ``face_embedding`` (``fob.compute_visualization``, seeded) for the App's
+    Embeddings panel: colour it by ``source`` or ``identity``, lasso a cluster and the grid shows
+    its faces. Only samples with an embedding are mapped (no_face and unreadable ones have none)."""
+    import fiftyone.brain as fob
+
+    params.name("brain_key", brain_key)
+    embedded = dataset.exists(EMBEDDING_FIELD)
+    method = method or visualization_method(embedded.count())
+    if brain_key in dataset.list_brain_runs():
+        dataset.delete_brain_run(brain_key)
+    fob.compute_visualization(embedded, embeddings=EMBEDDING_FIELD, brain_key=brain_key,
+                              method=method, num_dims=2, seed=0, progress=False)
+    return {"brain_key": brain_key, "method": method}
 
 
 def write_reports(result: dict, json_path=None, html_path=None, csv_path=None) -> list[str]:

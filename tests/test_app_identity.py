@@ -14,7 +14,7 @@ import fiftyone as fo
 import pytest
 from browser import ARTIFACTS, in_chromium, require_chromium, served
 from test_app import _open
-from test_app_panel import _session_view, _wait_plot
+from test_app_panel import PLOTS_JS, _session_view, _wait_plot
 from test_identity import THRESHOLD, world  # noqa: F401  (the fixture: real faces, dlib vectors)
 
 from faceaudit.report import num
@@ -36,7 +36,8 @@ def test_histograms_table_and_a_leak_click_shows_both_identities(world):  # noqa
     require_chromium()
     name, wrong_path, _ = world
     ds = fo.load_dataset(name)
-    result = adapter.identity_audit(ds, adapter.options(threshold=THRESHOLD), tag=True, similarity_index=False)
+    result = adapter.identity_audit(ds, adapter.options(threshold=THRESHOLD), tag=True, similarity_index=False,
+                                    visualization=True)
     assert schema.get_info(ds, "identity")["threshold"] == THRESHOLD
     leak = result["leakage"]["synth"]["top"][0]  # the planted leak: s_leak is r0's face
     assert (leak["identity"], leak["real_identity"]) == ("s_leak", "r0")
@@ -94,8 +95,33 @@ def test_histograms_table_and_a_leak_click_shows_both_identities(world):  # noqa
             page.get_by_text(f"{len(sims)} sample" + ("" if len(sims) == 1 else "s"), exact=True).wait_for()
             time.sleep(2)
             _shot(page, "outliers")
+            page.get_by_role("button", name="Back to the whole dataset").click()
+            page.get_by_text(f"{total} samples", exact=True).wait_for(timeout=60_000)
+            _embeddings_map(page, ds)
 
         in_chromium(drive, "identity-failure.png")
+
+
+def _embeddings_map(page, ds) -> None:
+    """FiftyOne's Embeddings panel on the audit's 2-D map (``face_map``), coloured by source as a
+    user picks it: one trace per source with an embedding, every embedded face a point."""
+    page.locator("[data-cy='new-panel-btn']").or_(page.get_by_title("New panel")).first.click()
+    page.get_by_text("Embeddings", exact=True).first.click()
+    page.get_by_placeholder("Select brain key").click()
+    page.locator(f"[data-cy='selector-result-{adapter.VISUALIZATION_KEY}']").click()
+    page.get_by_placeholder("Color by").click()
+    page.locator("[data-cy='selector-result-source']").click()
+    embedded = ds.exists(adapter.EMBEDDING_FIELD).count_values("source")
+    deadline, shown = time.time() + 90, None
+    while time.time() < deadline:
+        plots = [p for p in page.evaluate(PLOTS_JS) if p["traces"] and all(t["x"] for t in p["traces"])]
+        shown = {t["name"]: len(t["x"]) for p in plots for t in p["traces"]}
+        if shown == embedded:
+            break
+        time.sleep(0.5)
+    assert shown == embedded, (shown, embedded)
+    time.sleep(2)
+    _shot(page, "embeddings")
 
 
 def test_without_a_stored_audit_the_panel_names_the_command_and_the_operator(faces, tmp_path, dataset_name):

@@ -235,6 +235,17 @@ def test_planted_leak_collision_and_wrong_face_come_first(world, audited):
     leak_sample = ds.match({schema.IDENTITY: "s_leak"}).first()
     near = ds.sort_by_similarity(leak_sample.id, k=5, brain_key=adapter.BRAIN_KEY)
     assert "r0" in near.values(schema.IDENTITY)
+    # the Embeddings panel's map: every embedded sample, the 2-D projection of the stored vectors
+    assert result["visualization"] == {"brain_key": adapter.VISUALIZATION_KEY, "method": adapter.visualization_method(1)}
+    viz = ds.load_brain_results(adapter.VISUALIZATION_KEY)
+    mapped = ds.select(viz.current_sample_ids, ordered=True)
+    assert len(viz.current_sample_ids) == ds.exists(adapter.EMBEDDING_FIELD).count()
+    if result["visualization"]["method"] == "pca":  # reference: numpy's SVD of the centred vectors
+        x = np.stack(mapped.values(adapter.EMBEDDING_FIELD)).astype(np.float64)
+        x -= x.mean(0)
+        expected = x @ np.linalg.svd(x, full_matrices=False)[2][:2].T
+        got = np.asarray(viz.current_points, dtype=np.float64)
+        assert np.allclose(np.abs(got), np.abs(expected), atol=1e-3)  # each axis up to its sign
     assert schema.get_info(ds, "identity")["sources"]["synth"]["collisions"][0]["similarity"] == collisions[0]["similarity"]
 
 
