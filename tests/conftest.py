@@ -109,3 +109,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("browser") is not None and item.get_closest_marker("flaky") is None:
             item.add_marker(pytest.mark.flaky(reruns=1))
+    _longest_files_first(items)
+
+
+#: test files by their time in a CI run (stop 13, two workers, longest first): pytest-xdist's
+#: ``--dist loadfile`` hands files to the workers in collection order, so alphabetical order left
+#: the long test_scale / test_integrity_* files for the end, one worker busy while the other idled
+LONGEST_FILES = ("test_scale", "test_annotate", "test_integrity_runs", "test_app_panel_filters",
+                 "test_app_panel", "test_faults", "test_app_errors", "test_integrity_state",
+                 "test_app_operators", "test_integrity_service", "test_app_identity", "test_cli", "test_run")
+
+
+def _longest_files_first(items) -> None:
+    """Reorder ``items`` in place: the files of :data:`LONGEST_FILES` first, in that order, then
+    the rest as collected (each file's tests keep their order)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
