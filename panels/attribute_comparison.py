@@ -193,7 +193,7 @@ class AttributeComparisonPanel(foo.Panel):
             panel.btn("back", label="Back to the compared view", variant="contained",
                       on_click=self.back_to_compared_view)
 
-        # one row per control: a row of every control overflows a 1280 px window
+        # one row per control, each wrapping (the panel may be a 490 px half of a 1280 px window)
         shown_states = ["positive", "negative"] + (["undefined"] if settings["states"] == "three" else [])
         for name, choices, label in (("states", ["three", "binary"], "States"),
                                      ("shown_state", shown_states, "Bars show"),
@@ -201,38 +201,70 @@ class AttributeComparisonPanel(foo.Panel):
                                      ("alpha", list(ALPHAS), "Smoothing alpha")):
             _choices(panel, name, choices, label, settings[name], self.on_control)
         _stepper(panel, "category", [CATEGORY_ALL, *CATEGORIES], "Category", settings["category"], self.on_control)
+        if data.get("overview"):
+            panel.md("Click a bar for its faces in the grid.", name="overview_hint")
         _plot(panel, "overview", data, self.on_bar_click)
-        _stepper(panel, "attribute", list(ATTRIBUTES), "Attribute", settings["attribute"], self.on_control)
+        _stepper(panel, "attribute", list(ATTRIBUTES), "Attribute", settings["attribute"], self.on_control,
+                 note=data.get("attribute_kl", ""))
         _plot(panel, "attribute_plot", data, self.on_bar_click)
         _choices(panel, "sort", list(SORT_KEYS), "Sort KL table by", settings["sort"], self.on_control)
-        panel.md(data["kl_table"], name="kl_table_text")
+        panel.md(data["kl_table"], name="kl_table_text", componentsProps=_COMPACT_TABLE)
         _plot(panel, "kl_plot", data)
         _plot(panel, "pairwise", data)
         if data.get("realness"):
             _plot(panel, "realness", data, self.on_realness_click)
-        return types.Property(panel, view=types.GridView(orientation="vertical", gap=2))
+        return types.Property(panel, view=panel_view())
 
 
 def _choices(panel, name: str, choices: list, label: str, current, on_click) -> None:
     """A control as one row: its label with the current value, then one button per choice
     (the current one filled). A button, unlike a form field, writes nothing into panel state
     (see the module doc); its ``params`` carry the choice to :meth:`on_control`."""
-    row = panel.h_stack(f"{name}_row", gap=1, align_x="left", align_y="center")
-    row.md(f"{label}: **{_word(current)}**", name=f"{name}_label")
+    row = _row(panel, name, label, current)
     for k, choice in enumerate(choices):
         row.btn(f"{name}_{k}", label=_word(choice), variant="contained" if choice == current else "outlined",
-                on_click=on_click, params={"control": name, "value": choice})
+                on_click=on_click, params={"control": name, "value": choice}, componentsProps=_WRAPPED_ITEM)
 
 
-def _stepper(panel, name: str, choices: list, label: str, current, on_click) -> None:
-    """A control of many choices as one row: its label with the current value and buttons to
-    the previous and the next choice (wrapping round)."""
-    row = panel.h_stack(f"{name}_row", gap=1, align_x="left", align_y="center")
-    row.md(f"{label}: **{_word(current)}**", name=f"{name}_label")
+def _stepper(panel, name: str, choices: list, label: str, current, on_click, note: str = "") -> None:
+    """A control of many choices as one row: its label with the current value, buttons to
+    the previous and the next choice (wrapping round), and ``note`` (markdown) after them."""
+    row = _row(panel, name, label, current)
     k = choices.index(current) if current in choices else 0
     for step, text in ((-1, f"\u25c2 {label}"), (1, f"{label} \u25b8")):
         row.btn(f"{name}_{'prev' if step < 0 else 'next'}", label=text, variant="outlined",
-                on_click=on_click, params={"control": name, "value": choices[(k + step) % len(choices)]})
+                on_click=on_click, params={"control": name, "value": choices[(k + step) % len(choices)]},
+                componentsProps=_WRAPPED_ITEM)
+    if note:
+        row.md(note, name=f"{name}_note", componentsProps=_WRAPPED_ITEM)
+
+
+def panel_view():
+    """The panel's layout: one column as wide as the panel. FiftyOne 1.22's vertical GridView is
+    a CSS grid whose implicit column grows to its widest item: a chart drawn at the panel's
+    width of an earlier moment (492 px in a 490 px split) then kept every item 2 px too wide,
+    and the panel scrolled sideways (issue 15.7)."""
+    return types.GridView(orientation="vertical", gap=2,
+                          componentsProps={"grid": {"sx": {"gridTemplateColumns": "minmax(0, 1fr)"}}})
+
+
+#: a control row that wraps: FiftyOne 1.22's h_stack is a CSS grid of one row (a row wider than
+#: the panel ran off its right edge: issue 15.7), each item 100% wide; as a wrapping flex row
+#: of items as wide as their content, the buttons that do not fit go to the next line
+_WRAPPING_ROW = {"grid": {"sx": {"display": "flex", "flexWrap": "wrap", "alignItems": "center"}}}
+_WRAPPED_ITEM = {"item": {"sx": {"width": "auto", "maxWidth": "100%"}}}
+
+
+#: the KL table's cells with less padding than MUI's 16 px: at its narrowest (an attribute
+#: like Fully_Visible_Forehead does not wrap) the table was 2 px wider than a 490 px panel
+_COMPACT_TABLE = {"item": {"sx": {"& .MuiTableCell-root": {"padding": "6px 8px"}}}}
+
+
+def _row(panel, name: str, label: str, current):
+    """A wrapping row for control ``name``, starting with its label and current value."""
+    row = panel.h_stack(f"{name}_row", gap=1, align_x="left", align_y="center", componentsProps=_WRAPPING_ROW)
+    row.md(f"{label}: **{_word(current)}**", name=f"{name}_label", componentsProps=_WRAPPED_ITEM)
+    return row
 
 
 def _word(choice) -> str:
@@ -240,11 +272,20 @@ def _word(choice) -> str:
 
 
 def _plot(panel, name: str, data: dict, on_click=None) -> None:
-    """A chart whose traces and layout travel in the rendered layout (see the module doc)."""
+    """A chart whose traces and layout travel in the rendered layout (see the module doc),
+    its box as tall as the chart (see :func:`px`)."""
     figure = data.get(name) or {"data": [], "layout": {}}
     layout = {**figure["layout"], "height": figure["layout"].get("height", 320)}
     panel.plot(name, data=figure["data"], layout=layout, config=_PLOT_CONFIG, on_click=on_click,
-               height=layout["height"])
+               height=px(layout["height"]))
+
+
+def px(height: int) -> str:
+    """A view's height for FiftyOne 1.22's App in pixels. The App reads a plain number (or a
+    string without a unit) as a percentage of the panel's height, capped at 100%: a chart
+    of height 320 got a box as tall as the whole panel, and the charts stood 400-500 px
+    apart (issue 15.7). "320px" is taken as it is."""
+    return f"{int(height)}px"
 
 
 # the wheel scrolls the panel (which is mostly charts), it does not zoom a chart
@@ -278,17 +319,35 @@ def _panel_data(ctx, view, settings: dict) -> dict:
     attribute = settings["attribute"] if settings["attribute"] in result["attributes"] else "Male"
     state = settings["shown_state"] if settings["shown_state"] in result["states"] else "positive"
     overview = report.overview_figure(result, state, category, top)
-    overview["layout"]["title"]["text"] += ": click a bar for its faces"
+    _fit_title(overview["layout"])  # "click a bar" is a line of the panel's (a title does not wrap)
     plot = report.attribute_figure(result, attribute)
     for trace in overview["data"] + plot["data"]:  # what a click reports: [source, attribute, state]
         trace["ids"] = [json.dumps(c) for c in trace["customdata"]]
-    plot["layout"]["title"]["text"] = f"{attribute}: state shares per source; " + plot["layout"]["title"]["text"].split(": ", 1)[1]
-    return {**shown, "summary": _summary(result, category),
+    kl = plot["layout"]["title"]["text"].split(": ", 1)[1]  # beside the Attribute control
+    plot["layout"]["title"]["text"] = f"{attribute}: state shares per source"
+    _fit_title(plot["layout"])
+    return {**shown, "summary": _summary(result, category), "attribute_kl": kl,
             "kl_table": _kl_table(report.kl_rows(result, category, settings["sort"])),
             "overview": overview, "attribute_plot": plot,
             "kl_plot": report.kl_figure(result, category, top),
-            "pairwise": {**report.pairwise_figure(result), "layout": {**report.pairwise_figure(result)["layout"],
-                                                                      "height": 320}}}
+            "pairwise": _pairwise(report.pairwise_figure(result))}
+
+
+def _pairwise(figure: dict) -> dict:
+    """The heatmap with its colour bar clear of plotly's toolbar (vertical, at the right edge:
+    the bar's top tick sat under it, issue 15.10)."""
+    layout = figure["layout"]
+    return {**figure, "layout": {**layout, "height": 320, "margin": {**layout.get("margin", {}), "r": 110}}}
+
+
+def _fit_title(layout: dict) -> None:
+    """The title at the chart's top, with room below it for a legend of two rows above the bars.
+    Plotly does not wrap a title (one of 80 letters ran past the right edge of a 490 px panel,
+    issue 15.7: the panel's titles are kept short), and a horizontal legend wraps when the bars
+    are narrow: centred in a 70 px margin, the title sat on the legend's first row."""
+    layout["title"] = {**layout["title"], "y": 1, "yref": "container", "yanchor": "top", "pad": {"t": 10}}
+    layout["margin"] = {**layout.get("margin", {}), "t": 100}
+    layout["height"] = layout.get("height", 320) + 30
 
 
 def _runs_text(runs) -> str:

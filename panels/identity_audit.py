@@ -24,6 +24,8 @@ from .attribute_comparison import (
     _restore_filters,
     _stage_key,
     md_escape,
+    panel_view,
+    px,
 )
 
 HELP = """The identity audit stored by `faceaudit identity` (or the "Identity audit" operator):
@@ -102,7 +104,7 @@ class IdentityAuditPanel(foo.Panel):
         result = _result(ctx)
         if not result:
             panel.md(NOT_COMPUTED, name="not_computed_text")
-            return types.Property(panel, view=types.GridView(orientation="vertical", gap=2))
+            return types.Property(panel, view=panel_view())
         panel.md(_summary(result), name="summary_text")
         drill = _drilldown_of(ctx)
         if drill is not None:
@@ -114,7 +116,7 @@ class IdentityAuditPanel(foo.Panel):
         self._leakage(panel, result)
         self._collisions(panel, result)
         self._outliers(panel, result)
-        return types.Property(panel, view=types.GridView(orientation="vertical", gap=2))
+        return types.Property(panel, view=panel_view())
 
     def _leakage(self, panel, result: dict) -> None:
         leakage = result.get("leakage") or {}
@@ -212,7 +214,7 @@ def _score_range(result: dict) -> list[float]:
 
 def _plot(panel, name: str, figure: dict) -> None:
     panel.plot(name, data=figure["data"], layout=figure["layout"], config=_PLOT_CONFIG,
-               height=figure["layout"]["height"])
+               height=px(figure["layout"]["height"]))
 
 
 def _metrics_table(result: dict) -> str:

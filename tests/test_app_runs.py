@@ -1,0 +1,153 @@
+"""Issue 15, items 2, 3 and 6, as a user meets them in the App (headless Chromium, one App
+server for the module, each test opening its own dataset): a first dataset loaded from the App
+with no dataset open (3); a delegated load that fails in the worker is visible in the panel
+with the loader's words (2); the panel follows an untag of an outlier and a Run-now annotate
+without a browser reload (6). Screenshots: test-artifacts/runs-*.png."""
+
+from __future__ import annotations
+
+import threading
+
+import fiftyone as fo
+import pytest
+
+from fiftyone_plugin.ingest import load_face_dataset
+from test_app import ARTIFACTS, _open_panel
+from test_app_errors import _field, _patient_app_server  # noqa: F401  (autouse: the App gets 300 s to bind)
+from test_app_operators import WAIT, _open_app, _open_operator, _until
+from test_app_panel import page, server  # noqa: F401  (fixtures: one App server for the module)
+
+pytestmark = pytest.mark.browser
+
+
+def _shot(page, step: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"runs-{step}.png"))
+
+
+def _choose(page, label: str, option: str) -> None:
+    """Pick ``option`` in the form's dropdown labelled ``label``."""
+    page.get_by_text(label, exact=True).first.locator("xpath=following::*[@role='combobox'][1]").click()
+    page.get_by_role("option", name=option).click()
+
+
+def _dismiss(page) -> None:
+    try:
+        page.get_by_text("Dismiss", exact=True).click(timeout=15_000)
+    except Exception:  # the Enterprise pop-up did not show this time
+        pass
+
+
+def test_a_first_dataset_loads_from_the_app_with_no_dataset_open(server, page, tmp_path, faces, dataset_name):
+    """Item 3: the App with no dataset open offers the load operator with a dataset-name field;
+    Run now creates the dataset and the App opens it."""
+    session, url = server
+    session.clear_dataset()  # the App's index page: no dataset open
+    faces.identity_tree(tmp_path / "first", {f"first-{k}": 3 for k in range(2)})
+    try:
+        page.goto(url.rsplit("/datasets/", 1)[0] + "/")
+        _dismiss(page)
+        _open_operator(page, "load face", "faceaudit: load face dataset")
+        name = _field(page, "Dataset name")
+        name.wait_for(timeout=WAIT)
+        name.fill(dataset_name)
+        _field(page, "Path").fill(str(tmp_path / "first"))
+        _field(page, "Source name").fill("first-faces")
+        _choose(page, "Domain", "real")
+        page.get_by_text("Run now", exact=True).click()
+        page.wait_for_timeout(1500)  # the form's last resolve
+        _shot(page, "first-dataset-form")
+        page.get_by_role("button", name="Execute").click()
+        page.get_by_text("6 samples", exact=True).wait_for(timeout=WAIT)  # the App opened it
+        _shot(page, "first-dataset-open")
+        assert dataset_name in page.url
+        assert fo.dataset_exists(dataset_name)
+        assert fo.load_dataset(dataset_name)._sample_collection.count_documents({"source": "first-faces"}) == 6
+    except Exception:
+        _shot(page, "first-dataset-failure")
+        raise
+
+
+def test_a_delegated_load_that_fails_in_the_worker_shows_in_the_panel(server, page, tmp_path, faces, dataset_name):
+    """Item 2: a delegated load of a folder without faces passes the form (only the worker
+    finds no images), is queued, and fails; the panel names the failed run with the loader's
+    words."""
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    _, url = server
+    faces.identity_tree(tmp_path / "real", {f"real-{k}": 3 for k in range(2)})
+    load_face_dataset(str(tmp_path / "real"), source="real-faces", domain="real", dataset_name=dataset_name)
+    empty = tmp_path / "no-faces-here"
+    empty.mkdir()
+    service = DelegatedOperationService()
+    try:
+        _open_app(page, url + dataset_name, 6)
+        _open_operator(page, "load face", "faceaudit: load face dataset")
+        _field(page, "Path").fill(str(empty))
+        _field(page, "Source name").fill("more-faces")
+        _choose(page, "Domain", "synthetic")
+        page.get_by_text("Delegate", exact=True).click()
+        schedule = page.get_by_role("button", name="Schedule")
+        schedule.wait_for(timeout=WAIT)
+        page.wait_for_timeout(1500)  # the form's last resolve
+        schedule.click()
+        assert _until(lambda: len(service.list_operations(dataset_name=dataset_name)) == 1, 60), "nothing queued"
+        # what `fiftyone delegated launch` runs; in a thread of its own (this one runs Playwright's
+        # event loop, and the operation's executor calls asyncio.run)
+        worker = threading.Thread(target=service.execute_queued_operations, kwargs={"dataset_name": dataset_name})
+        worker.start()
+        worker.join(timeout=300)
+        (op,) = service.list_operations(dataset_name=dataset_name)
+        assert op.run_state == "failed"
+
+        _open_panel(page)
+        failed = page.get_by_text("load_face_dataset failed", exact=False).first
+        failed.wait_for(timeout=WAIT)
+        _shot(page, "failed-run-in-panel")
+        text = failed.inner_text()
+        assert f"{empty}: no images found in any known layout" in text, text
+        assert "Traceback" not in text
+    except Exception:
+        _shot(page, "failed-run-failure")
+        raise
+
+
+def test_the_panel_follows_an_untag_of_an_outlier(server, page, tmp_path, faces, dataset_name):
+    """Item 6: the user removes the outlier tag of one face of the saved outlier view with the
+    App's own tagger: the grid shows one face fewer, and so does the panel, without a reload
+    (the panel's numbers are keyed on the samples' last write, see counts.freshness). Item 6's
+    Run-now annotate is test_app_errors' test_the_panel_follows_a_run_now_annotate..."""
+    from fiftyone_plugin import outliers
+    from test_app import _open
+    from test_app_panel import _labelled
+
+    session, url = server
+    _labelled(tmp_path, faces, dataset_name, {"real-faces": ("real", 4, True), "synth-faces": ("synthetic", 3, True)})
+    ds = fo.load_dataset(dataset_name)
+    outliers.flag_synthetic_outliers(ds, outliers.outlier_options(top=3))
+    try:
+        _open(page, url + dataset_name, 28)
+        page.get_by_text("Unsaved view").click()  # the saved-view selector
+        page.get_by_text(outliers.OUTLIERS_VIEW).first.click()
+        page.get_by_text("3 samples", exact=True).wait_for(timeout=WAIT)
+        _open_panel(page)
+        page.get_by_text("synth-faces (synthetic, 3 labelled)").wait_for(timeout=WAIT)
+
+        looker = page.locator("[data-cy='looker']").first  # the user ticks one face in the grid
+        looker.hover()
+        looker.locator("[class*='lookerCheckbox']").first.click()
+        assert _until(lambda: len(session.selected) == 1, 30), "the face was not selected"
+        (untagged,) = session.selected
+        page.locator("[data-cy='action-tag-sample-labels']").first.click()  # the grid's tag button
+        tagger = page.locator("[data-cy='tagger-container']").locator("xpath=..")
+        tagger.get_by_text(outliers.OUTLIER_TAG, exact=True).click()  # untick the tag
+        _shot(page, "untag-tagger")
+        tagger.get_by_text("Apply", exact=True).click()
+        assert _until(lambda: ds._sample_collection.count_documents({"tags": outliers.OUTLIER_TAG}) == 2, 60)
+        page.get_by_text("2 samples", exact=True).wait_for(timeout=WAIT)
+        page.get_by_text("synth-faces (synthetic, 2 labelled)").wait_for(timeout=WAIT)  # no reload
+        _shot(page, "untag-panel")
+        assert outliers.OUTLIER_TAG not in fo.load_dataset(dataset_name)[untagged].tags
+    except Exception:
+        _shot(page, "untag-failure")
+        raise
