@@ -11,6 +11,13 @@ from faceaudit import params
 from .common import door_check, execution_mode, form_check, resolve_path, run_job, shown_errors, started, wants_delegation
 
 FORMATS = ("auto", "folders", "bupt", "nested", "flat", "rec")
+#: the Preset box's "no preset" choice: an empty value showed as a blank box (issue 15.10)
+NO_PRESET = "none"
+
+
+def _preset(p: dict) -> str | None:
+    value = p.get("preset")
+    return None if value in (None, "", NO_PRESET) else value
 
 
 class LoadFaceDataset(foo.Operator):
@@ -42,11 +49,11 @@ class LoadFaceDataset(foo.Operator):
         inputs.str("path", required=True, label="Path", description="Dataset folder, or a train.rec file",
                    **(form_check(ctx, "path", check_root) if not params.is_blank(path) else {}))
         preset_choices = types.Dropdown()
-        preset_choices.add_choice("", label="(none: set the options below)")
+        preset_choices.add_choice(NO_PRESET, label="none: set the options below")
         for name, preset in PRESETS.items():
             preset_choices.add_choice(name, label=name, description=preset.description)
-        inputs.enum("preset", preset_choices.values(), default="", label="Preset", view=preset_choices)
-        preset = PRESETS.get(ctx.params.get("preset") or "")
+        inputs.enum("preset", [*preset_choices.values(), ""], default=NO_PRESET, label="Preset", view=preset_choices)
+        preset = PRESETS.get(_preset(ctx.params) or "")
         inputs.str("source", required=preset is None, default=preset.source if preset else None,
                    label="Source name", description="e.g. bupt-balancedface")
         inputs.enum("domain", ["real", "synthetic"], required=preset is None,
@@ -78,7 +85,7 @@ class LoadFaceDataset(foo.Operator):
             source=p.get("source") or None,
             domain=p.get("domain") or None,
             format=p.get("format") or None,
-            preset=p.get("preset") or None,
+            preset=_preset(p),
             dataset_name=name,
             extract_to=p.get("extract_to") or None,
             limit=p.get("limit"),  # 0 is refused there, not read as "no limit"
@@ -108,4 +115,4 @@ def _check(p: dict) -> None:
     if params.is_blank(p.get("path")):
         return  # a required field: the form says so
     check_load(p.get("path"), source=p.get("source") or None, domain=p.get("domain") or None,
-               format=p.get("format") or None, preset=p.get("preset") or None, limit=p.get("limit"))
+               format=p.get("format") or None, preset=_preset(p), limit=p.get("limit"))

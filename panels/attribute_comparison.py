@@ -273,8 +273,11 @@ def _word(choice) -> str:
 
 def _plot(panel, name: str, data: dict, on_click=None) -> None:
     """A chart whose traces and layout travel in the rendered layout (see the module doc),
-    its box as tall as the chart (see :func:`px`)."""
-    figure = data.get(name) or {"data": [], "layout": {}}
+    its box as tall as the chart (see :func:`px`). A chart the view has no numbers for is left
+    out (it was an empty 320 px box under "Nothing to compare", issue 15.10)."""
+    figure = data.get(name)
+    if not figure:
+        return
     layout = {**figure["layout"], "height": figure["layout"].get("height", 320)}
     panel.plot(name, data=figure["data"], layout=layout, config=_PLOT_CONFIG, on_click=on_click,
                height=px(layout["height"]))

@@ -57,6 +57,7 @@ def test_a_first_dataset_loads_from_the_app_with_no_dataset_open(server, page, t
         page.get_by_text("Run now", exact=True).click()
         page.wait_for_timeout(1500)  # the form's last resolve
         _shot(page, "first-dataset-form")
+        assert page.get_by_text("none: set the options below").count() >= 1, "the Preset box is blank (15.10)"
         page.get_by_role("button", name="Execute").click()
         page.get_by_text("6 samples", exact=True).wait_for(timeout=WAIT)  # the App opened it
         _shot(page, "first-dataset-open")
@@ -107,6 +108,8 @@ def test_a_delegated_load_that_fails_in_the_worker_shows_in_the_panel(server, pa
         text = failed.inner_text()
         assert f"{empty}: no images found in any known layout" in text, text
         assert "Traceback" not in text
+        # nothing to compare (no labels): no chart is drawn as an empty box (15.10)
+        assert page.get_by_text("Nothing to compare").count() == 1 and page.locator(".js-plotly-plot").count() == 0
     except Exception:
         _shot(page, "failed-run-failure")
         raise
