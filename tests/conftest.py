@@ -115,9 +115,9 @@ def pytest_collection_modifyitems(config, items):
 #: test files by their time in a CI run (stop 13, two workers, longest first): pytest-xdist's
 #: ``--dist loadfile`` hands files to the workers in collection order, so alphabetical order left
 #: the long test_scale / test_integrity_* files for the end, one worker busy while the other idled
-LONGEST_FILES = ("test_scale", "test_annotate", "test_integrity_runs", "test_app_panel_filters",
-                 "test_app_panel", "test_faults", "test_app_errors", "test_integrity_state",
-                 "test_app_operators", "test_integrity_service", "test_app_identity", "test_cli", "test_run")
+LONGEST_FILES = ("test_annotate", "test_integrity_runs", "test_scale", "test_app_panel", "test_faults",
+                 "test_cli", "test_run", "test_integrity_state", "test_app_identity", "test_app_errors",
+                 "test_app_operators", "test_app_runs", "test_app")
 
 
 def _longest_files_first(items) -> None:

@@ -128,6 +128,9 @@ def test_two_shard_workers_one_killed_and_restarted_equal_one_process(tiny_mac, 
     assert sharded == one  # the same labels, bit for bit, as one process
 
 
+# -m slow (63 s): the shard workers' CLI path runs in the two-worker test above, and RANK /
+# WORLD_SIZE / LOCAL_RANK parsing in test_shard_and_device_from_torchrun_or_slurm_env
+@pytest.mark.slow
 def test_torchrun_shard_auto(tiny_mac, two_copies, cli_env, tmp_path):
     name, single = two_copies
     logs = tmp_path / "logs"
