@@ -179,12 +179,18 @@ def print_writes(ds, args) -> None:
     modifier_s, _ = timed(lambda: write_constant(ds, float(rng.uniform())))
     pipeline_s, _ = timed(lambda: write_constant(ds, float(rng.uniform()), pipeline=True))
     score2_s, _ = timed(lambda: outliers.score_realness(ds, alpha=0.5 + float(rng.uniform(0, 1e-3))))
+    # identity consistency: its aggregation alone, then with its per-identity writes
+    read_s, _ = timed(lambda: outliers.identity_consistency(ds.view(), write=False))
+    written_s, _ = timed(lambda: outliers.identity_consistency(ds.view(), write=True))
     if not args.keep:
         ds.delete()
     print(f"samples: {args.n}")
     print(f"realness_nll (two runs):           {score_s:7.2f} s, {score2_s:7.2f} s")
     print(f"constant, modifier $set:           {modifier_s:7.2f} s  (realness / this {min(score_s, score2_s) / modifier_s:.2f}x)")
     print(f"constant, pipeline $set:           {pipeline_s:7.2f} s  (realness / this {min(score_s, score2_s) / pipeline_s:.2f}x)")
+    print(f"identity consistency, read only:   {read_s:7.2f} s")
+    print(f"identity consistency + writes:     {written_s:7.2f} s  (writes {written_s - read_s:.2f} s; "
+          f"vs the modifier floor {written_s / modifier_s:.2f}x)")
 
 
 if __name__ == "__main__":
