@@ -47,7 +47,7 @@ def trained(tmp_path_factory, faces):
     csv_path = write_csv(root / "labels.csv", rows)
     ckpt = root / "mac.pt"
     out = run(["train-mac", "--images", str(root / "images"), "--labels", str(csv_path), "--out", str(ckpt),
-               *TINY, "--epochs", "12", "--batch-size", "16", "--lr", "3e-3", "--workers", "0",
+               *TINY, "--epochs", "6", "--batch-size", "16", "--lr", "3e-3", "--workers", "0",
                "--val-fraction", "0.2", "--json", "--quiet"], dict(os.environ))
     import json
 
