@@ -130,9 +130,9 @@ def recall(path: str, n: int):
 def db_audit(path, labels, synthetic, n, max_pairs):
     os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
     import fiftyone as fo
-    import fiftyone.core.utils as fou
 
     from fiftyone_plugin import bulk, schema
+    from fiftyone_plugin import embed as stored
     from fiftyone_plugin import identity as adapter
 
     name = "faceaudit-bench-identity"
@@ -152,7 +152,7 @@ def db_audit(path, labels, synthetic, n, max_pairs):
                            schema.SOURCE: "synth" if synthetic[r] else "real",
                            schema.DOMAIN: "synthetic" if synthetic[r] else "real",
                            schema.IDENTITY: f"id{labels[r]:06d}",
-                           adapter.EMBEDDING_FIELD: fou.serialize_numpy_array(np.asarray(vectors[r]))}
+                           adapter.EMBEDDING_FIELD: stored.vector_bytes(vectors[r])}
                           for i, r in zip(ids, rows)], ordered=False)
     schema.set_info(ds, "embedding", {"model": "iresnet", "dim": DIM})
     t = time.perf_counter()

@@ -116,24 +116,51 @@ def _writer(dataset):
     def write(source, chunk, sim, nearest):
         ops = []
         for k, key in enumerate(chunk.keys):
-            update = {SIMILARITY_FIELD: _num(sim[k])}
+            update = {"$set": {SIMILARITY_FIELD: _num(sim[k])}}
             if nearest is not None:
-                update[NEAREST_REAL_FIELD] = _num(nearest[k])
-            ops.append(UpdateOne({"_id": key}, {"$set": update}))
+                update["$set"][NEAREST_REAL_FIELD] = _num(nearest[k])
+            else:  # a real source (or no real centres): no value from an earlier run stays
+                update["$unset"] = {NEAREST_REAL_FIELD: ""}
+            ops.append(UpdateOne({"_id": key}, update))
         bulk.bulk_write_in_parts(coll, ops)
 
     return write
+
+
+#: the per-sample fields the audit writes; their indexes are dropped while every sample is
+#: rewritten and built again after (two index updates per document otherwise)
+WRITTEN_FIELDS = (SIMILARITY_FIELD, NEAREST_REAL_FIELD)
 
 
 def ensure_fields(dataset) -> None:
     import fiftyone as fo
 
     known = dataset.get_field_schema()
-    for name in (SIMILARITY_FIELD, NEAREST_REAL_FIELD):
+    for name in WRITTEN_FIELDS:
         if name not in known:
             dataset.add_sample_field(name, fo.FloatField)
-    dataset.create_index(SIMILARITY_FIELD)
-    dataset.create_index(NEAREST_REAL_FIELD)
+
+
+def _drop_indexes(dataset) -> None:
+    coll = dataset._sample_collection
+    present = {tuple(spec["key"]) for spec in coll.list_indexes()}
+    for name in WRITTEN_FIELDS:
+        if (name,) in present:
+            coll.drop_index([(name, 1)])
+
+
+def _build_indexes(dataset) -> None:
+    for name in WRITTEN_FIELDS:
+        dataset.create_index(name)
+
+
+def _clear_unfed(dataset) -> None:
+    """Unset the per-sample values of samples this audit will not rewrite (no vector, no source):
+    the others are overwritten in place, so a rerun does not rewrite every document twice."""
+    dataset._sample_collection.update_many(
+        {"$and": [{"$or": [{f: {"$exists": True}} for f in WRITTEN_FIELDS]},
+                  {"$or": [{EMBEDDING_FIELD: None}, {schema.SOURCE: {"$not": {"$type": "string"}}}]}]},
+        {"$unset": {f: "" for f in WRITTEN_FIELDS}})
 
 
 def identity_audit(dataset, opts: core.AuditOptions, tag: bool = False, similarity_index: bool = True,
@@ -147,13 +174,15 @@ def identity_audit(dataset, opts: core.AuditOptions, tag: bool = False, similari
     found = plans(dataset)
     audit, order = core.ordered_audit(found, opts, model)  # refuses before any write
     ensure_fields(dataset)
-    coll = dataset._sample_collection
-    coll.update_many({"$or": [{SIMILARITY_FIELD: {"$exists": True}}, {NEAREST_REAL_FIELD: {"$exists": True}}]},
-                     {"$unset": {SIMILARITY_FIELD: "", NEAREST_REAL_FIELD: ""}})
+    _clear_unfed(dataset)
+    _drop_indexes(dataset)
     write = _writer(dataset)
-    for name in order:
-        for chunk, sim, nearest in audit.feed(name, read_source(dataset, name)):
-            write(name, chunk, sim, nearest)
+    try:
+        for name in order:
+            for chunk, sim, nearest in audit.feed(name, read_source(dataset, name)):
+                write(name, chunk, sim, nearest)
+    finally:
+        _build_indexes(dataset)
     outcome = audit.finish()
     result = outcome.result
     result["dataset"] = dataset.name

@@ -312,6 +312,36 @@ def test_reviewed_keep_is_never_an_outlier_and_clear_removes_tags(world, audited
     assert not any(v in ds.list_saved_views() for v in adapter.VIEWS.values())
 
 
+def test_a_rerun_overwrites_in_place_and_clears_what_it_no_longer_computes(world, audited):
+    """The audit rewrites each sample's values in place (no unset-everything pass first): a
+    sample whose vector is gone loses its values, a real sample loses a stale nearest-real value,
+    the rest equal the first run's, and both fields stay indexed for the sidebar."""
+    name, _, _ = world
+    ds = fo.load_dataset(name).clone()
+    try:
+        fields = (adapter.SIMILARITY_FIELD, adapter.NEAREST_REAL_FIELD)
+        before = {f: ds.values(f) for f in fields}
+        gone = ds.match({schema.SOURCE: "synth", adapter.SIMILARITY_FIELD: {"$ne": None}}).first()
+        real = ds.match({schema.SOURCE: "real"}).first()
+        gone[adapter.EMBEDDING_FIELD] = None
+        gone.save()
+        real[adapter.NEAREST_REAL_FIELD] = 0.5  # as if the source had been synthetic last time
+        real.save()
+        adapter.identity_audit(ds, adapter.options(threshold=THRESHOLD), similarity_index=False)
+        gone.reload()
+        real.reload()
+        assert gone[adapter.SIMILARITY_FIELD] is None and gone[adapter.NEAREST_REAL_FIELD] is None
+        assert real[adapter.NEAREST_REAL_FIELD] is None and real[adapter.SIMILARITY_FIELD] is not None
+        ids = ds.values("id")
+        after = {f: ds.values(f) for f in fields}
+        changed = {i for f in fields for i, a, b in zip(ids, before[f], after[f]) if a != b}
+        assert gone.id in changed and len(changed - {gone.id}) <= 4  # the intruder's identity mates move
+        indexed = {tuple(spec["key"]) for spec in ds._sample_collection.list_indexes()}
+        assert {(f,) for f in fields} <= indexed
+    finally:
+        ds.delete()
+
+
 def test_default_and_fmr_rules(world):
     name, _, _ = world
     ds = fo.load_dataset(name)
