@@ -78,3 +78,30 @@ def bulk_write_in_parts(coll, ops: list, chunk: int = 1000, parts: int = UPDATE_
     chunks = [ops[i:i + chunk] for i in range(0, len(ops), chunk)]
     with ThreadPoolExecutor(max_workers=max(1, parts)) as pool:
         list(pool.map(lambda c: coll.bulk_write(c, ordered=False), chunks))
+
+
+class BackgroundWrites:
+    """Bulk writes run on one background thread while the caller reads and computes the next
+    chunk (pymongo waits on the socket without the GIL, numpy computes without it). At most
+    ``pending`` writes queue up, so memory stays bounded; :meth:`close` waits for every write
+    and raises the first error (a failed write is never silently dropped)."""
+
+    def __init__(self, pending: int = 2):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faceaudit-writes")
+        self._futures: list = []
+        self._pending = max(1, pending)
+
+    def submit(self, fn, *args) -> None:
+        while len(self._futures) >= self._pending:
+            self._futures.pop(0).result()  # raises the write's error here
+        self._futures.append(self._pool.submit(fn, *args))
+
+    def close(self) -> None:
+        try:
+            for future in self._futures:
+                future.result()
+        finally:
+            self._futures.clear()
+            self._pool.shutdown(wait=True)

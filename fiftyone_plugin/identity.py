@@ -108,7 +108,7 @@ def _num(v) -> float | None:
     return float(v) if v is not None and np.isfinite(v) else None
 
 
-def _writer(dataset):
+def _writer(dataset, writes: bulk.BackgroundWrites):
     from pymongo import UpdateOne
 
     coll = dataset._sample_collection
@@ -122,7 +122,7 @@ def _writer(dataset):
             else:  # a real source (or no real centres): no value from an earlier run stays
                 update["$unset"] = {NEAREST_REAL_FIELD: ""}
             ops.append(UpdateOne({"_id": key}, update))
-        bulk.bulk_write_in_parts(coll, ops)
+        writes.submit(bulk.bulk_write_in_parts, coll, ops)
 
     return write
 
@@ -176,13 +176,17 @@ def identity_audit(dataset, opts: core.AuditOptions, tag: bool = False, similari
     ensure_fields(dataset)
     _clear_unfed(dataset)
     _drop_indexes(dataset)
-    write = _writer(dataset)
+    writes = bulk.BackgroundWrites()  # chunk k is written while chunk k + 1 is read and scored
+    write = _writer(dataset, writes)
     try:
         for name in order:
             for chunk, sim, nearest in audit.feed(name, read_source(dataset, name)):
                 write(name, chunk, sim, nearest)
     finally:
-        _build_indexes(dataset)
+        try:
+            writes.close()
+        finally:
+            _build_indexes(dataset)
     outcome = audit.finish()
     result = outcome.result
     result["dataset"] = dataset.name
