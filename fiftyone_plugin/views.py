@@ -66,3 +66,38 @@ def identity_outlier_view(view, threshold: float | None = None, tagged: bool = T
 
     picked = view.match_tags(OUTLIER_TAG) if tagged else view.match(F(SIMILARITY_FIELD) < threshold)
     return picked.sort_by(SIMILARITY_FIELD)
+
+
+#: the plugin's browser-side operator (js/faceaudit.js) that clears the App's grid *Sort by*
+CLEAR_GRID_SORT = "clear_grid_sort"
+
+
+def own_sort(dataset, name: str | None):
+    """The last ``SortBy`` stage of the saved view ``name`` (the order the view is about, e.g.
+    ``synthetic_outliers``: realness_nll, highest first), or None."""
+    if not name or not dataset.has_saved_view(name):
+        return None
+    sorts = [s for s in dataset.load_saved_view(name)._stages if type(s).__name__ == "SortBy"]
+    return sorts[-1] if sorts else None
+
+
+def grid_sort_replaces(dataset, name: str | None, extended: dict | None):
+    """``(the grid's sort, the view's own)``, each ``(field, highest first)``, when the App's
+    grid *Sort by* (its extended ``SortBy`` stage, sent with every App request) replaces the
+    order of the saved view ``name``; else None. FiftyOne 1.22 applies the grid's sort after
+    every stage of the view, a saved view's own sort included."""
+    grid = (extended or {}).get("fiftyone.core.stages.SortBy")
+    mine = own_sort(dataset, name) if isinstance(grid, dict) else None
+    if mine is None:
+        return None
+    shown = (str(grid.get("field_or_expr")), bool(grid.get("reverse")))
+    own = (str(mine.field_or_expr), bool(mine.reverse))
+    return None if shown == own else (shown, own)
+
+
+def saved_view_of_slug(dataset, slug: str) -> str | None:
+    """The name of ``dataset``'s saved view whose URL slug is ``slug`` (the App's ?view=; the
+    slug FiftyOne gives a saved view is ``to_slug`` of its name)."""
+    from fiftyone.core.utils import to_slug
+
+    return next((name for name in dataset.list_saved_views() if to_slug(name) == slug), None)

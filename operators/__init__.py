@@ -6,9 +6,9 @@ from .embed import ComputeFaceEmbeddings
 from .export import ExportTrainingSet
 from .identity import ComputeIdentityAudit
 from .load import LoadFaceDataset
-from .outliers import FlagSyntheticOutliers, SelectSavedView
+from .outliers import FlagSyntheticOutliers, FollowSavedView, SelectSavedView
 from .rebalance import RebalanceSyntheticSource
 
 OPERATORS = (LoadFaceDataset, AnnotateAttributes, ComputeAttributeComparison, FlagSyntheticOutliers,
-             SelectSavedView, ComputeFaceEmbeddings, ComputeIdentityAudit, ExportTrainingSet,
+             SelectSavedView, FollowSavedView, ComputeFaceEmbeddings, ComputeIdentityAudit, ExportTrainingSet,
              RebalanceSyntheticSource)

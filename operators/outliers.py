@@ -12,6 +12,7 @@ from .common import form_check
 
 MODES = ("top", "threshold", "clear", "keep")
 SELECT_SAVED_VIEW = "select_saved_view"
+FOLLOW_SAVED_VIEW = "follow_saved_view"  # run by js/faceaudit.js
 
 
 class FlagSyntheticOutliers(foo.Operator):
@@ -106,7 +107,12 @@ class SelectSavedView(foo.Operator):
     The App's ``set_view`` checks a name against the saved views it loaded with the page; a view
     saved by the operator that just ran is not among them until ``reload_dataset`` has refetched
     them. Triggered after that reload, this operator's round trip (plus a short pause) lets the
-    refetch land first, so the selector then shows the saved view, not "Unsaved view"."""
+    refetch land first, so the selector then shows the saved view, not "Unsaved view".
+
+    A view with an order of its own (``synthetic_outliers``: highest realness_nll first) is
+    shown in that order: the App's grid *Sort by*, which FiftyOne keeps in the browser and
+    applies after the view's own sort (a sort left from a drill-down showed the outliers lowest
+    first, issue 15.9), is cleared first by the plugin's browser-side ``clear_grid_sort``."""
 
     DELAY_S = 1.0
 
@@ -121,4 +127,28 @@ class SelectSavedView(foo.Operator):
         name = params.name("name", ctx.params.get("name"))
         time.sleep(self.DELAY_S)
         if ctx.dataset is not None and ctx.dataset.has_saved_view(name):
+            from fiftyone_plugin.views import CLEAR_GRID_SORT, own_sort
+
+            if own_sort(ctx.dataset, name) is not None:
+                ctx.trigger(f"{self.plugin_name}/{CLEAR_GRID_SORT}")
             ctx.ops.set_view(name=name)
+
+
+class FollowSavedView(foo.Operator):
+    """Run by the plugin's browser side (js/faceaudit.js) when the App's address selects a saved
+    view (``params["view"]``: its slug), e.g. from the saved-view selector: a grid *Sort by* left
+    from an earlier view that replaces this view's own order is cleared (issue 15.9)."""
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(name=FOLLOW_SAVED_VIEW, label="faceaudit: follow a selected saved view",
+                                  unlisted=True)
+
+    def execute(self, ctx):
+        from fiftyone_plugin.views import CLEAR_GRID_SORT, grid_sort_replaces, saved_view_of_slug
+
+        if ctx.dataset is None:
+            return
+        name = saved_view_of_slug(ctx.dataset, str(ctx.params.get("view") or ""))
+        if name and grid_sort_replaces(ctx.dataset, name, ctx.request_params.get("extended")) is not None:
+            ctx.trigger(f"{self.plugin_name}/{CLEAR_GRID_SORT}")

@@ -29,6 +29,10 @@ the panel cannot avoid, and that reload drops the sidebar filters that were acti
 remembers the filters it saw then and, for a few seconds, puts them back through the App's
 built-in ``set_filters`` operator whenever a view event arrives without them (see
 :func:`_restore_filters`).
+
+An open panel polls (a ``TimerView``, :data:`POLL_MS`): a delegated run that ends, or a write
+made elsewhere, shows without a click; a tick that finds nothing changed renders nothing (see
+:meth:`AttributeComparisonPanel.execute`).
 """
 
 from __future__ import annotations
@@ -51,8 +55,6 @@ CONTROLS = {"states": "three", "alpha": 0.5, "category": CATEGORY_ALL, "shown_st
             "show": "top", "attribute": "Male", "sort": "kl_real_synth"}
 #: the App's stage for an extended selection (the drill-down, see _drill_down)
 SELECT_STAGE = "fiftyone.core.stages.Select"
-#: the App's stage for the grid's *Sort by* (see _grid_sort_note)
-SORT_STAGE = "fiftyone.core.stages.SortBy"
 #: the alpha buttons (the CLI and the compare operator take any alpha >= 0)
 ALPHAS = (0.0, 0.1, 0.25, 0.5, 1.0)
 #: per panel: {"settings": the controls' values the user set, "drilldown": the drill-down or
@@ -70,6 +72,8 @@ _HELD: dict[str, tuple[float, dict]] = {}
 #: them 1-5 s after; later, an empty sidebar is the user's own doing)
 RESTORE_WINDOW_S = 15.0
 RUNS_SHOWN = 3  # the newest delegated faceaudit operations named under the summary
+#: ms between the open panel's checks for a finished run or a write made elsewhere (_stamp)
+POLL_MS = 3000
 
 HELP = """For each of the 47 MAAD-Face attributes: its distribution per source (raw shares), and
 the real vs synthetic KL divergence in both directions (nats; smoothing alpha inside the
@@ -118,23 +122,36 @@ class AttributeComparisonPanel(foo.Panel):
     def shown(self, ctx) -> dict:
         """The charts, tables and texts of the compared view with the current settings:
         computed once per (view, settings), counts cached per view."""
-        from fiftyone_plugin.counts import freshness
-        from fiftyone_plugin.runs import delegated_runs
-
         settings = _settings(ctx)
         view = _compared_view(ctx)
-        runs = delegated_runs(ctx.dataset.name, limit=RUNS_SHOWN)
-        # the key holds what makes numbers stale: label and tag writes, stored info, runs ending
-        key = json.dumps([_stages(view), settings, ctx.dataset.name, freshness(ctx.dataset),
-                          [(r.id, r.state) for r in runs]], sort_keys=True, default=str)
+        runs, stamp = _stamp(ctx)
+        key = json.dumps([_stages(view), settings, ctx.dataset.name, stamp], sort_keys=True, default=str)
         entry = _SHOWN.get(_panel_id(ctx))
         if entry is None or entry["key"] != key:
-            entry = {"key": key, "data": {**_panel_data(ctx, view, settings), "runs": _runs_text(runs)}}
+            entry = {"key": key, "stamp": stamp,
+                     "data": {**_panel_data(ctx, view, settings), "runs": _runs_text(runs)}}
             _SHOWN.pop(_panel_id(ctx), None)
             _SHOWN[_panel_id(ctx)] = entry
             while len(_SHOWN) > _SHOWN_MAX:
                 _SHOWN.pop(next(iter(_SHOWN)))
         return entry["data"]
+
+    # ------------------------------------------------------------------ polling
+
+    def on_poll(self, ctx):
+        """The panel's timer (:data:`POLL_MS`): :meth:`execute` renders only when the numbers
+        may be stale."""
+
+    def execute(self, ctx):
+        """A panel event; a timer tick that finds nothing changed (no sample written, no info
+        stored, no delegated run queued or ended since the shown numbers) returns at once,
+        without a render: the open panel is left as it is, so polling costs the two look-ups of
+        :func:`_stamp`, never a recomputation or a new layout in the browser."""
+        if ctx.params.get("__method__") == self.on_poll.__name__:
+            entry = _SHOWN.get(_panel_id(ctx))
+            if ctx.dataset is None or (entry is not None and entry["stamp"] == _stamp(ctx)[1]):
+                return None
+        return super().execute(ctx)
 
     # ------------------------------------------------------------------ clicks
 
@@ -213,6 +230,9 @@ class AttributeComparisonPanel(foo.Panel):
         _plot(panel, "pairwise", data)
         if data.get("realness"):
             _plot(panel, "realness", data, self.on_realness_click)
+        # an open panel notices a finished delegated run, or a write from elsewhere (the CLI, a
+        # worker), by itself: nothing else tells the App (issue 15.6)
+        panel.view("poll", types.TimerView(interval=POLL_MS, on_interval=self.on_poll))
         return types.Property(panel, view=panel_view())
 
 
@@ -353,6 +373,19 @@ def _fit_title(layout: dict) -> None:
     layout["height"] = layout.get("height", 320) + 30
 
 
+def _stamp(ctx) -> tuple[list, list]:
+    """The newest delegated faceaudit runs, and what makes the shown numbers stale besides the
+    view and the settings: label, score and tag writes and the stored faceaudit info
+    (:func:`fiftyone_plugin.counts.freshness`), and each of those runs' state (one queued,
+    started or ended)."""
+    from fiftyone_plugin.counts import freshness
+    from fiftyone_plugin.runs import delegated_runs
+
+    runs = delegated_runs(ctx.dataset.name, limit=RUNS_SHOWN)
+    stamp = json.loads(json.dumps([freshness(ctx.dataset), [(r.id, r.state) for r in runs]], default=str))
+    return runs, stamp
+
+
 def _runs_text(runs) -> str:
     """The newest delegated faceaudit operations, a failed one with its error (``faceaudit
     status`` lists them all)."""
@@ -411,30 +444,22 @@ def _drill_down(ctx, view, what: str) -> None:
 
 
 def _grid_sort_note(ctx) -> str:
-    """What to say when the App's grid *Sort by* replaces the order of the saved view it shows
-    (issue 15.9: ``synthetic_outliers``, realness_nll highest first, shown lowest first).
+    """What to say when the App's grid *Sort by* replaces the order of the saved view it shows:
+    a sort the user set on the view itself (one left from an earlier view is cleared when the
+    view is selected, see ``follow_saved_view`` and js/faceaudit.js; issue 15.9)."""
+    from fiftyone_plugin.views import grid_sort_replaces
 
-    FiftyOne 1.22 keeps the grid's sort in the browser (``localStorage``, per dataset, so it
-    comes back with the next view and the next visit) and the server applies it after every
-    stage of the view, a saved view's own sort included; no operator can read or clear it
-    except through the request's extended stages. So the panel says so, next to the numbers."""
     name = ctx.request_params.get("view_name")
-    grid = (ctx.request_params.get("extended") or {}).get(SORT_STAGE)
-    if not name or not isinstance(grid, dict) or not ctx.dataset.has_saved_view(name):
-        return ""
-    own = [s for s in ctx.dataset.load_saved_view(name)._stages if type(s).__name__ == "SortBy"]
-    if not own:
-        return ""
-    field, reverse = str(grid.get("field_or_expr")), bool(grid.get("reverse"))
-    mine = own[-1]
-    if str(mine.field_or_expr) == field and bool(mine.reverse) == reverse:
+    replaced = grid_sort_replaces(ctx.dataset, name, ctx.request_params.get("extended")) if name else None
+    if replaced is None:
         return ""
 
     def order(f, r):
         return f"{md_escape(f)}, {'highest' if r else 'lowest'} first"
 
+    (field, reverse), (own, own_reverse) = replaced
     return (f"**The grid's Sort by ({order(field, reverse)}) replaces the order of the saved view "
-            f"{md_escape(name)} ({order(str(mine.field_or_expr), bool(mine.reverse))})**: clear the grid's "
+            f"{md_escape(name)} ({order(own, own_reverse)})**: clear the grid's "
             "*Sort by* (`-`) or turn its arrow to see the view in its own order.")
 
 

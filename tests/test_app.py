@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import shutil
 import socket
-import time
 from pathlib import Path
 
 import fiftyone as fo
@@ -180,7 +179,7 @@ def test_saved_outlier_view_opens_and_the_realness_histogram_filters(app):
             scores = np.array(ds.match(F("source") == source).values(outliers.SCORE_FIELD), dtype=float)
             assert n == int(((scores >= edges[k]) & (scores < edges[k + 1])).sum()) > 0
             page.get_by_text(f"{n} sample" + ("" if n == 1 else "s"), exact=True).wait_for(timeout=60_000)
-            _a_grid_sort_comes_back_on_the_outlier_view(page, ds)
+            _a_grid_sort_from_a_drill_down_is_cleared_on_the_outlier_view(page, ds)
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "failure-outliers.png"))
             raise
@@ -188,58 +187,28 @@ def test_saved_outlier_view_opens_and_the_realness_histogram_filters(app):
             browser.close()
 
 
-def _a_grid_sort_comes_back_on_the_outlier_view(page, ds) -> None:
+def _a_grid_sort_from_a_drill_down_is_cleared_on_the_outlier_view(page, ds) -> None:
     """Issue 15.9: the grid's *Sort by* set in a drill-down (realness_nll: lowest first) is
-    kept by the App per dataset and applied after the saved outlier view's own sort, so the
-    view shows the outliers lowest score first. The panel names that, and the advice it gives
-    (the sort's arrow: highest first) brings the score order back, as the grid's page of samples
-    from the server shows."""
-    import json
-
+    kept by the App per dataset and would apply after the saved outlier view's own sort; on
+    selecting the view from the selector the plugin clears it (js/faceaudit.js): the server's
+    page of samples is highest score first (scores from the database) and the panel has no
+    note about a replaced order."""
     from fiftyone_plugin import outliers
+    from test_app_runs import _Grid, _in_score_order, _scores
 
-    orders = []
-
-    def grid_order(response) -> None:
-        if "/graphql" in response.url:
-            try:
-                body = json.loads(response.text())
-            except Exception:
-                return
-            edges = (((body.get("data") or {}).get("samples") or {}).get("edges")) or []
-            if edges:
-                orders.append([e["node"]["sample"]["filepath"] for e in edges])
-
-    def grid_sort(request) -> None:
-        if "/graphql" in request.url and "paginateSamples" in (request.post_data or ""):
-            stages = (json.loads(request.post_data).get("variables") or {}).get("extendedStages") or {}
-            sorts.append(stages.get("fiftyone.core.stages.SortBy"))
-
-    sorts = []
-    page.on("response", grid_order)
-    page.on("request", grid_sort)
-    page.get_by_placeholder("Sort by").first.click(force=True)  # the grid's toolbar
-    page.keyboard.type("realness")
-    page.get_by_text(outliers.SCORE_FIELD, exact=True).last.click()
+    grid = _Grid(page)
+    grid.sort_by(page, outliers.SCORE_FIELD)  # the grid's toolbar, in the drill-down
     page.get_by_role("button", name="Back to the compared view").click()
     page.get_by_text("28 samples", exact=True).wait_for(timeout=60_000)
     page.get_by_text("Unsaved view").click()
     page.get_by_text(outliers.OUTLIERS_VIEW).first.click()
     page.get_by_text("3 samples", exact=True).wait_for(timeout=60_000)
-    note = page.get_by_text(re.compile(r"Sort by \(realness_nll, lowest first\) replaces the order of the saved view"))
-    note.first.wait_for(timeout=60_000)
-    page.screenshot(path=str(ARTIFACTS / "outliers-grid-sort.png"))
-    expected = ds.load_saved_view(outliers.OUTLIERS_VIEW).values("filepath")  # highest score first
-    assert orders and orders[-1] == expected[::-1], "the grid sort did not reverse the view (reproduction)"
-    assert sorts[-1] == {"field_or_expr": outliers.SCORE_FIELD, "reverse": False, "create_index": False}
-    seen = len(orders)
-    page.get_by_title("Ascending").first.click()  # the panel's advice: the grid sort's arrow
-    note.first.wait_for(state="detached", timeout=60_000)
-    deadline = time.time() + 60  # the grid asks for highest first (a page it has may come from its cache)
-    while expected not in orders[seen:] and (sorts[-1] or {}).get("reverse") is not True and time.time() < deadline:
-        time.sleep(0.3)
-    assert expected in orders[seen:] or sorts[-1]["reverse"] is True, f"the grid still asks for {sorts[-1]}"
+    scores = _scores(ds)
+    shown = grid.shows(scores, lambda order: _in_score_order(order, scores))
     page.screenshot(path=str(ARTIFACTS / "outliers-score-order.png"))
+    assert _in_score_order(shown, scores), f"scores shown: {[scores.get(f) for f in shown]}"
+    assert grid.sorts[-1] is None, f"the grid still asks for {grid.sorts[-1]}"
+    assert page.get_by_text(re.compile(r"replaces the order of the saved view")).count() == 0
 
 
 def test_html_report_opens_offline_with_the_json_numbers(tmp_path, faces, dataset_name):

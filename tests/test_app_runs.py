@@ -1,12 +1,16 @@
-"""Issue 15, items 2, 3 and 6, as a user meets them in the App (headless Chromium, one App
+"""Issue 15, items 2, 3, 6 and 9, as a user meets them in the App (headless Chromium, one App
 server for the module, each test opening its own dataset): a first dataset loaded from the App
 with no dataset open (3); a delegated load that fails in the worker is visible in the panel
-with the loader's words (2); the panel follows an untag of an outlier and a Run-now annotate
-without a browser reload (6). Screenshots: test-artifacts/runs-*.png."""
+with the loader's words (2), in a panel opened before the worker ran, by itself (6); the panel
+follows an untag of an outlier and a Run-now annotate without a browser reload (6); the outlier
+view is in score order after a grid sort (9). Screenshots: test-artifacts/runs-*.png."""
 
 from __future__ import annotations
 
+import json
+import re
 import threading
+import time
 
 import fiftyone as fo
 import pytest
@@ -18,6 +22,7 @@ from test_app_operators import WAIT, _open_app, _open_operator, _until
 from test_app_panel import page, server  # noqa: F401  (fixtures: one App server for the module)
 
 pytestmark = pytest.mark.browser
+SORT_STAGE = "fiftyone.core.stages.SortBy"  # the App's extended stage for the grid's Sort by
 
 
 def _shot(page, step: str) -> None:
@@ -69,10 +74,12 @@ def test_a_first_dataset_loads_from_the_app_with_no_dataset_open(server, page, t
         raise
 
 
-def test_a_delegated_load_that_fails_in_the_worker_shows_in_the_panel(server, page, tmp_path, faces, dataset_name):
+def test_a_delegated_load_that_fails_in_the_worker_shows_in_the_open_panel(server, page, tmp_path, faces,
+                                                                          dataset_name):
     """Item 2: a delegated load of a folder without faces passes the form (only the worker
     finds no images), is queued, and fails; the panel names the failed run with the loader's
-    words."""
+    words. Item 6: the panel is open, showing the run queued, before the worker takes it, and
+    shows the failure by itself within seconds (its timer), with no click and no reload."""
     from fiftyone.operators.delegated import DelegatedOperationService
 
     _, url = server
@@ -93,17 +100,19 @@ def test_a_delegated_load_that_fails_in_the_worker_shows_in_the_panel(server, pa
         page.wait_for_timeout(1500)  # the form's last resolve
         schedule.click()
         assert _until(lambda: len(service.list_operations(dataset_name=dataset_name)) == 1, 60), "nothing queued"
+        _open_panel(page)
+        page.get_by_text("load_face_dataset queued", exact=False).first.wait_for(timeout=WAIT)
+        page.wait_for_timeout(5000)  # the views and reloads of the panel's open have come back
+        _shot(page, "queued-run-in-panel")
         # what `fiftyone delegated launch` runs; in a thread of its own (this one runs Playwright's
         # event loop, and the operation's executor calls asyncio.run)
         worker = threading.Thread(target=service.execute_queued_operations, kwargs={"dataset_name": dataset_name})
         worker.start()
-        worker.join(timeout=300)
+        worker.join(timeout=300)  # the page is left alone meanwhile: no click, no reload
         (op,) = service.list_operations(dataset_name=dataset_name)
         assert op.run_state == "failed"
-
-        _open_panel(page)
         failed = page.get_by_text("load_face_dataset failed", exact=False).first
-        failed.wait_for(timeout=WAIT)
+        failed.wait_for(timeout=20_000)  # the panel's timer ticks every 3 s
         _shot(page, "failed-run-in-panel")
         text = failed.inner_text()
         assert f"{empty}: no images found in any known layout" in text, text
@@ -153,4 +162,134 @@ def test_the_panel_follows_an_untag_of_an_outlier(server, page, tmp_path, faces,
         assert outliers.OUTLIER_TAG not in fo.load_dataset(dataset_name)[untagged].tags
     except Exception:
         _shot(page, "untag-failure")
+        raise
+
+
+class _Grid:
+    """The grid's pages of samples as the App asks the server for them (``paginateSamples``)
+    and gets them: the grid sort each request carries, the filepaths each answer lists."""
+
+    def __init__(self, page):
+        self.page, self.sorts, self.orders = page, [], []
+        page.on("request", self._request)
+        page.on("response", self._response)
+
+    def _request(self, request) -> None:
+        if "/graphql" in request.url and "paginateSamples" in (request.post_data or ""):
+            variables = json.loads(request.post_data).get("variables") or {}
+            stage = (variables.get("extendedStages") or {}).get(SORT_STAGE)  # or, where the App
+            if stage:  # queries indexed fields only ("query performance"), its own variables
+                self.sorts.append((stage["field_or_expr"], bool(stage["reverse"])))
+            else:
+                sort = variables.get("sortBy")
+                self.sorts.append((sort, bool(variables.get("desc"))) if sort else None)
+
+    def _response(self, response) -> None:
+        if "/graphql" not in response.url:
+            return
+        try:
+            body = json.loads(response.text())
+        except Exception:
+            return
+        edges = (((body.get("data") or {}).get("samples") or {}).get("edges")) or []
+        if edges:
+            self.orders.append([e["node"]["sample"]["filepath"] for e in edges])
+
+    def sort_by(self, page, field: str) -> None:
+        """The grid's *Sort by* (its toolbar, as a user picks a field; lowest first)."""
+        names = page.get_by_text(field, exact=True)  # the sidebar's field, then the box's choice
+        for _ in range(3):  # right after the page loads, the box may not take the first click
+            before = names.count()
+            box = page.get_by_placeholder("Sort by").first
+            box.click(force=True)
+            box.fill(field)
+            if self._until(lambda: names.count() > before, 10):
+                break
+        names.last.click()
+        assert self._until(lambda: self.sorts[-1:] == [(field, False)], 60), self.sorts[-1:]
+
+    def _until(self, condition, seconds: float) -> bool:
+        """Playwright hands over the page's events only while the test calls into it: wait in
+        the page, not in time.sleep."""
+        deadline = time.time() + seconds
+        while not condition() and time.time() < deadline:
+            self.page.wait_for_timeout(300)
+        return condition()
+
+    def shows(self, faces, check, seconds: float = 60) -> list[str]:
+        """The newest page of ``faces`` only (the grid's other pages are the views it showed
+        before) once it passes ``check``; the newest such page for the failure."""
+        def newest():
+            return next((o for o in reversed(self.orders) if set(o) <= set(faces)), [])
+
+        self._until(lambda: check(newest()), seconds)
+        return newest()
+
+
+def _scores(ds) -> dict[str, float]:
+    """realness_nll of the outlier-tagged faces, read from the database."""
+    from fiftyone_plugin import outliers
+
+    docs = ds._sample_collection.find({"tags": outliers.OUTLIER_TAG}, {"filepath": 1, outliers.SCORE_FIELD: 1})
+    return {d["filepath"]: d[outliers.SCORE_FIELD] for d in docs}
+
+
+def _in_score_order(shown: list[str], scores: dict[str, float]) -> bool:
+    """``shown`` is every outlier, highest realness_nll first (ties in any order)."""
+    return sorted(shown) == sorted(scores) and all(
+        scores[a] >= scores[b] for a, b in zip(shown, shown[1:]))
+
+
+def test_the_outlier_view_is_in_score_order_after_a_grid_sort(server, page, tmp_path, faces, dataset_name):
+    """Item 9: a grid *Sort by* realness_nll (lowest first, the App's default) set by the user
+    on the whole dataset comes back when ``synthetic_outliers`` is selected: the App keeps it in
+    the browser per dataset and applies it after the saved view's own sort (highest first).
+    Selecting the view from the saved-view selector (no faceaudit panel open), and from the flag
+    operator (which shows the saved view it saves), shows the outliers highest score first, the scores
+    read from the database; a sort the user sets on the view itself is kept (and the panel
+    names it)."""
+    from fiftyone_plugin import outliers
+    from test_app import _open
+    from test_app_panel import _labelled
+
+    _, url = server
+    _labelled(tmp_path, faces, dataset_name, {"real-faces": ("real", 4, True), "synth-faces": ("synthetic", 3, True)})
+    ds = fo.load_dataset(dataset_name)
+    outliers.flag_synthetic_outliers(ds, outliers.outlier_options(top=4))
+    scores = _scores(ds)
+    try:
+        _open(page, url + dataset_name, 28)
+        grid = _Grid(page)
+        grid.sort_by(page, outliers.SCORE_FIELD)  # the whole dataset, lowest score first
+        page.get_by_text("Unsaved view").click()  # the saved-view selector
+        page.get_by_text(outliers.OUTLIERS_VIEW).first.click()
+        page.get_by_text("4 samples", exact=True).wait_for(timeout=WAIT)
+        shown = grid.shows(scores, lambda order: _in_score_order(order, scores))
+        _shot(page, "outliers-from-selector")
+        assert _in_score_order(shown, scores), (
+            f"the saved view shows scores {[scores.get(f) for f in shown]} (grid sort {grid.sorts[-1:]})")
+
+        grid.sort_by(page, outliers.SCORE_FIELD)  # the user's own sort on the view: kept
+        shown = grid.shows(scores, lambda order: order == sorted(scores, key=scores.get))
+        assert shown == sorted(scores, key=scores.get), "the user's sort of the outlier view was undone"
+        _open_panel(page)  # which names it
+        page.get_by_text(re.compile(r"Sort by \(realness_nll, lowest first\) replaces the order of the saved "
+                                    r"view")).first.wait_for(timeout=WAIT)
+
+        _open_operator(page, "flag synthetic", "faceaudit: flag synthetic outliers")
+        page.get_by_text("Tag the K synthetic faces").wait_for(timeout=WAIT)
+        _field(page, "K").fill("3")
+        page.wait_for_timeout(1500)  # the form's last resolve
+        page.get_by_role("button", name="Execute").click()
+        page.get_by_text("3 synthetic faces tagged 'outlier'").first.wait_for(timeout=WAIT)
+        page.get_by_role("button", name="Close").click()
+        page.get_by_text("3 samples", exact=True).wait_for(timeout=WAIT)
+        scores = _scores(ds)
+        assert len(scores) == 3
+        shown = grid.shows(scores, lambda order: _in_score_order(order, scores))
+        _shot(page, "outliers-from-operator")
+        assert _in_score_order(shown, scores), (
+            f"the flag operator's view shows scores {[scores.get(f) for f in shown]} (grid sort {grid.sorts[-1:]})")
+    except Exception:
+        _shot(page, "outliers-order-failure")
         raise

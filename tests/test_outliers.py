@@ -338,3 +338,27 @@ def test_a_reviewed_face_is_kept_out_of_flagging_and_counted_apart(world):
         assert len(ds.match_tags("outlier")) == len(ids) - 1
     finally:
         ds.untag_samples(["reviewed_keep", "outlier"])
+
+
+def test_a_grid_sort_that_replaces_a_saved_views_order_is_told_apart(dataset_name):
+    """Issue 15.9's check behind clear_grid_sort: the App's grid sort (its extended SortBy) that
+    differs from a saved view's own last sort replaces that order; the same sort, no grid sort,
+    or a view without a sort of its own does not; the App's ?view= slug names the view."""
+    from fiftyone_plugin.views import grid_sort_replaces, saved_view_of_slug
+
+    ds = fo.Dataset(dataset_name)
+    ds.save_view("by_score", ds.match_tags("outlier").sort_by("realness_nll", reverse=True))
+    ds.save_view("plain view", ds.match_tags("outlier"))
+
+    def grid(field, reverse):
+        return {"fiftyone.core.stages.SortBy": {"field_or_expr": field, "reverse": reverse, "create_index": False}}
+
+    assert grid_sort_replaces(ds, "by_score", grid("realness_nll", False)) == (("realness_nll", False),
+                                                                              ("realness_nll", True))
+    assert grid_sort_replaces(ds, "by_score", grid("filepath", True)) == (("filepath", True), ("realness_nll", True))
+    assert grid_sort_replaces(ds, "by_score", grid("realness_nll", True)) is None
+    assert grid_sort_replaces(ds, "by_score", {}) is None and grid_sort_replaces(ds, "by_score", None) is None
+    assert grid_sort_replaces(ds, "plain view", grid("filepath", False)) is None
+    assert grid_sort_replaces(ds, "no such view", grid("filepath", False)) is None
+    assert saved_view_of_slug(ds, "by-score") == "by_score" and saved_view_of_slug(ds, "plain-view") == "plain view"
+    assert saved_view_of_slug(ds, "nothing") is None
