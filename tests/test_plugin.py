@@ -101,19 +101,19 @@ def test_operators_refuse_bad_arguments_before_writing(tmp_path, faces, dataset_
     cases = [
         (ANNOTATE_URI, {"model": "agegender", "threshold": "nan"}, "threshold: must be a finite number"),
         (ANNOTATE_URI, {"model": "agegender", "threshold": "-1"}, "threshold: must be at least 0"),
-        (ANNOTATE_URI, {"model": "agegender", "batch_size": "0"}, "batch_size: must be at least 1"),
-        (ANNOTATE_URI, {"model": "mac", "checkpoint": "x.pt", "mc_passes": "0"}, "mc_passes: must be at least 1"),
-        (ANNOTATE_URI, {"model": "mac", "checkpoint": "x.pt", "mc_passes": "-2"}, "mc_passes: must be at least 1"),
-        (ANNOTATE_URI, {"model": "resnet"}, "model: must be one of mac, agegender"),
+        (ANNOTATE_URI, {"model": "agegender", "batch_size": "0"}, "Batch size: must be at least 1"),
+        (ANNOTATE_URI, {"model": "mac", "checkpoint": "x.pt", "mc_passes": "0"}, "Stochastic passes: must be at least 1"),
+        (ANNOTATE_URI, {"model": "mac", "checkpoint": "x.pt", "mc_passes": "-2"}, "Stochastic passes: must be at least 1"),
+        (ANNOTATE_URI, {"model": "resnet"}, "Model: must be one of mac, agegender"),
         (ANNOTATE_URI, {"model": "mac"}, "checkpoint"),
-        (LOAD_URI, {"path": str(tmp_path / "b"), "source": "$b", "domain": "real"}, "source: must not start with '$'"),
+        (LOAD_URI, {"path": str(tmp_path / "b"), "source": "$b", "domain": "real"}, "Source name: must not start with '$'"),
         (LOAD_URI, {"path": str(tmp_path / "b"), "source": "b", "domain": "fake"}, "domain"),  # the form refuses it
         (LOAD_URI, {"path": str(tmp_path / "b"), "source": "b", "domain": "real", "format": "zip"},
          "format"),
         (LOAD_URI, {"path": str(tmp_path / "b"), "source": "b", "domain": "real", "limit": -1},
-         "limit: must be at least 1"),
+         "Limit: must be at least 1"),
         (COMPARE_URI, {"states": "four"}, "states"),
-        (COMPARE_URI, {"alpha": float("nan")}, "alpha: must be a finite number"),
+        (COMPARE_URI, {"alpha": float("nan")}, "Smoothing alpha (pseudo-count per state): must be a finite number"),
         (COMPARE_URI, {"bootstrap": -1}, "bootstrap"),
     ]
     for uri, params, message in cases:  # refused by the form's validation or by faceaudit.params
