@@ -132,6 +132,7 @@ def test_forms_results_sidebar_and_panel_speak_the_apps_words(app, page, tmp_pat
         page.get_by_role("button", name="Execute").click()
         page.get_by_text("1 synthetic faces tagged 'outlier'", exact=False).first.wait_for(timeout=WAIT)
         page.get_by_role("button", name="Close").click()
+        page.get_by_text("1 sample", exact=True).wait_for(timeout=WAIT)  # its saved view, selected late
         # 3: a face in the modal: mac_code is not a 47-letter string in the way
         _set_view(session, ds.view())
         page.get_by_text(f"{total + 4} samples", exact=True).wait_for(timeout=WAIT)
