@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from faceaudit.params import ParamError
 from faceaudit.textsafe import printable
 
 from . import annotate, compare, embed, export, identity, labels, load, outliers, rebalance, run, train
@@ -40,14 +41,15 @@ class _PrintableOut:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     stdout, sys.stdout = sys.stdout, _PrintableOut(sys.stdout)
     try:
         fiftyone_env()  # before any command imports FiftyOne
         return args.func(args)
     except (ValueError, OSError, RuntimeError) as e:  # our errors name the path/value
         if database_fault(e) is None:
-            print(f"faceaudit {args.command}: error: {printable(e)}", file=sys.stderr)
+            print(f"faceaudit {args.command}: error: {printable(in_cli_words(e, parser, args))}", file=sys.stderr)
             return 2
         return _lost_database(args.command, e)
     except Exception as e:
@@ -59,6 +61,31 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         sys.stdout = stdout
+
+
+def in_cli_words(error: BaseException, parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """``error``'s message as the CLI says it: a :class:`faceaudit.params.ParamError` about an
+    argument the command has as an option names that option (``--batch-size: must be at least
+    1``), as the App's forms name their fields by their labels."""
+    if isinstance(error, ParamError):
+        option = _options(parser, args).get(error.param)
+        if option is not None:
+            return error.named(option)
+    return str(error)
+
+
+def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
+    """{dest: its long option} of the command (and sub-command) ``args`` ran."""
+    options = {}
+    while parser is not None:
+        chosen = None
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(args, action.dest, None) or "")
+            elif action.option_strings and action.dest not in options:
+                options[action.dest] = max(action.option_strings, key=len)
+        parser = chosen
+    return options
 
 
 def _lost_database(command: str, error: BaseException) -> int:

@@ -73,7 +73,7 @@ class LoadReport:
     #: ``[{"reason", "count", "examples"}]``: the entries left out, and the added ones tagged
     skipped_entries: list[dict] = field(default_factory=list)
     unreadable_entries: list[dict] = field(default_factory=list)
-    detected: str | None = None  # with --format auto: "detected '<format>' (<why>): <what>"
+    detected: str | None = None  # with format auto: "detected '<format>' (<why>): <what>"
     #: loaded, but worth a look: look-alike folder names, a folder also loaded as another
     #: source, identical files in two identities or sources
     warnings: list[str] = field(default_factory=list)
@@ -90,7 +90,9 @@ class LoadReport:
         if self.skipped:
             text += f", {self.skipped} entries skipped (could not be read)"
         text += f" -> dataset '{self.dataset}'"
-        return text + (f"; --format auto {self.detected}" if self.detected else "")
+        # "format detected: 'folders' (why): what" in the CLI and the App alike (it said
+        # "--format auto detected ...", the CLI's option in the App's toast: issue 15.10)
+        return text + (f"; format {self.detected.replace('detected ', 'detected: ', 1)}" if self.detected else "")
 
     def details(self) -> list[str]:
         """One line per reason an entry was skipped or tagged, with a few example paths."""

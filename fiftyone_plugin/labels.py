@@ -151,19 +151,29 @@ def has_counts_index(dataset: fo.Dataset) -> bool:
     return any(info["key"] == COUNTS_INDEX_SPEC for info in dataset.get_index_information().values())
 
 
+#: the sidebar group, folded, of the fields written for programs rather than readers: the
+#: 47-letter ``mac_code`` (the modal cut it to an unreadable string; mac_positive,
+#: mac_undefined and the mac_* groups say the same for a reader), the settings key and the file
+#: hash. Nothing is lost: the fields stay, filterable, one click away (issue 15.10)
+CODES_GROUP = "faceaudit: codes"
+CODE_FIELDS = (CODE_FIELD, SETTINGS_FIELD, schema.FILE_HASH)
+
+
 def _set_sidebar_groups(dataset: fo.Dataset) -> None:
     groups = dataset.app_config.sidebar_groups or fo.DatasetAppConfig.default_sidebar_groups(dataset)
-    ours = {f"attributes: {c.lower()}" for c in CATEGORIES} | {"faceaudit"}
+    ours = {f"attributes: {c.lower()}" for c in CATEGORIES} | {"faceaudit", CODES_GROUP}
     groups = [g for g in groups if g.name not in ours]
     for g in groups:  # our fields leave the default groups they were put in
         g.paths = [p for p in g.paths if not p.startswith(PREFIX) and p not in schema.STRING_FIELDS
                    and p not in ("realness_nll", "identity_disagreement", SETTINGS_FIELD)]
     scores = [f for f in ("realness_nll", "identity_disagreement") if f in dataset.get_field_schema()]
+    readable = [f for f in schema.STRING_FIELDS if f not in CODE_FIELDS]
     groups.insert(1, fo.SidebarGroupDocument(
-        name="faceaudit", paths=[*STATE_LIST_FIELDS, *schema.STRING_FIELDS, CODE_FIELD, SETTINGS_FIELD, *scores]))
+        name="faceaudit", paths=[*STATE_LIST_FIELDS, *readable, *scores]))
     for i, (category, attrs) in enumerate(CATEGORIES.items()):
         groups.insert(2 + i, fo.SidebarGroupDocument(
             name=f"attributes: {category.lower()}", paths=[field_name(a) for a in attrs], expanded=False))
+    groups.insert(2 + len(CATEGORIES), fo.SidebarGroupDocument(name=CODES_GROUP, paths=list(CODE_FIELDS), expanded=False))
     dataset.app_config.sidebar_groups = groups
     dataset.save()
 

@@ -47,13 +47,44 @@ def wants_delegation(ctx, default: bool | None = None) -> bool | None:
     return params.to_bool("delegate", ctx.params.get("delegate"), default)
 
 
+class Form(types.Object):
+    """An operator's form whose messages name each field as the form labels it ("Batch size:
+    must be at least 1, got 0"), not as the parameter (``batch_size``) or the CLI's option: the
+    validation is :mod:`faceaudit.params`' one for every door, the name is each door's own
+    (:meth:`faceaudit.params.ParamError.named`)."""
+
+    def define_property(self, name, type, **kwargs):
+        error = kwargs.pop(_REFUSED, None)
+        prop = super().define_property(name, type, **kwargs)
+        if error is not None:
+            prop.error_message = in_form_words(error, prop, name)
+        return prop
+
+    def to_json(self):
+        return {**super().to_json(), "name": "Object"}  # the App knows FiftyOne's type names only
+
+
+#: the option :func:`form_check` hands :meth:`Form.define_property`: the refusal itself
+_REFUSED = "faceaudit_refused"
+
+
+def in_form_words(error: Exception, prop, name: str) -> str:
+    """``error``'s message as the form shows it on ``prop`` (field ``name``): a
+    :class:`faceaudit.params.ParamError` about that field names it by its label."""
+    label = getattr(prop.view, "label", None) if prop is not None else None
+    if isinstance(error, params.ParamError) and label:
+        return error.named(label)
+    return str(error)
+
+
 def form_check(ctx, name: str, validate: Callable[[Any], Any]) -> dict:
-    """Property options that mark form field ``name`` invalid, with the validator's message,
-    while its current value is refused (the App then keeps Execute disabled)."""
+    """Property options that mark form field ``name`` invalid, with the validator's message
+    (in a :class:`Form`, naming the field by its label), while its current value is refused
+    (the App then keeps Execute disabled)."""
     try:
         validate(ctx.params.get(name))
     except (ValueError, OSError) as e:  # params' ParamError, readers' LayoutError, ...
-        return {"invalid": True, "error_message": str(e)}
+        return {"invalid": True, "error_message": str(e), _REFUSED: e}
     return {}
 
 
@@ -67,9 +98,11 @@ def door_check(inputs: types.Object, check: Callable[[], Any], fallback: str) ->
         check()
     except ValueError as e:
         name = getattr(e, "param", None)
-        prop = inputs.properties.get(name) or inputs.properties.get(fallback)
+        prop = inputs.properties.get(name)
+        message = in_form_words(e, prop, name)
+        prop = prop or inputs.properties.get(fallback)
         if prop is not None and not prop.invalid:
-            prop.invalid, prop.error_message = True, str(e)
+            prop.invalid, prop.error_message = True, message
 
 
 def resolve_path(ctx, name: str) -> None:
@@ -113,23 +146,24 @@ def view_size(ctx) -> int:
     return ctx.target_view().count() if ctx.dataset is not None else 0
 
 
-def delegation_by_size(ctx) -> bool | None:
+def delegation_by_size(ctx, run_now_up_to: int = RUN_NOW_DEFAULT) -> bool | None:
     """``resolve_delegation`` of a job over the target view: above :data:`IMMEDIATE_LIMIT`
     samples always delegated, else the form's choice (default: delegated above
-    :data:`RUN_NOW_DEFAULT`)."""
+    ``run_now_up_to``, :data:`RUN_NOW_DEFAULT` unless the job says otherwise)."""
     count = view_size(ctx)
     if count > IMMEDIATE_LIMIT:
         return True
-    return wants_delegation(ctx, default=count > RUN_NOW_DEFAULT)
+    return wants_delegation(ctx, default=count > run_now_up_to)
 
 
-def size_notice(ctx, inputs: types.Object) -> None:
-    """The execution-mode choice, with a notice when the view is too large to run now."""
+def size_notice(ctx, inputs: types.Object, run_now_up_to: int = RUN_NOW_DEFAULT) -> None:
+    """The execution-mode choice (Run now by default up to ``run_now_up_to`` samples), with a
+    notice when the view is too large to run now."""
     count = view_size(ctx)
     if count > IMMEDIATE_LIMIT:
         inputs.view("note", types.Notice(
             label=f"{count} samples: this runs as a delegated operation (fiftyone delegated launch)"))
-    execution_mode(ctx, inputs, default_delegated=count > RUN_NOW_DEFAULT)
+    execution_mode(ctx, inputs, default_delegated=count > run_now_up_to)
 def started(job):
     """``job`` (a progress-yielding core job) run up to its first progress event, returned as a
     job that continues from there.

@@ -8,7 +8,7 @@ import fiftyone.operators.types as types
 
 from faceaudit import params
 
-from .common import execution_mode, form_check, wants_delegation
+from .common import execution_mode, Form, form_check, wants_delegation
 
 
 class ComputeAttributeComparison(foo.Operator):
@@ -24,7 +24,7 @@ class ComputeAttributeComparison(foo.Operator):
         )
 
     def resolve_input(self, ctx):
-        inputs = types.Object()
+        inputs = Form()
         inputs.view_target(ctx)
         inputs.enum("states", ["three", "binary"], default="three", label="States")
         # checked by the same functions as `faceaudit compare` (min= would say "greater than 0")

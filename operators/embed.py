@@ -10,7 +10,7 @@ import fiftyone.operators.types as types
 
 from faceaudit import params
 
-from .common import delegation_by_size, form_check, run_job, size_notice
+from .common import delegation_by_size, Form, form_check, run_job, size_notice
 
 
 def _chosen(p: dict) -> dict:
@@ -44,7 +44,7 @@ class ComputeFaceEmbeddings(foo.Operator):
         )
 
     def resolve_input(self, ctx):
-        inputs = types.Object()
+        inputs = Form()
         inputs.view_target(ctx)
         models = types.RadioGroup(orientation="horizontal")
         models.add_choice("dlib", label="dlib", description="offline, 128-d, weights from face_recognition_models")

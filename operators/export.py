@@ -10,7 +10,7 @@ import fiftyone.operators.types as types
 from faceaudit import export as core
 from faceaudit import params
 
-from .common import execution_mode, form_check, run_job, wants_delegation
+from .common import execution_mode, Form, form_check, run_job, wants_delegation
 
 
 class ExportTrainingSet(foo.Operator):
@@ -33,7 +33,7 @@ class ExportTrainingSet(foo.Operator):
         )
 
     def resolve_input(self, ctx):
-        inputs = types.Object()
+        inputs = Form()
         n = ctx.view.count() if ctx.view is not None else 0
         inputs.str("out", required=True, label="Folder",
                    description=f"An empty or new folder on the App server's machine; the current view "

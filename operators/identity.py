@@ -9,7 +9,7 @@ import fiftyone.operators.types as types
 from faceaudit import identity as core
 from faceaudit import params
 
-from .common import execution_mode, form_check, wants_delegation
+from .common import execution_mode, Form, form_check, wants_delegation
 
 RULES = ("default", "threshold", "fmr", "clear")
 SELECT_SAVED_VIEW = "select_saved_view"
@@ -28,7 +28,7 @@ class ComputeIdentityAudit(foo.Operator):
         )
 
     def resolve_input(self, ctx):
-        inputs = types.Object()
+        inputs = Form()
         rule = types.RadioGroup()
         rule.add_choice("default", label="The embedding model's default threshold")
         rule.add_choice("threshold", label="A cosine threshold")

@@ -8,7 +8,7 @@ import fiftyone.operators.types as types
 
 from faceaudit import params
 
-from .common import door_check, execution_mode, form_check, resolve_path, run_job, shown_errors, started, wants_delegation
+from .common import door_check, execution_mode, Form, form_check, resolve_path, run_job, shown_errors, started, wants_delegation
 
 FORMATS = ("auto", "folders", "bupt", "nested", "flat", "rec")
 #: the Preset box's "no preset" choice: an empty value showed as a blank box (issue 15.10)
@@ -40,7 +40,7 @@ class LoadFaceDataset(foo.Operator):
         from faceaudit.readers import check_root
         from fiftyone_plugin.schema import DEFAULT_DATASET
 
-        inputs = types.Object()
+        inputs = Form()
         if ctx.dataset is None:  # the App with no dataset open: the load makes the first one
             inputs.str("dataset_name", default=DEFAULT_DATASET, required=True, label="Dataset name",
                        description="The dataset to load into (created if it does not exist)",

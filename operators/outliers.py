@@ -8,7 +8,7 @@ import fiftyone.operators.types as types
 
 from faceaudit import params
 
-from .common import form_check
+from .common import Form, form_check
 
 MODES = ("top", "threshold", "clear", "keep")
 SELECT_SAVED_VIEW = "select_saved_view"
@@ -34,7 +34,7 @@ class FlagSyntheticOutliers(foo.Operator):
     def resolve_input(self, ctx):
         from fiftyone_plugin import outliers
 
-        inputs = types.Object()
+        inputs = Form()
         mode = types.RadioGroup()
         mode.add_choice("top", label="Top K")
         mode.add_choice("threshold", label="Threshold on realness_nll")

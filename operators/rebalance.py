@@ -10,7 +10,7 @@ import fiftyone.operators.types as types
 from faceaudit import params
 from faceaudit.attributes import ATTRIBUTES
 
-from .common import form_check
+from .common import Form, form_check
 from .outliers import SELECT_SAVED_VIEW
 
 
@@ -33,7 +33,7 @@ class RebalanceSyntheticSource(foo.Operator):
     def resolve_input(self, ctx):
         from fiftyone_plugin import rebalance, schema
 
-        inputs = types.Object()
+        inputs = Form()
         info = schema.sources_info(ctx.dataset) if ctx.dataset is not None else {}
         synthetic = sorted(s for s, i in info.items() if i.get("domain") == "synthetic")
         inputs.enum("source", synthetic, default=synthetic[0] if synthetic else None, required=True,

@@ -300,7 +300,7 @@ def test_dollar_names_are_refused_before_anything_is_written(tmp_path, faces, da
     faces.identity_tree(tmp_path, {"a": 2})
     assert main(["load", "--dataset", dataset_name, "--source", "$source", "--domain", "real", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "faceaudit load: error: source: must not start with '$' (MongoDB reads it as a field path): '$source'")
+        "faceaudit load: error: --source: must not start with '$' (MongoDB reads it as a field path): '$source'")
     assert not fo.dataset_exists(dataset_name)
     with pytest.raises(ParamError, match="dataset: must not start with '\\$'"):
         load_face_dataset(str(tmp_path), source="s", domain="real", dataset_name="$faces")

@@ -69,7 +69,7 @@ def test_load_errors_show_inline_and_in_the_apps_error_display(app, page, tmp_pa
         _field(page, "Path").fill(str(tmp_path / "real-faces"))
         page.get_by_text(f"{missing}: no such file or folder").first.wait_for(state="detached", timeout=WAIT)
         _field(page, "Limit").fill("-5")
-        page.get_by_text("limit: must be at least 1, got -5").first.wait_for(timeout=WAIT)
+        page.get_by_text("Limit: must be at least 1, got -5").first.wait_for(timeout=WAIT)
         _shot(page, "load-negative-limit")
         assert execute.is_disabled()
 
@@ -102,11 +102,11 @@ def test_compare_names_a_labelled_attribute_and_refuses_bad_values_in_its_words(
         page.get_by_text("Compare attributes").first.wait_for(timeout=WAIT)
         alpha = _field(page, "Smoothing alpha (pseudo-count per state)")
         alpha.fill("-1")
-        page.get_by_text("alpha: must be at least 0, got -1").first.wait_for(timeout=WAIT)
+        page.get_by_text("Smoothing alpha (pseudo-count per state): must be at least 0, got -1").first.wait_for(timeout=WAIT)
         assert page.get_by_text("Value must be greater than 0").count() == 0
         _shot(page, "compare-negative-alpha")
         alpha.fill("0")  # valid: no smoothing
-        page.get_by_text("alpha: must be at least", exact=False).first.wait_for(state="detached", timeout=WAIT)
+        page.get_by_text("Smoothing alpha (pseudo-count per state): must be at least", exact=False).first.wait_for(state="detached", timeout=WAIT)
         _field(page, "Bootstrap resamples (0: none)").fill("0")
         page.get_by_text("Run now", exact=True).click()
         page.get_by_text("Open the comparison panel", exact=True).click()  # off: the result stays

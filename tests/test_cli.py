@@ -160,9 +160,9 @@ def written(ds) -> tuple:
 ANNOTATE_REFUSALS = [
     (["--model", "agegender", "--threshold", "-1"], "threshold: must be at least 0"),
     (["--model", "agegender", "--threshold", "1.5"], "threshold: must be at most 1"),
-    (["--model", "agegender", "--mc-passes", "-2"], "mc_passes: must be at least 1, got -2"),
-    (["--model", "agegender", "--mc-passes", "0"], "mc_passes: must be at least 1, got 0"),
-    (["--model", "agegender", "--batch-size", "0"], "batch_size: must be at least 1"),
+    (["--model", "agegender", "--mc-passes", "-2"], "--mc-passes: must be at least 1, got -2"),
+    (["--model", "agegender", "--mc-passes", "0"], "--mc-passes: must be at least 1, got 0"),
+    (["--model", "agegender", "--batch-size", "0"], "--batch-size: must be at least 1"),
     (["--model", "agegender", "--workers", "-1"], "workers: must be at least 0"),
     (["--model", "agegender", "--device", "gpu"], "device: must be auto, cpu, cuda"),
     (["--model", "agegender", "--source", "$source"], "source: must not start with '$'"),
@@ -178,7 +178,7 @@ def test_annotate_refuses_bad_arguments_before_writing(loaded, cli_env, capsys):
     proc = run(["annotate", "--dataset", loaded.name, "--model", "agegender", "--threshold", "nan"],
                cli_env, check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert proc.stderr.strip() == "faceaudit annotate: error: threshold: must be a finite number, got nan"
+    assert proc.stderr.strip() == "faceaudit annotate: error: --threshold: must be a finite number, got nan"
     assert written(loaded) == before
     for args, message in ANNOTATE_REFUSALS:
         assert main(["annotate", "--dataset", loaded.name, "--quiet", *args]) == 2, args
@@ -223,7 +223,8 @@ def test_load_says_what_format_auto_detected(tmp_path, faces, dataset_name, caps
     args = ["load", "--dataset", dataset_name, "--source", "x", "--domain", "real", "--quiet", str(tmp_path / "ids")]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert out.count("detected 'folders' (sub-folders hold images: one folder per identity)") == 1, out
+    assert out.count("format detected: 'folders' (sub-folders hold images: one folder per identity)") == 1, out
+    assert "--format auto" not in out
     assert "x (real, folders): 3 images found" in out
     assert main([*args, "--format", "folders", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["detected"] is None

@@ -274,7 +274,7 @@ def _snapshot(ds):
     (["--fmr", "0"], "fmr: must be between 0 and 1"),
     (["--fmr", "1"], "fmr: must be between 0 and 1"),
     (["--fmr", "1e-6"], "fmr: the real sources have"),
-    (["--max-pairs", "5"], "max_pairs: must be at least 100"),
+    (["--max-pairs", "5"], "--max-pairs: must be at least 100"),
     (["--seed", "-1"], "seed: must be at least 0"),
 ])
 def test_bad_arguments_refused_before_anything_is_written(world, audited, capsys, argv, message):

@@ -243,8 +243,8 @@ def test_delegated_operations_are_checked_before_they_are_queued(tmp_path, faces
     ds = fo.load_dataset(dataset_name)
     good = {"path": str(tmp_path / "ok"), "source": "ok2", "domain": "real"}
     cases = [
-        (LOAD_URI, {**good, "source": "$evil"}, "source: must not start with '$'"),
-        (LOAD_URI, {**good, "limit": 0}, "limit: must be at least 1"),
+        (LOAD_URI, {**good, "source": "$evil"}, "Source name: must not start with '$'"),
+        (LOAD_URI, {**good, "limit": 0}, "Limit: must be at least 1"),
         (LOAD_URI, {**good, "path": "/nonexistent/faces"}, "/nonexistent/faces: no such file or folder"),
         (LOAD_URI, {**good, "path": "/proc"}, "system folder"),
         (LOAD_URI, {**good, "preset": "no-such-preset"}, "preset"),

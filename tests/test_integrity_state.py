@@ -354,7 +354,7 @@ def test_huge_integers_are_refused_before_any_write(labelled, tmp_path, capsys, 
             (["annotate", "--dataset", name, "--model", "agegender", "--shard", "0/99999999999999999999999"],
              "shard: must be at most 10000"),
             (["annotate", "--dataset", name, "--model", "agegender", "--batch-size", 10**300],
-             "batch_size: must be at most 1000000, got 1e+300")):
+             "--batch-size: must be at most 1000000, got 1e+300")):
         code, _, err = cli(capsys, *args)
         assert len(one_line_refusal(code, err, expected)) < 200
     for env, expected in (({"RANK": "", "WORLD_SIZE": "2"}, "needs both RANK and WORLD_SIZE"),

@@ -256,7 +256,7 @@ def test_bad_arguments_refused_before_anything_is_written(world, capsys):
     before = _flagged(ds, len(planted))
     proc = run(["outliers", "--dataset", name, "--top", "0", "--alpha", "2"], env, check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert proc.stderr.strip() == "faceaudit outliers: error: top: must be at least 1, got 0"
+    assert proc.stderr.strip() == "faceaudit outliers: error: --top: must be at least 1, got 0"
     assert _snapshot(ds) == before
     for args, message in OUTLIERS_REFUSALS:
         assert main(["outliers", "--dataset", name, *args]) == 2, args
@@ -267,10 +267,10 @@ def test_bad_arguments_refused_before_anything_is_written(world, capsys):
 
 
 OPERATOR_REFUSALS = [
-    ({"mode": "top", "top": "0"}, "top: must be at least 1"),
-    ({"mode": "top", "top": -5}, "top: must be at least 1"),
-    ({"mode": "threshold", "threshold": "nan"}, "threshold: must be a finite number"),
-    ({"mode": "top", "top": 3, "tag": "$x"}, "tag: must not start with '$'"),
+    ({"mode": "top", "top": "0"}, "K: must be at least 1"),
+    ({"mode": "top", "top": -5}, "K: must be at least 1"),
+    ({"mode": "threshold", "threshold": "nan"}, "realness_nll at least: must be a finite number"),
+    ({"mode": "top", "top": 3, "tag": "$x"}, "Tag: must not start with '$'"),
     ({"mode": "sideways"}, "mode"),  # the form refuses it
 ]
 

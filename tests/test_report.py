@@ -63,6 +63,7 @@ def test_parameters_table_states_the_run_and_the_versions(reported):
     assert params["dataset"] == ds.name and params["compared view"] == "the whole dataset"
     assert params["labels: model (last annotate run)"] == "agegender"
     assert params["labels: reliability threshold t"] == "0.6"
+    assert params["labels: MC dropout passes"] == "none (the agegender models have no dropout)"
     assert params["labels: annotated at (UTC)"] == ds.info["faceaudit"]["annotation"]["finished_at"]
     assert params["states"] == "positive / negative / undefined" and params["smoothing alpha (pseudo-count per state)"] == "0.5"
     assert params["bootstrap"].startswith("20 resamples of identities")
@@ -168,7 +169,12 @@ def _check_page(page, result):
     embedded = page.evaluate("JSON.parse(document.getElementById('faceaudit-result').textContent)")
     assert embedded == json.loads(json.dumps(result))
     _legend_clear_of_ticks(page)
-    assert "nats" in page.locator(".js-plotly-plot").nth(2).locator(".cbtitle").text_content()
+    heatmap = page.locator(".js-plotly-plot").nth(2)
+    assert "nats" in heatmap.locator(".cbtitle").text_content()
+    title = heatmap.locator(".g-gtitle text").bounding_box()  # issue 15.10: the title was overlapped
+    others = [t.bounding_box() for t in heatmap.locator("g.xtick text, g.ytick text, .cbtitle text, "
+                                                       "g.cbaxis text, .modebar").all()]
+    assert title and others and not [b for b in others if b and _overlap(title, b)], (title, others)
     loaded = page.evaluate("[...document.querySelectorAll('#outliers img')].map(i => i.complete && i.naturalWidth)")
     assert len(loaded) == 4 and all(w and w > 0 for w in loaded)  # thumbnails found by relative path
 

@@ -44,11 +44,19 @@ RESERVED_TAGS = frozenset({
 
 
 class ParamError(ValueError):
-    """An argument that cannot be used; the message names the argument and the problem."""
+    """An argument that cannot be used; the message names the argument and the problem.
+
+    The validation is one for every door, the argument's name is each door's own: the CLI says
+    its option (``--batch-size``), the App the field's label (``Batch size``). A door shows
+    :meth:`named` with its name; ``str()`` is the message with the parameter's (``batch_size``)."""
 
     def __init__(self, param: str, problem: str):
-        self.param = param
+        self.param, self.problem = param, problem
         super().__init__(f"{param}: {problem}")
+
+    def named(self, name: str) -> str:
+        """The message with the argument called ``name``: ``"Batch size: must be at least 1, got 0"``."""
+        return f"{name}: {self.problem}"
 
 
 def is_blank(value: Any) -> bool:

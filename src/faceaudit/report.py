@@ -372,6 +372,14 @@ def _rows(rows, header: list[str] | None = None, numbers: bool = True) -> str:
     return head + "".join("<tr>" + "".join(cell(c) for c in r) + "</tr>" for r in rows)
 
 
+def mc_passes_cell(run: dict) -> str:
+    """The passes of the run's MC dropout; the agegender models have no dropout (their one
+    pass read "MC dropout passes 1", as if a MAC had sampled once: issue 15.10)."""
+    if run.get("model") == "agegender":
+        return "none (the agegender models have no dropout)"
+    return num(run.get("mc_passes"), missing=NOT_RECORDED)
+
+
 def parameter_rows(result: dict, context: dict) -> list[tuple[str, str]]:
     """(parameter, value) pairs of the report's parameters table, escaped."""
     esc = html.escape
@@ -384,7 +392,7 @@ def parameter_rows(result: dict, context: dict) -> list[tuple[str, str]]:
         ("labels: model (last annotate run)", run.get("model") or NOT_RECORDED),
         ("labels: checkpoint", run.get("checkpoint") or ("none" if run else NOT_RECORDED)),
         ("labels: reliability threshold t", num(run.get("threshold"), missing=NOT_RECORDED)),
-        ("labels: MC dropout passes", num(run.get("mc_passes"), missing=NOT_RECORDED)),
+        ("labels: MC dropout passes", mc_passes_cell(run)),
         ("labels: annotated at (UTC)", run.get("finished_at") or NOT_RECORDED),
         ("states", " / ".join(result["states"])),
         ("smoothing alpha (pseudo-count per state)", num(result["alpha"])),
