@@ -111,6 +111,15 @@ def state_indices(codes: list[str]) -> np.ndarray:
     return _INDEX_OF_STATE[decode_codes(codes) + 1]
 
 
+#: per-sample scores written by outliers.py (realness and identity consistency). Declared with the
+#: labels, so that the App's sidebar has them in the faceaudit group before the first flag: a
+#: field that appears later lands under PRIMITIVES until the page is reloaded (the App keeps the
+#: sidebar groups it loaded with the dataset; issue 15.10). Declared is not scored: see
+#: ``outliers.is_scored``.
+SCORE_FIELDS = ("realness_nll", "identity_disagreement")
+_SCORE_DESCRIPTION = "faceaudit score (None until faceaudit outliers scores the sample); docs/compare.md"
+
+
 def ensure_label_schema(dataset: fo.Dataset) -> None:
     """Declare the label fields and group them by category in the App's sidebar. A dataset
     labelled before the state lists existed gets them from its labels (one server-side update)."""
@@ -121,6 +130,9 @@ def ensure_label_schema(dataset: fo.Dataset) -> None:
     for name in (CODE_FIELD, SETTINGS_FIELD):
         if name not in existing:
             dataset.add_sample_field(name, fo.StringField, description=_DESCRIPTIONS[name])
+    for name in SCORE_FIELDS:
+        if name not in existing:
+            dataset.add_sample_field(name, fo.FloatField, description=_SCORE_DESCRIPTION)
     missing_lists = [f for f in STATE_LIST_FIELDS if f not in existing]
     for name in missing_lists:
         dataset.add_sample_field(name, fo.ListField, subfield=fo.StringField, description=_DESCRIPTIONS[name])
@@ -165,8 +177,8 @@ def _set_sidebar_groups(dataset: fo.Dataset) -> None:
     groups = [g for g in groups if g.name not in ours]
     for g in groups:  # our fields leave the default groups they were put in
         g.paths = [p for p in g.paths if not p.startswith(PREFIX) and p not in schema.STRING_FIELDS
-                   and p not in ("realness_nll", "identity_disagreement", SETTINGS_FIELD)]
-    scores = [f for f in ("realness_nll", "identity_disagreement") if f in dataset.get_field_schema()]
+                   and p not in (*SCORE_FIELDS, SETTINGS_FIELD)]
+    scores = [f for f in SCORE_FIELDS if f in dataset.get_field_schema()]
     readable = [f for f in schema.STRING_FIELDS if f not in CODE_FIELDS]
     groups.insert(1, fo.SidebarGroupDocument(
         name="faceaudit", paths=[*STATE_LIST_FIELDS, *readable, *scores]))

@@ -20,8 +20,7 @@ from faceaudit.config import STATES
 
 from . import bulk, counts, labels, schema
 
-SCORE_FIELD = "realness_nll"
-DISAGREEMENT_FIELD = "identity_disagreement"
+SCORE_FIELD, DISAGREEMENT_FIELD = labels.SCORE_FIELDS  # declared with the labels (see there)
 OUTLIER_TAG = "outlier"
 REVIEWED_KEEP_TAG = core.REVIEWED_KEEP_TAG
 OUTLIERS_VIEW = "synthetic_outliers"
@@ -77,6 +76,12 @@ def flag_synthetic_outliers(dataset, options: OutlierOptions) -> tuple[dict, dic
     consistency = identity_consistency(dataset.view(), write=True)
     n = flag_outliers(dataset, top=options.top, threshold=options.threshold, tag=options.tag)
     return scored, consistency, n
+
+
+def is_scored(dataset) -> bool:
+    """Whether any sample has a ``realness_nll`` value (the field itself is declared with the
+    labels, before any scoring). One indexed look-up."""
+    return dataset._sample_collection.find_one({SCORE_FIELD: {"$type": "double"}}, {"_id": 1}) is not None
 
 
 def suggested_defaults(dataset) -> tuple[int, float | None]:
@@ -183,7 +188,7 @@ def flag_outliers(dataset, top: int | None = None, threshold: float | None = Non
     ``synthetic_outliers``. Returns the number tagged. Samples tagged ``reviewed_keep`` are
     never tagged (K counts the others; see :func:`reviewed_kept`)."""
     top, threshold, tag = flag_options(top, threshold, tag)
-    if SCORE_FIELD not in dataset.get_field_schema():
+    if not is_scored(dataset):
         raise OutlierError(f"dataset {dataset.name!r} has no {SCORE_FIELD} yet: score it first")
     coll = dataset._sample_collection
     clear_outliers(dataset, tag, keep_view=True)

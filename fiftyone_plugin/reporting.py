@@ -19,7 +19,7 @@ from urllib.parse import quote
 import fiftyone as fo
 
 from . import schema
-from .outliers import OUTLIER_TAG, SCORE_FIELD
+from .outliers import OUTLIER_TAG, SCORE_FIELD, is_scored
 
 REALNESS_BINS = 30
 OUTLIER_THUMBNAILS = 24
@@ -43,7 +43,7 @@ def report_context(view, html_path: str, outliers: int = OUTLIER_THUMBNAILS, tag
     the outliers are the samples tagged ``tag``."""
     view = view.view()
     dataset = view._dataset
-    scored = SCORE_FIELD in dataset.get_field_schema()
+    scored = is_scored(dataset)
     return {
         "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),

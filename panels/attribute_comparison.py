@@ -411,10 +411,10 @@ def _realness(ctx, view) -> dict | None:
     the x axis fitted to the bins; a bar's id is ``[source, low, high]``. None when the dataset
     has not been scored."""
     from faceaudit.report import source_color
-    from fiftyone_plugin.outliers import SCORE_FIELD
+    from fiftyone_plugin.outliers import SCORE_FIELD, is_scored
     from fiftyone_plugin.views import score_histograms
 
-    hist = score_histograms(view, SCORE_FIELD) if SCORE_FIELD in ctx.dataset.get_field_schema() else None
+    hist = score_histograms(view, SCORE_FIELD) if is_scored(ctx.dataset) else None
     if not hist:
         return None
     edges = hist["edges"]

@@ -2,8 +2,9 @@
 server for all of them): the forms name a refused field by its label, the load's result says what
 layout it detected in the App's words, annotate starts on the offline models and runs now at 213
 faces, the flag dialog opened from the grid's menu is not under the toolbar, the panel's choices
-are words and an attribute no model labelled is not drawn as 100% undefined, and mac_code stays
-out of the modal's way. Screenshots: test-artifacts/smaller-*.png."""
+are words and an attribute no model labelled is not drawn as 100% undefined, the scores a flag
+writes sit in the faceaudit sidebar group (not PRIMITIVES), and mac_code stays out of the modal's
+way. Screenshots: test-artifacts/smaller-*.png."""
 
 from __future__ import annotations
 
@@ -38,6 +39,25 @@ SHOWN_JS = """(text) => [...document.querySelectorAll('*')].filter(e => e.childE
   const top = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
   return top && (top === e || e.contains(top));
 }).length"""
+
+
+# the sidebar group a field's row sits in: the nearest group header above the row (the App draws
+# the sidebar as one list of group headers and field rows)
+GROUP_OF_JS = """(field) => {
+  const entries = [...document.querySelectorAll("[data-cy^='sidebar-group-entry-']")];
+  if (!entries.length) return null;
+  const headers = entries.map(h => [h.getAttribute('data-cy').slice('sidebar-group-entry-'.length), h.getBoundingClientRect().top]);
+  const left = entries[0].getBoundingClientRect().left, right = entries[0].getBoundingClientRect().right;
+  const row = [...document.querySelectorAll('*')].find(e => {  // in the sidebar's column, not the view bar
+    const r = e.getBoundingClientRect();
+    return e.childElementCount === 0 && e.textContent.trim() === field && r.left >= left && r.right <= right
+      && !e.closest('[role=dialog], .MuiModal-root');
+  });
+  if (!row) return null;
+  const top = row.getBoundingClientRect().top;
+  const above = headers.filter(([, y]) => y <= top).sort((a, b) => b[1] - a[1]);
+  return above.length ? above[0][0] : null;
+}"""
 
 
 def _shot(page, step: str) -> None:
@@ -133,6 +153,9 @@ def test_forms_results_sidebar_and_panel_speak_the_apps_words(app, page, tmp_pat
         page.get_by_text("1 synthetic faces tagged 'outlier'", exact=False).first.wait_for(timeout=WAIT)
         page.get_by_role("button", name="Close").click()
         page.get_by_text("1 sample", exact=True).wait_for(timeout=WAIT)  # its saved view, selected late
+        # 5: the new score sits in the faceaudit group, not under PRIMITIVES, without a reload
+        groups = {f: page.evaluate(GROUP_OF_JS, f) for f in ("realness_nll", "identity_disagreement")}
+        assert all((g or "").lower() == "faceaudit" for g in groups.values()), groups
         # 3: a face in the modal: mac_code is not a 47-letter string in the way
         _set_view(session, ds.view())
         page.get_by_text(f"{total + 4} samples", exact=True).wait_for(timeout=WAIT)
