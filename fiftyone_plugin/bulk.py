@@ -80,6 +80,21 @@ def bulk_write_in_parts(coll, ops: list, chunk: int = 1000, parts: int = UPDATE_
         list(pool.map(lambda c: coll.bulk_write(c, ordered=False), chunks))
 
 
+def drop_field_indexes(coll, fields) -> None:
+    """Drop the single-field indexes on ``fields`` that exist, before a rewrite of every
+    document (one sorted build after it instead of a B-tree update per document). An index
+    another writer dropped meanwhile is not an error."""
+    from pymongo.errors import OperationFailure
+
+    wanted = {(f,) for f in fields}
+    for name, info in coll.index_information().items():
+        if tuple(k for k, _ in info["key"]) in wanted:
+            try:
+                coll.drop_index(name)
+            except OperationFailure:
+                pass
+
+
 class BackgroundWrites:
     """Bulk writes run on one background thread while the caller reads and computes the next
     chunk (pymongo waits on the socket without the GIL, numpy computes without it). At most

@@ -141,14 +141,6 @@ def ensure_fields(dataset) -> None:
             dataset.add_sample_field(name, fo.FloatField)
 
 
-def _drop_indexes(dataset) -> None:
-    coll = dataset._sample_collection
-    present = {tuple(spec["key"]) for spec in coll.list_indexes()}
-    for name in WRITTEN_FIELDS:
-        if (name,) in present:
-            coll.drop_index([(name, 1)])
-
-
 def _build_indexes(dataset) -> None:
     for name in WRITTEN_FIELDS:
         dataset.create_index(name)
@@ -175,7 +167,7 @@ def identity_audit(dataset, opts: core.AuditOptions, tag: bool = False, similari
     audit, order = core.ordered_audit(found, opts, model)  # refuses before any write
     ensure_fields(dataset)
     _clear_unfed(dataset)
-    _drop_indexes(dataset)
+    bulk.drop_field_indexes(dataset._sample_collection, WRITTEN_FIELDS)
     writes = bulk.BackgroundWrites()  # chunk k is written while chunk k + 1 is read and scored
     write = _writer(dataset, writes)
     try:

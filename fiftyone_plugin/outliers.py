@@ -112,14 +112,8 @@ def _require_labels(dataset) -> None:
 
 
 def ensure_fields(dataset) -> None:
-    import fiftyone as fo
-
-    schema_ = dataset.get_field_schema()
-    for name in (SCORE_FIELD, DISAGREEMENT_FIELD):
-        if name not in schema_:
-            dataset.add_sample_field(name, fo.FloatField)
+    labels.ensure_label_schema(dataset)  # declares the scores with the labels, in the faceaudit group
     dataset.create_index(SCORE_FIELD)
-    labels.ensure_label_schema(dataset)  # puts the new fields in the sidebar's faceaudit group
 
 
 def score_realness(dataset, states: str = "three", alpha: float = 0.5, joint: tuple[str, ...] = ()) -> dict:
@@ -145,7 +139,7 @@ def score_realness(dataset, states: str = "three", alpha: float = 0.5, joint: tu
     # and stamping it doubles the time of this write (bench/compare.py). The score's index is
     # dropped for the rewrite and built again after it: one sorted build instead of a B-tree
     # update per document.
-    _drop_score_index(coll)
+    bulk.drop_field_indexes(coll, [SCORE_FIELD])
     try:
         matched, modified = bulk.update_many_in_parts(coll, {labels.CODE_FIELD: {"$type": "string"}},
                                                       [{"$set": {SCORE_FIELD: {"$add": terms}}}])
@@ -154,18 +148,6 @@ def score_realness(dataset, states: str = "three", alpha: float = 0.5, joint: tu
     schema.set_info(dataset, "realness", {"states": states, "alpha": alpha, "joint": list(joint),
                                           "scored": modified}, stamp="at")
     return {"scored": matched}
-
-
-def _drop_score_index(coll) -> None:
-    """Drop the index on ``realness_nll`` if there is one (another scoring may have dropped it)."""
-    from pymongo.errors import OperationFailure
-
-    for name, info in coll.index_information().items():
-        if [k for k, _ in info["key"]] == [SCORE_FIELD]:
-            try:
-                coll.drop_index(name)
-            except OperationFailure:
-                pass
 
 
 def _joint_term(dataset, joint, alpha) -> dict:
