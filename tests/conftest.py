@@ -14,8 +14,11 @@ fiftyone, hence at module level.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import time
 import uuid
+from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,6 +69,10 @@ def pytest_unconfigure(config):
         from faceaudit_cli import database
 
         database.stop_database(str(RUN_DIR / "db"))
+    # each run's database folder is some 300 MB: left behind, a few dozen runs fill a disk (a CI
+    # machine's pip install then fails for want of space). FACEAUDIT_KEEP_TEST_DB=1 keeps it.
+    if not os.environ.get("FACEAUDIT_KEEP_TEST_DB"):
+        shutil.rmtree(RUN_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -117,7 +124,29 @@ def pytest_collection_modifyitems(config, items):
 #: the long test_scale / test_integrity_* files for the end, one worker busy while the other idled
 LONGEST_FILES = ("test_annotate", "test_integrity_runs", "test_scale", "test_app_panel", "test_faults",
                  "test_cli", "test_run", "test_integrity_state", "test_app_identity", "test_app_errors",
-                 "test_app_operators", "test_app_runs", "test_app")
+                 "test_app_operators", "test_app_runs", "test_app", "test_app_smaller",
+                 "test_app_panel_layout", "test_app_labels", "test_app_panel_filters")
+
+
+#: seconds per test file (setup, call and teardown of its tests), summed as reports arrive
+_FILE_SECONDS: dict[str, float] = defaultdict(float)
+_STARTED = time.monotonic()
+
+
+def pytest_runtest_logreport(report):
+    """Add each phase's duration to its file's total (under xdist, in the controller)."""
+    _FILE_SECONDS[report.nodeid.split("::", 1)[0]] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the files by total time, longest first: the figures to order LONGEST_FILES by."""
+    if not _FILE_SECONDS:
+        return
+    terminalreporter.section("seconds per test file (to order LONGEST_FILES by)")
+    for path, seconds in sorted(_FILE_SECONDS.items(), key=lambda kv: -kv[1])[:25]:
+        terminalreporter.write_line(f"{seconds:8.1f}  {path}")
+    terminalreporter.write_line(f"{sum(_FILE_SECONDS.values()):8.1f}  all files "
+                                f"({time.monotonic() - _STARTED:.0f} s wall)")
 
 
 def _longest_files_first(items) -> None:
