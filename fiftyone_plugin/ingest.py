@@ -40,6 +40,7 @@ from faceaudit.images import DEFAULT_MAX_PIXELS, check_image_file, file_digest
 from faceaudit.presets import DOMAINS, get_preset
 from faceaudit.progress import Progress, drive
 from faceaudit.readers import FORMATS, FaceRecord, LayoutError, Scan, Tally, check_root, scan
+from faceaudit.recordio import find_recordio_pair
 
 from . import schema
 from .bulk import fiftyone_rand, new_object_ids
@@ -132,7 +133,13 @@ def check_load(path: str | None, source: str | None = None, domain: str | None =
     if params.is_blank(path):
         raise params.ParamError("path", "a dataset folder or .rec file is required")
     source, domain, format = resolve_options(source, domain, format, preset)
-    return {"path": check_root(str(path)), "source": source, "domain": domain, "format": format,
+    root = check_root(str(path))
+    if params.is_blank(extract_to) and format in ("auto", "rec"):
+        pair = find_recordio_pair(root)
+        if pair is not None:  # as scan_rec refuses it, but before the load starts or is queued
+            raise params.ParamError("extract_to", f"{pair[0]}: RecordIO images must be extracted to files "
+                                                  "for FiftyOne; name a folder for them")
+    return {"path": root, "source": source, "domain": domain, "format": format,
             "limit": params.to_int("limit", limit, minimum=1),
             "extract_to": None if params.is_blank(extract_to) else os.path.abspath(str(extract_to))}
 

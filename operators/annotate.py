@@ -64,7 +64,7 @@ class AnnotateAttributes(foo.Operator):
                    **form_check(ctx, "shards", params.shards))
         size_notice(ctx, inputs, run_now_up_to(model))
         door_check(inputs, lambda: _check(ctx.params, model), fallback="checkpoint" if mac else "model")
-        return types.Property(inputs, view=types.View(label="Annotate face attributes"))
+        return inputs.as_property("Annotate face attributes")
 
     def resolve_delegation(self, ctx):
         resolve_path(ctx, "checkpoint")  # before the parameters are queued

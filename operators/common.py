@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -60,8 +61,34 @@ class Form(types.Object):
             prop.error_message = in_form_words(error, prop, name)
         return prop
 
+    def as_property(self, label: str) -> types.Property:
+        """The form as ``resolve_input`` returns it, titled ``label``; every field's message now
+        names the CLI options it mentions by the form's labels (:func:`options_as_labels`: once
+        every field is defined, so a message may name a field defined after its own)."""
+        labels = {name: getattr(prop.view, "label", None) for name, prop in self.properties.items()}
+        for prop in self.properties.values():
+            if getattr(prop, "error_message", None):
+                prop.error_message = options_as_labels(prop.error_message, labels)
+        return types.Property(self, view=types.View(label=label))
+
     def to_json(self):
         return {**super().to_json(), "name": "Object"}  # the App knows FiftyOne's type names only
+
+
+#: a CLI option in a message, with its placeholder if any: "--checkpoint PATH", "--overwrite"
+_OPTION = re.compile(r"--([a-z][a-z0-9-]*)(?: ([A-Z][A-Z_]*)\b)?")
+
+
+def options_as_labels(message: str, labels: dict[str, str | None]) -> str:
+    """``message`` with each CLI option it mentions ("give --checkpoint PATH") named as the form
+    labels that field ('give "Checkpoint"'): the messages are one for every door and say the
+    CLI's words; an option the form has no field for stays as it is."""
+
+    def label(match: re.Match) -> str:
+        name = labels.get(match.group(1).replace("-", "_"))
+        return f'"{name}"' if name else match.group(0)
+
+    return _OPTION.sub(label, message)
 
 
 #: the option :func:`form_check` hands :meth:`Form.define_property`: the refusal itself

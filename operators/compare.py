@@ -34,7 +34,7 @@ class ComputeAttributeComparison(foo.Operator):
                    **form_check(ctx, "bootstrap", params.bootstrap))
         inputs.bool("open_panel", default=True, label="Open the comparison panel")
         execution_mode(ctx, inputs)
-        return types.Property(inputs, view=types.View(label="Compare attributes"))
+        return inputs.as_property("Compare attributes")
 
     def resolve_delegation(self, ctx):
         return wants_delegation(ctx)

@@ -69,7 +69,7 @@ class ComputeFaceEmbeddings(foo.Operator):
                    description="Queue N delegated operations, one shard each",
                    **form_check(ctx, "shards", params.shards))
         size_notice(ctx, inputs)
-        return types.Property(inputs, view=types.View(label="Compute face embeddings"))
+        return inputs.as_property("Compute face embeddings")
 
     def resolve_delegation(self, ctx):
         return delegation_by_size(ctx)

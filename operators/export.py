@@ -53,7 +53,7 @@ class ExportTrainingSet(foo.Operator):
         inputs.enum("no_identity", list(core.NO_IDENTITY), default="refuse", label="Samples without identity")
         inputs.bool("overwrite", default=False, label="Empty a non-empty folder first")
         execution_mode(ctx, inputs)
-        return types.Property(inputs, view=types.View(label="Export training set"))
+        return inputs.as_property("Export training set")
 
     def resolve_delegation(self, ctx):
         return wants_delegation(ctx)

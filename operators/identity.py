@@ -49,7 +49,7 @@ class ComputeIdentityAudit(foo.Operator):
             inputs.int("seed", default=0, min=0, label="Seed")
             inputs.bool("tag", default=True, label="Tag leaks, collisions and outliers (and save views)")
             execution_mode(ctx, inputs)
-        return types.Property(inputs, view=types.View(label="Identity audit"))
+        return inputs.as_property("Identity audit")
 
     def resolve_delegation(self, ctx):
         return wants_delegation(ctx)

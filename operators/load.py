@@ -66,7 +66,7 @@ class LoadFaceDataset(foo.Operator):
                    **form_check(ctx, "limit", lambda v: params.to_int("limit", v, minimum=1)))
         execution_mode(ctx, inputs)
         door_check(inputs, lambda: _check(ctx.params), fallback="path")
-        return types.Property(inputs, view=types.View(label="Load face dataset"))
+        return inputs.as_property("Load face dataset")
 
     def resolve_delegation(self, ctx):
         for name in ("path", "extract_to"):  # before the parameters are queued
@@ -115,4 +115,5 @@ def _check(p: dict) -> None:
     if params.is_blank(p.get("path")):
         return  # a required field: the form says so
     check_load(p.get("path"), source=p.get("source") or None, domain=p.get("domain") or None,
-               format=p.get("format") or None, preset=_preset(p), limit=p.get("limit"))
+               format=p.get("format") or None, preset=_preset(p), limit=p.get("limit"),
+               extract_to=p.get("extract_to"))

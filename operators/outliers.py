@@ -62,7 +62,7 @@ class FlagSyntheticOutliers(foo.Operator):
                            {"invalid": True, "error_message": "select the reviewed faces in the grid first"}))
         inputs.str("tag", default=outliers.OUTLIER_TAG, label="Tag",
                    **form_check(ctx, "tag", lambda v: params.tag(v)))
-        return types.Property(inputs, view=types.View(label="Flag synthetic outliers"))
+        return inputs.as_property("Flag synthetic outliers")
 
     def execute(self, ctx):
         from fiftyone_plugin import outliers

@@ -50,7 +50,7 @@ class RebalanceSyntheticSource(foo.Operator):
         inputs.enum("unit", ["identity", "sample"], default="identity", label="Choose whole")
         inputs.str("tag", default=rebalance.DEFAULT_TAG, label="Tag and saved view",
                    **form_check(ctx, "tag", lambda v: params.name("tag", v, required=False)))
-        return types.Property(inputs, view=types.View(label="Rebalance a synthetic source"))
+        return inputs.as_property("Rebalance a synthetic source")
 
     def execute(self, ctx):
         from fiftyone_plugin import rebalance

@@ -14,6 +14,8 @@ import pytest
 from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionError
 
+from faceaudit.recordio import write_recordio
+
 LOAD_URI = "@faceaudit/face-audit/load_face_dataset"
 FIFTYONE = str(Path(sys.executable).with_name("fiftyone"))
 
@@ -95,10 +97,16 @@ def test_operators_refuse_bad_arguments_before_writing(tmp_path, faces, dataset_
 
     faces.identity_tree(tmp_path / "a", {"x": 2})
     faces.identity_tree(tmp_path / "b", {"y": 2})
+    rec = tmp_path / "r" / "train.rec"
+    rec.parent.mkdir()
+    write_recordio(str(rec), [(0.0, faces.jpeg(0)), (1.0, faces.jpeg(1))])
     load_face_dataset(str(tmp_path / "a"), source="a", domain="real", dataset_name=dataset_name)
     ds = fo.load_dataset(dataset_name)
     before = _state(ds)
     cases = [
+        # found by the form (the CLI's scan says the same), named by its label, not "--extract-to"
+        (LOAD_URI, {"path": str(rec.parent), "source": "r", "domain": "real"},
+         f"Extract RecordIO images to: {rec}: RecordIO images must be extracted to files"),
         (ANNOTATE_URI, {"model": "agegender", "threshold": "nan"}, "threshold: must be a finite number"),
         (ANNOTATE_URI, {"model": "agegender", "threshold": "-1"}, "threshold: must be at least 0"),
         (ANNOTATE_URI, {"model": "agegender", "batch_size": "0"}, "Batch size: must be at least 1"),
@@ -117,8 +125,10 @@ def test_operators_refuse_bad_arguments_before_writing(tmp_path, faces, dataset_
         (COMPARE_URI, {"bootstrap": -1}, "bootstrap"),
     ]
     for uri, params, message in cases:  # refused by the form's validation or by faceaudit.params
-        with pytest.raises(ExecutionError, match=re.escape(message)):
+        with pytest.raises(ExecutionError, match=re.escape(message)) as refused:
             foo.execute_operator(uri, ctx={"dataset": ds, "params": {**params, "delegate": "false"}})
+        # the form names fields by their labels, never by the CLI's options ("give --checkpoint PATH")
+        assert not re.search(r"--[a-z]", str(refused.value)), (params, str(refused.value))
         assert _state(ds) == before, params
 
 

@@ -486,7 +486,7 @@ def model_file(value: Any, required: bool = True, param: str = "checkpoint") -> 
     other folders)."""
     if is_blank(value):
         if required:
-            raise ParamError(param, "a model file is required: give --checkpoint PATH")
+            raise ParamError(param, "a model file is required")
         return None
     path = os.path.abspath(os.path.expanduser(str(value).strip()))
     if not os.path.exists(path):
