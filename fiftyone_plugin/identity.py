@@ -85,8 +85,10 @@ _NPY_DTYPES = {b"'<f4'": np.float32, b"'<f2'": np.float16, b"'<f8'": np.float64}
 _ONE_D = re.compile(rb"'shape': \(\d+,\)")
 
 
-def read_source(dataset, source: str, batch: int = READ_BATCH):
-    """``source``'s vectors as :class:`faceaudit.identity.Chunk`, sorted by identity."""
+def read_source(dataset, source: str, batch: int = READ_BATCH, dim: int | None = None, recorded: str = ""):
+    """``source``'s vectors as :class:`faceaudit.identity.Chunk`, sorted by identity. A vector
+    that is not 1-d, or not ``dim``-d (the first vector's dimension when None), is refused
+    naming its sample; ``recorded`` says where ``dim`` came from."""
     cursor = dataset._sample_collection.find(
         {schema.SOURCE: source, EMBEDDING_FIELD: {"$ne": None}},
         {"_id": 1, schema.IDENTITY: 1, EMBEDDING_FIELD: 1},
@@ -96,7 +98,12 @@ def read_source(dataset, source: str, batch: int = READ_BATCH):
         keys.append(doc["_id"])
         ident = doc.get(schema.IDENTITY)
         ids.append(ident if ident not in ("",) else None)
-        vecs.append(decode(doc[EMBEDDING_FIELD]))
+        vec = decode(doc[EMBEDDING_FIELD])
+        dim = dim if dim is not None or vec.ndim != 1 else vec.shape[0]
+        if vec.shape != (dim,):
+            problem = (f"has {vec.size} components" if vec.ndim == 1 else f"is not a row of numbers (shape {vec.shape})")
+            raise core.IdentityError(core.bad_vector(doc["_id"], f"{problem}{recorded or ', the others'} {dim}"))
+        vecs.append(vec)
         if len(keys) == batch:
             yield core.Chunk(keys, ids, np.stack(vecs).astype(np.float32))
             keys, ids, vecs = [], [], []
@@ -164,7 +171,9 @@ def identity_audit(dataset, opts: core.AuditOptions, tag: bool = False, similari
     info = schema.get_info(dataset, "embedding") or {}
     model = info.get("model")
     found = plans(dataset)
-    audit, order = core.ordered_audit(found, opts, model)  # refuses before any write
+    dim = info.get("dim") if isinstance(info.get("dim"), int) and info.get("dim") > 0 else None
+    recorded = f" but dataset.info's embedding ({model}) says" if dim else ""
+    audit, order = core.ordered_audit(found, opts, model, dim)  # refuses before any write
     ensure_fields(dataset)
     _clear_unfed(dataset)
     bulk.drop_field_indexes(dataset._sample_collection, WRITTEN_FIELDS)
@@ -172,7 +181,7 @@ def identity_audit(dataset, opts: core.AuditOptions, tag: bool = False, similari
     write = _writer(dataset, writes)
     try:
         for name in order:
-            for chunk, sim, nearest in audit.feed(name, read_source(dataset, name)):
+            for chunk, sim, nearest in audit.feed(name, read_source(dataset, name, dim=dim, recorded=recorded)):
                 write(name, chunk, sim, nearest)
     finally:
         try:
