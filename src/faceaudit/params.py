@@ -491,8 +491,10 @@ def model_file(value: Any, required: bool = True, param: str = "checkpoint") -> 
     path = os.path.abspath(os.path.expanduser(str(value).strip()))
     if not os.path.exists(path):
         raise ParamError(param, f"{path}: no such file")
-    if not os.path.isfile(path):
+    if os.path.isdir(path):
         raise ParamError(param, f"{path}: is a folder, not a model file")
+    if not os.path.isfile(path):  # a FIFO would block the loader; a device is no model
+        raise ParamError(param, f"{path}: is not a regular file (a device, pipe or socket), not a model file")
     return path
 
 
