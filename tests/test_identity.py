@@ -271,6 +271,7 @@ def _snapshot(ds):
 @pytest.mark.parametrize("argv, message", [
     (["--threshold", "1.5"], "threshold: must be at most 1"),
     (["--threshold", "nan"], "threshold: must be a finite number"),
+    (["--threshold", "-1.0000001"], "threshold: must be at least -1, got -1.0000001"),  # was "got -1"
     (["--fmr", "0"], "fmr: must be between 0 and 1"),
     (["--fmr", "1"], "fmr: must be between 0 and 1"),
     (["--fmr", "1e-6"], "fmr: the real sources have"),

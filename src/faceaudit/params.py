@@ -122,10 +122,16 @@ def to_float(param: str, value: Any, default: float | None = None, minimum: floa
     if not math.isfinite(result):
         raise ParamError(param, f"must be a finite number, got {value!r}")
     if minimum is not None and result < minimum:
-        raise ParamError(param, f"must be at least {minimum:g}, got {result:g}")
+        raise ParamError(param, f"must be at least {minimum:g}, got {_beside(result, minimum)}")
     if maximum is not None and result > maximum:
-        raise ParamError(param, f"must be at most {maximum:g}, got {result:g}")
+        raise ParamError(param, f"must be at most {maximum:g}, got {_beside(result, maximum)}")
     return result
+
+
+def _beside(value: float, bound: float) -> str:
+    """``value`` in as few digits as tell it from ``bound`` (``-1.0000001``, not ``-1``)."""
+    text = f"{value:g}"
+    return repr(value) if text == f"{bound:g}" else text
 
 
 def choice(param: str, value: Any, choices, default: str | None = None) -> str | None:
