@@ -18,7 +18,7 @@ import numpy as np
 from faceaudit import identity as core
 from faceaudit import params
 
-from . import bulk, schema
+from . import bulk, locks, schema
 
 EMBEDDING_FIELD = "face_embedding"
 SIMILARITY_FIELD = "identity_similarity"
@@ -162,12 +162,26 @@ def _clear_unfed(dataset) -> None:
         {"$unset": {f: "" for f in WRITTEN_FIELDS}})
 
 
+def one_at_a_time(dataset):
+    """The dataset's identity-audit lock: two audits (or an audit and ``--clear``) at once would
+    leave one run's result in dataset.info and the other's tags on the samples; the second is
+    refused in one line."""
+    return locks.exclusive(f"identity:{dataset.name}", f"dataset {dataset.name!r}: another identity audit "
+                                                       "(or --clear) of it is running")
+
+
 def identity_audit(dataset, opts: core.AuditOptions, tag: bool = False, similarity_index: bool = True,
                    visualization: bool | None = None) -> dict:
     """The whole audit, as ``faceaudit identity`` and the operator run it; returns the result
     (also stored under ``dataset.info["faceaudit"]["identity"]``). Every check runs before the
-    first write: a refused run leaves the dataset as it was."""
+    first write: a refused run leaves the dataset as it was. One audit of a dataset at a time
+    (:func:`one_at_a_time`)."""
     require_embeddings(dataset)
+    with one_at_a_time(dataset):
+        return _audit(dataset, opts, tag, similarity_index, visualization)
+
+
+def _audit(dataset, opts, tag, similarity_index, visualization) -> dict:
     info = schema.get_info(dataset, "embedding") or {}
     model = info.get("model")
     found = plans(dataset)
@@ -215,7 +229,7 @@ def tag_samples(dataset, outcome: core.AuditOutcome) -> dict[str, int]:
     from fiftyone import ViewField as F
 
     t = outcome.result["threshold"]
-    clear_tags(dataset, keep_views=True)
+    _clear_tags(dataset, keep_views=True)
     coll = dataset._sample_collection
     stamp = {"$set": {"last_modified_at": schema.utc_now()}}
     counts = dict.fromkeys(TAGS, 0)
@@ -241,7 +255,13 @@ def tag_samples(dataset, outcome: core.AuditOutcome) -> dict[str, int]:
 
 
 def clear_tags(dataset, keep_views: bool = False) -> int:
-    """Remove the three identity tags (and, unless ``keep_views``, their saved views)."""
+    """Remove the three identity tags (and, unless ``keep_views``, their saved views); refused
+    while an audit of the dataset runs."""
+    with one_at_a_time(dataset):
+        return _clear_tags(dataset, keep_views)
+
+
+def _clear_tags(dataset, keep_views: bool) -> int:
     n = dataset._sample_collection.update_many(
         {"tags": {"$in": list(TAGS)}},
         {"$pull": {"tags": {"$in": list(TAGS)}}, "$set": {"last_modified_at": schema.utc_now()}}).modified_count

@@ -462,3 +462,38 @@ def test_vectors_that_are_not_unit_length_are_normalised(world, audited):
         assert np.nanmax(np.abs(sims)) <= 1 + 1e-3
     finally:
         ds.delete()
+
+
+def test_a_second_audit_while_one_runs_is_refused(world, audited, capsys):
+    """Two audits at once left one run's result in dataset.info and the other's tags on the
+    samples (seen: `identity --tag --threshold 0.3` and, a second later, `--threshold 0.6
+    --no-similarity-index`: info said 0.3 with 84 leaks tagged, the samples held 0.6's tags). While
+    an audit holds the dataset, a second one and --clear are refused in one line and change
+    nothing; a lock left by a killed audit on this host (its process gone) is taken over at once."""
+    import subprocess
+    import sys
+
+    import fiftyone.core.odm as foo_db
+
+    from fiftyone_plugin import locks
+
+    name, _, _ = world
+    ds = fo.load_dataset(name)
+    before = _snapshot(ds)
+    with adapter.one_at_a_time(ds):  # as another process's audit would hold it
+        for argv in (["--threshold", str(THRESHOLD), "--tag"], ["--clear"]):
+            code, out, err = run_cli(["identity", "--dataset", name, *argv], capsys)
+            assert code == 2 and len(err.strip().splitlines()) == 1, err
+            assert "another identity audit" in err and str(os.getpid()) in err, err
+        assert _snapshot(ds) == before
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    now = schema.utc_now()
+    foo_db.get_db_conn()[locks.LOCKS].insert_one(
+        {"_id": f"identity:{name}", "owner": "killed", "host": __import__("socket").gethostname(),
+         "pid": int(dead.stdout), "since": now, "renewed_at": now})
+    code, out, err = run_cli(["identity", "--dataset", name, "--threshold", str(THRESHOLD), "--tag",
+                              "--no-similarity-index"], capsys)
+    assert code == 0, err
+    assert foo_db.get_db_conn()[locks.LOCKS].find_one({"_id": f"identity:{name}"}) is None
+    strip = lambda docs: [{k: v for k, v in d.items() if k != "tags"} for d in docs]  # noqa: E731
+    assert strip(_snapshot(ds)[0]) == strip(before[0])  # the same vectors: the same values
