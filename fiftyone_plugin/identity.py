@@ -59,6 +59,9 @@ def plans(dataset) -> dict[str, core.SourcePlan]:
         s, ident = r["_id"]["s"], r["_id"].get("i")
         plan = found.setdefault(s, core.SourcePlan(r.get("domain") or "real", {}, 0))
         plan.samples += r["n"]
+        if ident is not None and not isinstance(ident, str):  # a raw write: FiftyOne's schema says text
+            raise core.IdentityError(f"source {s!r}: the identity of {r['n']} samples is not text ({ident!r:.60}, "
+                                     f"{type(ident).__name__}): set it to a string or None")
         if ident is not None and ident != "":
             plan.identity_counts[ident] = r["n"]
     for plan in found.values():

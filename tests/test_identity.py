@@ -497,3 +497,20 @@ def test_a_second_audit_while_one_runs_is_refused(world, audited, capsys):
     assert foo_db.get_db_conn()[locks.LOCKS].find_one({"_id": f"identity:{name}"}) is None
     strip = lambda docs: [{k: v for k, v in d.items() if k != "tags"} for d in docs]  # noqa: E731
     assert strip(_snapshot(ds)[0]) == strip(before[0])  # the same vectors: the same values
+
+
+def test_an_identity_that_is_not_text_is_refused_in_one_line(world, audited, capsys):
+    """An identity stored as a number by a raw database write (FiftyOne's set_values refuses it;
+    pymongo does not): before, a TypeError traceback from sorting numbers with strings."""
+    name, _, _ = world
+    ds = fo.load_dataset(name).clone()
+    try:
+        victim = ds.match({schema.SOURCE: "synth"}).first()
+        ds._sample_collection.update_one({"_id": victim._id}, {"$set": {schema.IDENTITY: 5}})
+        before = _snapshot(ds)
+        code, out, err = run_cli(["identity", "--dataset", ds.name, "--threshold", str(THRESHOLD)], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "identity" in err and "synth" in err and "5" in err and "not text" in err, err
+        assert _snapshot(ds) == before
+    finally:
+        ds.delete()
