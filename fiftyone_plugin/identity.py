@@ -18,7 +18,7 @@ import numpy as np
 from faceaudit import identity as core
 from faceaudit import params
 
-from . import bulk, schema
+from . import bulk, locks, schema
 
 EMBEDDING_FIELD = "face_embedding"
 SIMILARITY_FIELD = "identity_similarity"
@@ -59,6 +59,9 @@ def plans(dataset) -> dict[str, core.SourcePlan]:
         s, ident = r["_id"]["s"], r["_id"].get("i")
         plan = found.setdefault(s, core.SourcePlan(r.get("domain") or "real", {}, 0))
         plan.samples += r["n"]
+        if ident is not None and not isinstance(ident, str):  # a raw write: FiftyOne's schema says text
+            raise core.IdentityError(f"source {s!r}: the identity of {r['n']} samples is not text ({ident!r:.60}, "
+                                     f"{type(ident).__name__}): set it to a string or None")
         if ident is not None and ident != "":
             plan.identity_counts[ident] = r["n"]
     for plan in found.values():
@@ -85,8 +88,10 @@ _NPY_DTYPES = {b"'<f4'": np.float32, b"'<f2'": np.float16, b"'<f8'": np.float64}
 _ONE_D = re.compile(rb"'shape': \(\d+,\)")
 
 
-def read_source(dataset, source: str, batch: int = READ_BATCH):
-    """``source``'s vectors as :class:`faceaudit.identity.Chunk`, sorted by identity."""
+def read_source(dataset, source: str, batch: int = READ_BATCH, dim: int | None = None, recorded: str = ""):
+    """``source``'s vectors as :class:`faceaudit.identity.Chunk`, sorted by identity. A vector
+    that is not 1-d, or not ``dim``-d (the first vector's dimension when None), is refused
+    naming its sample; ``recorded`` says where ``dim`` came from."""
     cursor = dataset._sample_collection.find(
         {schema.SOURCE: source, EMBEDDING_FIELD: {"$ne": None}},
         {"_id": 1, schema.IDENTITY: 1, EMBEDDING_FIELD: 1},
@@ -96,7 +101,12 @@ def read_source(dataset, source: str, batch: int = READ_BATCH):
         keys.append(doc["_id"])
         ident = doc.get(schema.IDENTITY)
         ids.append(ident if ident not in ("",) else None)
-        vecs.append(decode(doc[EMBEDDING_FIELD]))
+        vec = decode(doc[EMBEDDING_FIELD])
+        dim = dim if dim is not None or vec.ndim != 1 else vec.shape[0]
+        if vec.shape != (dim,):
+            problem = (f"has {vec.size} components" if vec.ndim == 1 else f"is not a row of numbers (shape {vec.shape})")
+            raise core.IdentityError(core.bad_vector(doc["_id"], f"{problem}{recorded or ', the others'} {dim}"))
+        vecs.append(vec)
         if len(keys) == batch:
             yield core.Chunk(keys, ids, np.stack(vecs).astype(np.float32))
             keys, ids, vecs = [], [], []
@@ -155,16 +165,32 @@ def _clear_unfed(dataset) -> None:
         {"$unset": {f: "" for f in WRITTEN_FIELDS}})
 
 
+def one_at_a_time(dataset):
+    """The dataset's identity-audit lock: two audits (or an audit and ``--clear``) at once would
+    leave one run's result in dataset.info and the other's tags on the samples; the second is
+    refused in one line."""
+    return locks.exclusive(f"identity:{dataset.name}", f"dataset {dataset.name!r}: another identity audit "
+                                                       "(or --clear) of it is running")
+
+
 def identity_audit(dataset, opts: core.AuditOptions, tag: bool = False, similarity_index: bool = True,
                    visualization: bool | None = None) -> dict:
     """The whole audit, as ``faceaudit identity`` and the operator run it; returns the result
     (also stored under ``dataset.info["faceaudit"]["identity"]``). Every check runs before the
-    first write: a refused run leaves the dataset as it was."""
+    first write: a refused run leaves the dataset as it was. One audit of a dataset at a time
+    (:func:`one_at_a_time`)."""
     require_embeddings(dataset)
+    with one_at_a_time(dataset):
+        return _audit(dataset, opts, tag, similarity_index, visualization)
+
+
+def _audit(dataset, opts, tag, similarity_index, visualization) -> dict:
     info = schema.get_info(dataset, "embedding") or {}
     model = info.get("model")
     found = plans(dataset)
-    audit, order = core.ordered_audit(found, opts, model)  # refuses before any write
+    dim = info.get("dim") if isinstance(info.get("dim"), int) and info.get("dim") > 0 else None
+    recorded = f" but dataset.info's embedding ({model}) says" if dim else ""
+    audit, order = core.ordered_audit(found, opts, model, dim)  # refuses before any write
     ensure_fields(dataset)
     _clear_unfed(dataset)
     bulk.drop_field_indexes(dataset._sample_collection, WRITTEN_FIELDS)
@@ -172,7 +198,7 @@ def identity_audit(dataset, opts: core.AuditOptions, tag: bool = False, similari
     write = _writer(dataset, writes)
     try:
         for name in order:
-            for chunk, sim, nearest in audit.feed(name, read_source(dataset, name)):
+            for chunk, sim, nearest in audit.feed(name, read_source(dataset, name, dim=dim, recorded=recorded)):
                 write(name, chunk, sim, nearest)
     finally:
         try:
@@ -206,7 +232,7 @@ def tag_samples(dataset, outcome: core.AuditOutcome) -> dict[str, int]:
     from fiftyone import ViewField as F
 
     t = outcome.result["threshold"]
-    clear_tags(dataset, keep_views=True)
+    _clear_tags(dataset, keep_views=True)
     coll = dataset._sample_collection
     stamp = {"$set": {"last_modified_at": schema.utc_now()}}
     counts = dict.fromkeys(TAGS, 0)
@@ -232,7 +258,13 @@ def tag_samples(dataset, outcome: core.AuditOutcome) -> dict[str, int]:
 
 
 def clear_tags(dataset, keep_views: bool = False) -> int:
-    """Remove the three identity tags (and, unless ``keep_views``, their saved views)."""
+    """Remove the three identity tags (and, unless ``keep_views``, their saved views); refused
+    while an audit of the dataset runs."""
+    with one_at_a_time(dataset):
+        return _clear_tags(dataset, keep_views)
+
+
+def _clear_tags(dataset, keep_views: bool) -> int:
     n = dataset._sample_collection.update_many(
         {"tags": {"$in": list(TAGS)}},
         {"$pull": {"tags": {"$in": list(TAGS)}}, "$set": {"last_modified_at": schema.utc_now()}}).modified_count

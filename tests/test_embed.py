@@ -123,6 +123,10 @@ def test_onnx_that_is_not_a_face_model_and_missing_checkpoints_are_refused(model
         params.embedding_model("iresnet", str(tmp_path / "missing.pth"))
     with pytest.raises(params.ParamError, match="checkpoint: .* is a folder"):
         params.embedding_model("iresnet", str(tmp_path))
+    os.mkfifo(tmp_path / "pipe.pth")  # before: "is a folder"; reading a FIFO would block
+    for special in (str(tmp_path / "pipe.pth"), os.devnull):
+        with pytest.raises(params.ParamError, match="checkpoint: .* is not a regular file"):
+            params.embedding_model("iresnet", special)
     with pytest.raises(params.ParamError, match="model: must be one of dlib, iresnet, onnx"):
         params.embedding_model("facenet")
     with pytest.raises(params.ParamError, match="flip: --flip is for iresnet and onnx"):

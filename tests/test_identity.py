@@ -271,9 +271,12 @@ def _snapshot(ds):
 @pytest.mark.parametrize("argv, message", [
     (["--threshold", "1.5"], "threshold: must be at most 1"),
     (["--threshold", "nan"], "threshold: must be a finite number"),
+    (["--threshold", "-1.0000001"], "threshold: must be at least -1, got -1.0000001"),  # was "got -1"
     (["--fmr", "0"], "fmr: must be between 0 and 1"),
     (["--fmr", "1"], "fmr: must be between 0 and 1"),
     (["--fmr", "1e-6"], "fmr: the real sources have"),
+    (["--fmr", "5e-324"], "fmr: must be at least"),  # 10 / FMR overflowed: a traceback
+    (["--fmr", "1e-300"], "fmr: must be at least"),  # a 300-digit pair count in the message
     (["--max-pairs", "5"], "--max-pairs: must be at least 100"),
     (["--seed", "-1"], "seed: must be at least 0"),
 ])
@@ -394,3 +397,120 @@ def test_operator(world):
     cleared = foo.execute_operator("@faceaudit/face-audit/compute_identity_audit",
                                    ctx={"dataset": ds, "params": {"rule": "clear"}})
     assert cleared.result["cleared"] > 0
+
+
+@pytest.mark.parametrize("bad, problem", [
+    (np.ones(64, np.float32) / 8, "has 64 components but dataset.info's embedding (dlib) says 128"),
+    (np.full(128, np.nan, np.float32), "not finite"),
+    (np.r_[np.full(127, 0.0), np.inf].astype(np.float32), "not finite"),
+    (np.zeros(128, np.float32), "zero vector"),
+])
+def test_a_hostile_stored_vector_is_refused_in_one_line(world, audited, capsys, bad, problem):
+    """A vector written by hand (``set_values``) with another dimension, NaN / inf components or
+    no length: one line naming the sample and the problem (before: a numpy traceback, or NaN
+    statistics stored in dataset.info), and the first source's bad vector stops the audit before
+    its values, the result in dataset.info, the tags or the views change."""
+    name, _, _ = world
+    ds = fo.load_dataset(name).clone()
+    try:
+        victim = ds.match({schema.SOURCE: "real"}).first()
+        victim[adapter.EMBEDDING_FIELD] = bad
+        victim.save()
+        before = _snapshot(ds)
+        code, out, err = run_cli(["identity", "--dataset", ds.name, "--threshold", str(THRESHOLD), "--tag"], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert problem in err and victim.id in err and adapter.EMBEDDING_FIELD in err, err
+        assert _snapshot(ds) == before
+    finally:
+        ds.delete()
+
+
+def test_vectors_of_another_dimension_than_recorded_are_refused(world, audited, capsys):
+    """Every vector 64-d while dataset.info's embedding says 128 (vectors of another model written
+    over the field): refused, naming both."""
+    name, _, _ = world
+    ds = fo.load_dataset(name).clone()
+    try:
+        ds.set_values(adapter.EMBEDDING_FIELD, [np.ones(64, np.float32) / 8] * len(ds))
+        before = _snapshot(ds)
+        code, out, err = run_cli(["identity", "--dataset", ds.name, "--threshold", str(THRESHOLD)], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "64" in err and "128" in err and "dataset.info" in err, err
+        assert _snapshot(ds) == before
+    finally:
+        ds.delete()
+
+
+def test_vectors_that_are_not_unit_length_are_normalised(world, audited):
+    """The audit's scores are cosines: a vector stored at 10x its length (before: a genuine mean
+    of -1.96, cosines outside [-1, 1]) gives the same result as the unit one."""
+    name, _, _ = world
+    ds = fo.load_dataset(name).clone()
+    try:
+        opts = adapter.options(threshold=THRESHOLD)
+        first = adapter.identity_audit(ds, opts, similarity_index=False)
+        for sample in ds.match({schema.SOURCE: {"$in": ["real", "synth"]}}).limit(5):
+            sample[adapter.EMBEDDING_FIELD] = sample[adapter.EMBEDDING_FIELD].astype(np.float32) * 10
+            sample.save()
+        second = adapter.identity_audit(ds, opts, similarity_index=False)
+        for source in ("real", "synth"):
+            a, b = first["sources"][source], second["sources"][source]
+            for kind in ("genuine", "impostor"):
+                assert b[kind]["mean"] == pytest.approx(a[kind]["mean"], abs=1e-3)
+            assert b["eer"] == pytest.approx(a["eer"], abs=1e-3) and b["uniqueness"] == a["uniqueness"]
+        sims = np.array(ds.values(adapter.SIMILARITY_FIELD), dtype=float)
+        assert np.nanmax(np.abs(sims)) <= 1 + 1e-3
+    finally:
+        ds.delete()
+
+
+def test_a_second_audit_while_one_runs_is_refused(world, audited, capsys):
+    """Two audits at once left one run's result in dataset.info and the other's tags on the
+    samples (seen: `identity --tag --threshold 0.3` and, a second later, `--threshold 0.6
+    --no-similarity-index`: info said 0.3 with 84 leaks tagged, the samples held 0.6's tags). While
+    an audit holds the dataset, a second one and --clear are refused in one line and change
+    nothing; a lock left by a killed audit on this host (its process gone) is taken over at once."""
+    import subprocess
+    import sys
+
+    import fiftyone.core.odm as foo_db
+
+    from fiftyone_plugin import locks
+
+    name, _, _ = world
+    ds = fo.load_dataset(name)
+    before = _snapshot(ds)
+    with adapter.one_at_a_time(ds):  # as another process's audit would hold it
+        for argv in (["--threshold", str(THRESHOLD), "--tag"], ["--clear"]):
+            code, out, err = run_cli(["identity", "--dataset", name, *argv], capsys)
+            assert code == 2 and len(err.strip().splitlines()) == 1, err
+            assert "another identity audit" in err and str(os.getpid()) in err, err
+        assert _snapshot(ds) == before
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    now = schema.utc_now()
+    foo_db.get_db_conn()[locks.LOCKS].insert_one(
+        {"_id": f"identity:{name}", "owner": "killed", "host": __import__("socket").gethostname(),
+         "pid": int(dead.stdout), "since": now, "renewed_at": now})
+    code, out, err = run_cli(["identity", "--dataset", name, "--threshold", str(THRESHOLD), "--tag",
+                              "--no-similarity-index"], capsys)
+    assert code == 0, err
+    assert foo_db.get_db_conn()[locks.LOCKS].find_one({"_id": f"identity:{name}"}) is None
+    strip = lambda docs: [{k: v for k, v in d.items() if k != "tags"} for d in docs]  # noqa: E731
+    assert strip(_snapshot(ds)[0]) == strip(before[0])  # the same vectors: the same values
+
+
+def test_an_identity_that_is_not_text_is_refused_in_one_line(world, audited, capsys):
+    """An identity stored as a number by a raw database write (FiftyOne's set_values refuses it;
+    pymongo does not): before, a TypeError traceback from sorting numbers with strings."""
+    name, _, _ = world
+    ds = fo.load_dataset(name).clone()
+    try:
+        victim = ds.match({schema.SOURCE: "synth"}).first()
+        ds._sample_collection.update_one({"_id": victim._id}, {"$set": {schema.IDENTITY: 5}})
+        before = _snapshot(ds)
+        code, out, err = run_cli(["identity", "--dataset", ds.name, "--threshold", str(THRESHOLD)], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "identity" in err and "synth" in err and "5" in err and "not text" in err, err
+        assert _snapshot(ds) == before
+    finally:
+        ds.delete()

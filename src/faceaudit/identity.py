@@ -72,6 +72,45 @@ class IdentityError(ValueError):
     """An identity audit that cannot run; the message says why."""
 
 
+#: a stored vector whose length is further than this from 1 is normalised before use (float16
+#: storage moves a unit vector's length by ~1e-3; a user's raw descriptors are ~1.4)
+UNIT_TOLERANCE = 1e-2
+#: shortest vector that has a direction: below it, a vector is refused as a zero vector
+MIN_NORM = 1e-6
+MIN_FMR = 1e-9  # 10 / FMR = 1e10 impostor pairs: more than any --max-pairs over 200 sources gives
+
+
+def bad_vector(key, problem: str) -> str:
+    """The one line that refuses a stored vector: which sample, what is wrong, what to do."""
+    return (f"face_embedding of sample {key} {problem}: embed it again (faceaudit embed --overwrite) "
+            f"or set it to None")
+
+
+def checked_vectors(keys: Sequence, vectors, dim: int | None) -> np.ndarray:
+    """``vectors`` as float32 unit rows: refuses (:class:`IdentityError`, naming the sample) a
+    row of another dimension than ``dim``, with a NaN or infinite component, or of length ~0;
+    normalises a row whose length is not 1 (the audit's scores are cosines)."""
+    x = np.asarray(vectors, dtype=np.float32)
+    if x.ndim != 2:
+        raise IdentityError(bad_vector(keys[0], f"is not a row of numbers (shape {x.shape[1:]})"))
+    if dim is not None and x.shape[1] != dim:
+        raise IdentityError(bad_vector(keys[0], f"has {x.shape[1]} components, the others {dim}"))
+    finite = np.isfinite(x).all(1)
+    if not finite.all():
+        raise IdentityError(bad_vector(keys[int(np.argmin(finite))], "has components that are not finite (NaN or infinity)"))
+    with np.errstate(over="ignore"):
+        norms = np.linalg.norm(x.astype(np.float64), axis=1)
+    if (norms < MIN_NORM).any() or not np.isfinite(norms).all():
+        k = int(np.argmax((norms < MIN_NORM) | ~np.isfinite(norms)))
+        raise IdentityError(bad_vector(keys[k], "is a zero vector (no direction to compare)" if norms[k] < MIN_NORM
+                                       else "is too long to normalise in float32"))
+    off = np.abs(norms - 1.0) > UNIT_TOLERANCE
+    if off.any():
+        x = x.copy()
+        x[off] = (x[off] / norms[off, None]).astype(np.float32)
+    return x
+
+
 def similarity_threshold(value, param: str = "threshold") -> float | None:
     """A cosine threshold: finite, in [-1, 1]."""
     return params.to_float(param, value, minimum=-1.0, maximum=1.0)
@@ -81,7 +120,9 @@ def target_fmr(value, param: str = "fmr") -> float | None:
     """A false match rate strictly between 0 and 1."""
     fmr = params.to_float(param, value)
     if fmr is not None and not 0.0 < fmr < 1.0:
-        raise params.ParamError(param, f"must be between 0 and 1 (exclusive), got {fmr:g}")
+        raise params.ParamError(param, f"must be between 0 and 1 (exclusive), got {fmr!r}")
+    if fmr is not None and fmr < MIN_FMR:  # 10 / FMR impostor pairs: no dataset has 10 / 1e-300
+        raise params.ParamError(param, f"must be at least {MIN_FMR:g} (it needs 10 / FMR impostor pairs), got {fmr!r}")
     return fmr
 
 
@@ -510,8 +551,10 @@ class IdentityAudit:
 
     ``plans``: source -> :class:`SourcePlan`, in the order they will be fed."""
 
-    def __init__(self, plans: dict[str, SourcePlan], options: AuditOptions, model: str | None = None):
+    def __init__(self, plans: dict[str, SourcePlan], options: AuditOptions, model: str | None = None,
+                 dim: int | None = None):
         self.options, self.model = options, model
+        self.dim = dim  # every vector's dimension (None: the first chunk's)
         self.plans = plans
         domains = [p.domain for p in plans.values()]
         first_synthetic = next((k for k, d in enumerate(domains) if d == "synthetic"), len(domains))
@@ -534,8 +577,8 @@ class IdentityAudit:
             available = sum(min(p.impostor_pairs(), options.max_pairs) for p in real)
             need = int(np.ceil(MIN_PER_FALSE_MATCH / options.fmr))
             if available < need:
-                raise IdentityError(f"fmr: the real sources have {available} impostor pairs (at most --max-pairs "
-                                    f"per source); FMR {options.fmr:g} needs at least {need}: give --threshold, "
+                raise IdentityError(f"fmr: the real sources have {available:,} impostor pairs (at most --max-pairs "
+                                    f"per source); FMR {options.fmr!r} needs at least {need:,}: give --threshold, "
                                     "a larger FMR, or more real identities")
             return None, ""
         if model in MODEL_THRESHOLDS:
@@ -552,6 +595,8 @@ class IdentityAudit:
         if synthetic:
             self._close_real()
         for chunk in aligned(chunks):
+            chunk = Chunk(chunk.keys, chunk.identities, checked_vectors(chunk.keys, chunk.vectors, self.dim))
+            self.dim = chunk.vectors.shape[1]
             sim = state.feed(chunk)
             nearest = None
             if synthetic and self.real_index is not None:
@@ -575,7 +620,7 @@ class IdentityAudit:
         if self.threshold is None:
             pooled = self._pooled("impostor")
             self.threshold = threshold_at_fmr(pooled, self.options.fmr)
-            self.rule = (f"FMR {self.options.fmr:g} on the pooled real impostor scores ({pooled.n} pairs; "
+            self.rule = (f"FMR {self.options.fmr!r} on the pooled real impostor scores ({pooled.n} pairs; "
                          f"the lowest grid edge, step {GRID_STEP:g}, with at most that FMR)")
 
     def _pooled(self, kind: str) -> Scores:
@@ -663,11 +708,11 @@ class IdentityAudit:
 
 
 def ordered_audit(plans: dict[str, SourcePlan], options: AuditOptions,
-                  model: str | None = None) -> tuple[IdentityAudit, list[str]]:
+                  model: str | None = None, dim: int | None = None) -> tuple[IdentityAudit, list[str]]:
     """An audit of ``plans`` (validated: raises before anything is read) and the order to feed
     the sources in: real ones first, each kind by name."""
     order = sorted(plans, key=lambda n: (plans[n].domain != "real", n))
-    return IdentityAudit({n: plans[n] for n in order}, options, model), order
+    return IdentityAudit({n: plans[n] for n in order}, options, model, dim), order
 
 
 def run_audit(plans: dict[str, SourcePlan], read, options: AuditOptions, model: str | None = None,

@@ -122,10 +122,16 @@ def to_float(param: str, value: Any, default: float | None = None, minimum: floa
     if not math.isfinite(result):
         raise ParamError(param, f"must be a finite number, got {value!r}")
     if minimum is not None and result < minimum:
-        raise ParamError(param, f"must be at least {minimum:g}, got {result:g}")
+        raise ParamError(param, f"must be at least {minimum:g}, got {_beside(result, minimum)}")
     if maximum is not None and result > maximum:
-        raise ParamError(param, f"must be at most {maximum:g}, got {result:g}")
+        raise ParamError(param, f"must be at most {maximum:g}, got {_beside(result, maximum)}")
     return result
+
+
+def _beside(value: float, bound: float) -> str:
+    """``value`` in as few digits as tell it from ``bound`` (``-1.0000001``, not ``-1``)."""
+    text = f"{value:g}"
+    return repr(value) if text == f"{bound:g}" else text
 
 
 def choice(param: str, value: Any, choices, default: str | None = None) -> str | None:
@@ -491,8 +497,10 @@ def model_file(value: Any, required: bool = True, param: str = "checkpoint") -> 
     path = os.path.abspath(os.path.expanduser(str(value).strip()))
     if not os.path.exists(path):
         raise ParamError(param, f"{path}: no such file")
-    if not os.path.isfile(path):
+    if os.path.isdir(path):
         raise ParamError(param, f"{path}: is a folder, not a model file")
+    if not os.path.isfile(path):  # a FIFO would block the loader; a device is no model
+        raise ParamError(param, f"{path}: is not a regular file (a device, pipe or socket), not a model file")
     return path
 
 
