@@ -16,8 +16,18 @@ from .run import app_hint  # noqa: F401  (part of the CLI's Python surface)
 COMMANDS = (load, labels, train, annotate, embed, compare, outliers, identity, rebalance, export, run)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a refused command line is one line (``faceaudit embed: error: --batch-size:
+    invalid int value: '1e9'``), as every other refusal is, not the usage block above it; the
+    sub-commands' parsers are of this class too (``add_subparsers`` makes them so)."""
+
+    def error(self, message: str):
+        message = message.replace("argument ", "", 1) if message.startswith("argument -") else message
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="faceaudit", description="Audit real and synthetic face-recognition datasets with FiftyOne."
     )
     sub = parser.add_subparsers(dest="command", required=True)

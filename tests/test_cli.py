@@ -187,6 +187,25 @@ def test_annotate_refuses_bad_arguments_before_writing(loaded, cli_env, capsys):
         assert written(loaded) == before, args
 
 
+@pytest.mark.parametrize("args, message", [
+    (["embed", "--batch-size", "1e9"], "faceaudit embed: error: --batch-size: invalid int value: '1e9'"),
+    (["annotate", "--mc-passes", "two"], "faceaudit annotate: error: --mc-passes: invalid int value: 'two'"),
+    (["identity", "--threshold", "0.3", "--fmr", "0.01"], "faceaudit identity: error: --fmr: not allowed with"),
+    (["compare", "--states", "four"], "faceaudit compare: error: --states: invalid choice: 'four'"),
+    (["no-such-command"], "faceaudit: error: "),
+])
+def test_a_command_line_argparse_refuses_is_one_line(args, message, capsys):
+    """A value argparse itself refuses (not a number, an unknown choice, two exclusive options)
+    is one line naming the option, not the usage block above it."""
+    from faceaudit_cli.main import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith(message), err
+
+
 def test_load_and_compare_refuse_bad_arguments_before_writing(loaded, tmp_path, faces, capsys):
     from faceaudit_cli.main import main
 
