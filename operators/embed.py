@@ -10,7 +10,7 @@ import fiftyone.operators.types as types
 
 from faceaudit import params
 
-from .common import delegation_by_size, Form, form_check, run_job, shown_errors, size_notice, started
+from .common import delegation_by_size, Form, form_check, resolve_path, run_job, shown_errors, size_notice, started
 
 
 def _chosen(p: dict) -> dict:
@@ -72,6 +72,7 @@ class ComputeFaceEmbeddings(foo.Operator):
         return types.Property(inputs, view=types.View(label="Compute face embeddings"))
 
     def resolve_delegation(self, ctx):
+        resolve_path(ctx, "checkpoint")  # before the parameters are queued: a worker runs elsewhere
         return delegation_by_size(ctx)
 
     def execute(self, ctx):
