@@ -10,7 +10,7 @@ import fiftyone.operators.types as types
 from faceaudit import export as core
 from faceaudit import params
 
-from .common import execution_mode, Form, form_check, run_job, shown_errors, started, wants_delegation
+from .common import execution_mode, Form, form_check, resolve_path, run_job, shown_errors, started, wants_delegation
 
 
 class ExportTrainingSet(foo.Operator):
@@ -56,6 +56,7 @@ class ExportTrainingSet(foo.Operator):
         return types.Property(inputs, view=types.View(label="Export training set"))
 
     def resolve_delegation(self, ctx):
+        resolve_path(ctx, "out")  # before the parameters are queued: a worker runs elsewhere
         return wants_delegation(ctx)
 
     def execute(self, ctx):
