@@ -10,7 +10,7 @@ import fiftyone.operators.types as types
 
 from faceaudit import params
 
-from .common import delegation_by_size, Form, form_check, run_job, size_notice
+from .common import delegation_by_size, Form, form_check, resolve_path, run_job, shown_errors, size_notice, started
 
 
 def _chosen(p: dict) -> dict:
@@ -72,21 +72,36 @@ class ComputeFaceEmbeddings(foo.Operator):
         return inputs.as_property("Compute face embeddings")
 
     def resolve_delegation(self, ctx):
+        resolve_path(ctx, "checkpoint")  # before the parameters are queued: a worker runs elsewhere
         return delegation_by_size(ctx)
 
     def execute(self, ctx):
-        from fiftyone_plugin.embed import fan_out_embed, iter_embed
+        # a plain function returning the steps: what embed refuses before embedding (vectors of
+        # other settings than the stored ones, a checkpoint that does not load) raises here,
+        # where the App shows it; inside a generator's stream it would be lost
+        from fiftyone_plugin.embed import iter_embed
 
         p = ctx.params
         chosen = _chosen(p)
         shards = params.shards(p.get("shards"))
         if shards > 1 and not p.get("shard"):
-            report = fan_out_embed(ctx.dataset.name, shards, chosen, view=ctx.target_view())
-            if not ctx.delegated:
-                yield ctx.ops.notify(report.summary().splitlines()[-1], variant="success")
-            return
-        job = iter_embed(ctx.dataset.name, view=ctx.target_view(), shard=params.shard(p.get("shard")), **chosen)
-        report = yield from run_job(ctx, job)
-        if not ctx.delegated:
-            yield ctx.ops.notify(report.summary(), variant="success")
-            yield ctx.ops.reload_dataset()
+            return shown_errors(ctx, _fan_out(ctx, shards, chosen), "embed failed")
+        job = started(iter_embed(ctx.dataset.name, view=ctx.target_view(), shard=params.shard(p.get("shard")), **chosen))
+        return shown_errors(ctx, _steps(ctx, job), "embed failed")
+
+
+def _fan_out(ctx, shards: int, chosen: dict):
+    """Queue one delegated embed per shard that has samples left."""
+    from fiftyone_plugin.embed import fan_out_embed
+
+    report = fan_out_embed(ctx.dataset.name, shards, chosen, view=ctx.target_view())
+    if not ctx.delegated:
+        yield ctx.ops.notify(report.summary().splitlines()[-1], variant="success")
+
+
+def _steps(ctx, job):
+    """Run the started embed job, then say what it did and reload the dataset."""
+    report = yield from run_job(ctx, job)
+    if not ctx.delegated:
+        yield ctx.ops.notify(report.summary(), variant="success")
+        yield ctx.ops.reload_dataset()

@@ -10,7 +10,7 @@ import fiftyone.operators.types as types
 from faceaudit import export as core
 from faceaudit import params
 
-from .common import execution_mode, Form, form_check, run_job, wants_delegation
+from .common import execution_mode, Form, form_check, resolve_path, run_job, shown_errors, started, wants_delegation
 
 
 class ExportTrainingSet(foo.Operator):
@@ -56,15 +56,22 @@ class ExportTrainingSet(foo.Operator):
         return inputs.as_property("Export training set")
 
     def resolve_delegation(self, ctx):
+        resolve_path(ctx, "out")  # before the parameters are queued: a worker runs elsewhere
         return wants_delegation(ctx)
 
     def execute(self, ctx):
+        # a plain function returning the steps: what export refuses before writing (a folder
+        # that holds the view's images or another export, samples without identity) raises
+        # here, where the App shows it; inside a generator's stream it would be lost
         from fiftyone_plugin.export import iter_export
 
         p = ctx.params
-        job = iter_export(ctx.view, p.get("out"), format=p.get("format"), exclude_tags=p.get("exclude_tags") or (),
-                          min_images=p.get("min_images"), link=p.get("link"), overwrite=p.get("overwrite"),
-                          no_identity=p.get("no_identity"))
+        job = started(iter_export(ctx.view, p.get("out"), format=p.get("format"),
+                                  exclude_tags=p.get("exclude_tags") or (), min_images=p.get("min_images"),
+                                  link=p.get("link"), overwrite=p.get("overwrite"), no_identity=p.get("no_identity")))
+        return shown_errors(ctx, self._steps(ctx, job), "export failed")
+
+    def _steps(self, ctx, job):
         result = yield from run_job(ctx, job)
         message = result.summary()
         if not ctx.delegated:

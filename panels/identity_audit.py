@@ -111,7 +111,11 @@ class IdentityAuditPanel(foo.Panel):
             panel.md(drill["text"], name="drilldown_text")
             panel.btn("back", label="Back to the whole dataset", variant="contained", on_click=self.back_to_dataset)
         for kind in ("genuine", "impostor"):
-            _plot(panel, f"{kind}_plot", _histogram(result, kind))
+            missing = _no_pairs(result, kind)
+            if missing:  # a chart without bars (and a -100%..100% axis) would explain nothing
+                panel.md(missing, name=f"{kind}_none_text")
+            else:
+                _plot(panel, f"{kind}_plot", _histogram(result, kind))
         panel.md(_metrics_table(result), name="metrics_text")
         self._leakage(panel, result)
         self._collisions(panel, result)
@@ -196,6 +200,21 @@ def _histogram(result: dict, kind: str) -> dict:
                              "legend": {"orientation": "h", "x": 0, "y": 1, "yanchor": "bottom"}})
     figure["layout"]["title"].update({"x": 0, "xanchor": "left", "font": {"size": 14}})
     return figure
+
+
+def _no_pairs(result: dict, kind: str) -> str | None:
+    """Why no source with identities has ``kind`` scores (the demo's sources have one image per
+    identity: no genuine pair), in the words of what it leaves n/a; None when some source has."""
+    sources = [n for n, s in result["sources"].items() if s.get("applicable")]
+    if not sources or any((result["sources"][n].get(kind) or {}).get("count") for n in sources):
+        return None
+    names = ", ".join(md_escape(n) for n in sources)
+    if kind == "genuine":
+        return (f"**No genuine (mated) scores** in {names}: no identity has two embedded images, so no two "
+                "images of one person can be compared. EER, FNMR, d', FDR and W1 genuine vs real are n/a, and no "
+                "image can be an identity outlier; sources with several images per identity measure them.")
+    return (f"**No impostor (non-mated) scores** in {names}: each source has a single identity, so no two "
+            "people can be compared. EER, FNMR, d', FDR and W1 impostor vs real are n/a.")
 
 
 def _score_range(result: dict) -> list[float]:

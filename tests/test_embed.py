@@ -262,6 +262,28 @@ def test_operator_embeds_now_delegated_and_in_shards(models, faces, tmp_path, da
     assert ds.exists(FIELD).count() == 6
 
 
+def test_a_relative_model_file_is_queued_absolute(models, faces, tmp_path, dataset_name, monkeypatch):
+    """The App's form takes a model file relative to the App server's folder (its check does);
+    the queued operation must name it absolutely, or a `fiftyone delegated launch` worker started
+    in another folder fails with "no such file" (as annotate and load already do)."""
+    import fiftyone.operators as foo
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    ds = _dataset(faces, tmp_path / "ids", dataset_name, {"a": 2})
+    monkeypatch.chdir(Path(models["pth"]).parent)  # the App server's working folder
+    p = {"model": "iresnet", "checkpoint": "backbone.pth", "device": "cpu", "batch_size": 2, "delegate": "true"}
+    result = foo.execute_operator(EMBED_URI, ctx={"dataset": ds, "params": p})
+    assert result.delegated and result.error is None, result.error
+    (tmp_path / "worker").mkdir()
+    monkeypatch.chdir(tmp_path / "worker")  # the worker's
+    DelegatedOperationService().execute_queued_operations(dataset_name=dataset_name)
+    [op] = DelegatedOperationService().list_operations(operator=EMBED_URI, dataset_name=dataset_name)
+    assert op.run_state == "completed", (op.run_state, op.result and op.result.error)
+    ds.reload()
+    assert ds.exists(FIELD).count() == 2
+    assert ds.info["faceaudit"]["embedding"]["checkpoint"] == models["pth"]
+
+
 def test_embedding_section_of_a_run_config(tmp_path, models):
     from faceaudit.config import ConfigError, load_config
 

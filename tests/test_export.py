@@ -355,3 +355,26 @@ def test_app_export_operator_exports_the_sidebar_filtered_view(app, page, tmp_pa
     shown = ds.match(fo.ViewField("identity") == "synth-faces-1")
     expected = {f"synth-faces-1/{os.path.basename(p)}": _digest(Path(p)) for p in shown.values("filepath")}
     assert _tree(out) == expected and len(expected) == 3
+
+
+def test_a_delegated_export_to_a_relative_folder_lands_where_the_form_said(loaded, tmp_path, dataset_name, monkeypatch):
+    """The form checks the folder relative to the App server's working folder; the queued
+    operation must name it absolutely, or a `fiftyone delegated launch` worker started in another
+    folder exports there instead."""
+    import fiftyone.operators as foo
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    ds, _ = loaded
+    uri = "@faceaudit/face-audit/export_training_set"
+    (tmp_path / "server").mkdir()
+    (tmp_path / "worker").mkdir()
+    monkeypatch.chdir(tmp_path / "server")
+    result = foo.execute_operator(uri, ctx={"dataset": ds, "params": {"out": "train", "delegate": "true"}})
+    assert result.delegated and result.error is None, result.error
+    monkeypatch.chdir(tmp_path / "worker")
+    DelegatedOperationService().execute_queued_operations(dataset_name=dataset_name)
+    [op] = DelegatedOperationService().list_operations(operator=uri, dataset_name=dataset_name)
+    assert op.run_state == "completed", (op.run_state, op.result and op.result.error)
+    manifest = json.loads((tmp_path / "server" / "train" / "manifest.json").read_text())
+    assert manifest["images"] == ds.count() - ds.match_tags("unreadable").count()
+    assert not (tmp_path / "worker" / "train").exists()
