@@ -203,18 +203,14 @@ def _histogram(result: dict, kind: str) -> dict:
 
 
 def _no_pairs(result: dict, kind: str) -> str | None:
-    """Why no source with identities has ``kind`` scores (the demo's sources have one image per
-    identity: no genuine pair), in the words of what it leaves n/a; None when some source has."""
-    sources = [n for n, s in result["sources"].items() if s.get("applicable")]
-    if not sources or any((result["sources"][n].get(kind) or {}).get("count") for n in sources):
+    """:func:`faceaudit.identity_report.no_pairs` in the panel's markdown."""
+    from faceaudit import identity_report
+
+    missing = identity_report.no_pairs(result, kind)
+    if missing is None:
         return None
-    names = ", ".join(md_escape(n) for n in sources)
-    if kind == "genuine":
-        return (f"**No genuine (mated) scores** in {names}: no identity has two embedded images, so no two "
-                "images of one person can be compared. EER, FNMR, d', FDR and W1 genuine vs real are n/a, and no "
-                "image can be an identity outlier; sources with several images per identity measure them.")
-    return (f"**No impostor (non-mated) scores** in {names}: each source has a single identity, so no two "
-            "people can be compared. EER, FNMR, d', FDR and W1 impostor vs real are n/a.")
+    headline, sources, why = missing
+    return f"**{headline}** in {', '.join(md_escape(n) for n in sources)}: {why}"
 
 
 def _score_range(result: dict) -> list[float]:

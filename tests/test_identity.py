@@ -514,3 +514,27 @@ def test_an_identity_that_is_not_text_is_refused_in_one_line(world, audited, cap
         assert _snapshot(ds) == before
     finally:
         ds.delete()
+
+
+def test_the_report_says_why_a_source_has_no_genuine_scores():
+    """One image per identity (the README's demo): the HTML report says why there is no genuine
+    chart and what it leaves n/a, as the panel does, instead of drawing an empty chart."""
+    from faceaudit.identity_report import section
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((40, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    rows = {"real": range(0, 20), "synth": range(20, 40)}
+    plans = {name: core.SourcePlan("real" if name == "real" else "synthetic", {f"p{i}": 1 for i in r}, len(r))
+             for name, r in rows.items()}
+
+    def read(name):
+        r = rows[name]
+        yield core.Chunk(list(r), [f"p{i}" for i in r], vectors[r.start:r.stop])
+
+    result = core.run_audit(plans, read, core.audit_options(threshold=0.5), "dlib").result
+    assert result["sources"]["synth"]["genuine"]["count"] == 0 and result["sources"]["synth"]["eer"] is None
+    page = section(result)
+    assert 'id="identity-no-genuine"' in page and "no identity has two embedded images" in page
+    assert "genuine (mated) scores per source" not in page  # no empty chart
+    assert "non-mated) scores per source" in page and 'id="identity-no-impostor"' not in page

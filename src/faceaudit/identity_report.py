@@ -51,6 +51,36 @@ def histogram_figure(result: dict, kind: str) -> dict:
     return {"data": data, "layout": layout}
 
 
+def no_pairs(result: dict, kind: str) -> tuple[str, list[str], str] | None:
+    """Why no source with identities has ``kind`` ('genuine' / 'impostor') scores, as (headline,
+    the sources, what it leaves n/a): a chart without bars would explain nothing (the demo's
+    sources have one image per identity: no genuine pair). None when some source has scores.
+    The panel and the HTML report say it in their markup."""
+    sources = [n for n, s in result["sources"].items() if s.get("applicable")]
+    if not sources or any((result["sources"][n].get(kind) or {}).get("count") for n in sources):
+        return None
+    if kind == "genuine":
+        return ("No genuine (mated) scores", sources,
+                "no identity has two embedded images, so no two images of one person can be compared. EER, FNMR, "
+                "d', FDR and W1 genuine vs real are n/a, and no image can be an identity outlier; sources with "
+                "several images per identity measure them.")
+    return ("No impostor (non-mated) scores", sources,
+            "each source has a single identity, so no two people can be compared. EER, FNMR, d', FDR and "
+            "W1 impostor vs real are n/a.")
+
+
+def _figure_or_note(result: dict, kind: str) -> str:
+    import plotly.io as pio
+
+    missing = no_pairs(result, kind)
+    if missing:
+        headline, sources, why = missing
+        return (f'<p class="note" id="identity-no-{kind}"><b>{html.escape(headline)}</b> in '
+                f'{html.escape(", ".join(sources))}: {html.escape(why)}</p>')
+    figure = pio.to_html(histogram_figure(result, kind), include_plotlyjs=False, full_html=False, default_width="100%")
+    return f'<div class="figure">{figure}</div>'
+
+
 def metric_rows(result: dict) -> list[list[str]]:
     sources = result["sources"]
     rows = []
@@ -64,11 +94,8 @@ def section(result: dict | None) -> str:
     """The identity audit as an HTML fragment (figures need plotly.js on the page)."""
     if not result:
         return '<p class="note">Not computed (run faceaudit identity).</p>'
-    import plotly.io as pio
-
     esc = html.escape
-    figs = "".join(f'<div class="figure">{pio.to_html(histogram_figure(result, k), include_plotlyjs=False, full_html=False, default_width="100%")}</div>'
-                   for k in ("genuine", "impostor"))
+    figs = "".join(_figure_or_note(result, k) for k in ("genuine", "impostor"))
     sources = result["sources"]
     not_applicable = [f"{esc(n)}: {esc(s.get('reason', ''))}" for n, s in sources.items() if not s.get("applicable")]
     leak_rows, collision_rows = [], []
