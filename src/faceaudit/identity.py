@@ -95,15 +95,16 @@ def checked_vectors(keys: Sequence, vectors, dim: int | None) -> np.ndarray:
         raise IdentityError(bad_vector(keys[0], f"is not a row of numbers (shape {x.shape[1:]})"))
     if dim is not None and x.shape[1] != dim:
         raise IdentityError(bad_vector(keys[0], f"has {x.shape[1]} components, the others {dim}"))
-    finite = np.isfinite(x).all(1)
-    if not finite.all():
-        raise IdentityError(bad_vector(keys[int(np.argmin(finite))], "has components that are not finite (NaN or infinity)"))
-    with np.errstate(over="ignore"):
-        norms = np.linalg.norm(x.astype(np.float64), axis=1)
-    if (norms < MIN_NORM).any() or not np.isfinite(norms).all():
-        k = int(np.argmax((norms < MIN_NORM) | ~np.isfinite(norms)))
-        raise IdentityError(bad_vector(keys[k], "is a zero vector (no direction to compare)" if norms[k] < MIN_NORM
-                                       else "is too long to normalise in float32"))
+    # one pass over the chunk: a NaN or infinite component makes the squared length NaN or
+    # infinite; so does a finite row too long for float32, whose length float64 then gives
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.sqrt(np.einsum("ij,ij->i", x, x)).astype(np.float64)
+    for k in np.flatnonzero(~np.isfinite(norms)):
+        if not np.isfinite(x[k]).all():
+            raise IdentityError(bad_vector(keys[k], "has components that are not finite (NaN or infinity)"))
+        norms[k] = np.linalg.norm(x[k].astype(np.float64))
+    if (norms < MIN_NORM).any():
+        raise IdentityError(bad_vector(keys[int(np.argmax(norms < MIN_NORM))], "is a zero vector (no direction to compare)"))
     off = np.abs(norms - 1.0) > UNIT_TOLERANCE
     if off.any():
         x = x.copy()
