@@ -21,8 +21,7 @@ from faceaudit import params
 from . import bulk, locks, schema
 
 EMBEDDING_FIELD = "face_embedding"
-SIMILARITY_FIELD = "identity_similarity"
-NEAREST_REAL_FIELD = "nearest_real_similarity"
+SIMILARITY_FIELD, NEAREST_REAL_FIELD = schema.IDENTITY_SCORE_FIELDS
 LEAK_TAG, COLLISION_TAG, OUTLIER_TAG = "identity_leak", "identity_collision", "identity_outlier"
 TAGS = (LEAK_TAG, COLLISION_TAG, OUTLIER_TAG)
 KEEP_TAG = "reviewed_keep"  # a person looked and kept the sample: never tagged as an outlier
@@ -145,10 +144,15 @@ WRITTEN_FIELDS = (SIMILARITY_FIELD, NEAREST_REAL_FIELD)
 def ensure_fields(dataset) -> None:
     import fiftyone as fo
 
+    from . import labels
+
     known = dataset.get_field_schema()
-    for name in WRITTEN_FIELDS:
-        if name not in known:
-            dataset.add_sample_field(name, fo.FloatField)
+    missing = [name for name in WRITTEN_FIELDS if name not in known]
+    for name in missing:
+        dataset.add_sample_field(name, fo.FloatField, description=(
+            "faceaudit identity audit (None until faceaudit identity scores the sample); docs/identity.md"))
+    if missing and labels.has_sidebar_groups(dataset):  # else the fields land under PRIMITIVES
+        labels.set_sidebar_groups(dataset)
 
 
 def _build_indexes(dataset) -> None:

@@ -140,7 +140,7 @@ def ensure_label_schema(dataset: fo.Dataset) -> None:
         _backfill_state_lists(dataset)
     if not has_counts_index(dataset):  # an equal index under another name would conflict
         dataset.create_index(COUNTS_INDEX_SPEC)
-    _set_sidebar_groups(dataset)
+    set_sidebar_groups(dataset)
 
 
 def _state_list_expr(char: str) -> dict:
@@ -171,14 +171,22 @@ CODES_GROUP = "faceaudit: codes"
 CODE_FIELDS = (CODE_FIELD, SETTINGS_FIELD, schema.FILE_HASH)
 
 
-def _set_sidebar_groups(dataset: fo.Dataset) -> None:
+def has_sidebar_groups(dataset: fo.Dataset) -> bool:
+    """Whether :func:`set_sidebar_groups` has grouped the dataset's fields (labels declared)."""
+    return any(g.name == "faceaudit" for g in dataset.app_config.sidebar_groups or [])
+
+
+def set_sidebar_groups(dataset: fo.Dataset) -> None:
+    """The faceaudit group (state lists, faceaudit's text fields, the outlier and identity
+    scores declared so far), one folded group per attribute category, and the folded codes."""
     groups = dataset.app_config.sidebar_groups or fo.DatasetAppConfig.default_sidebar_groups(dataset)
     ours = {f"attributes: {c.lower()}" for c in CATEGORIES} | {"faceaudit", CODES_GROUP}
     groups = [g for g in groups if g.name not in ours]
     for g in groups:  # our fields leave the default groups they were put in
         g.paths = [p for p in g.paths if not p.startswith(PREFIX) and p not in schema.STRING_FIELDS
-                   and p not in (*SCORE_FIELDS, SETTINGS_FIELD)]
-    scores = [f for f in SCORE_FIELDS if f in dataset.get_field_schema()]
+                   and p not in (*SCORE_FIELDS, *schema.IDENTITY_SCORE_FIELDS, SETTINGS_FIELD)]
+    declared = dataset.get_field_schema()
+    scores = [f for f in (*SCORE_FIELDS, *schema.IDENTITY_SCORE_FIELDS) if f in declared]
     readable = [f for f in schema.STRING_FIELDS if f not in CODE_FIELDS]
     groups.insert(1, fo.SidebarGroupDocument(
         name="faceaudit", paths=[*STATE_LIST_FIELDS, *readable, *scores]))

@@ -36,6 +36,9 @@ UNREADABLE_TAG = "unreadable"  # tag on samples whose file is damaged; inference
 FILE_HASH = "file_hash"  # the file's content hash at load (faceaudit.images.file_digest), or absent
 
 STRING_FIELDS = (SOURCE, DOMAIN, IDENTITY, GROUP, IMAGE_ISSUE, FILE_HASH)
+#: per-sample scores of the identity audit (fiftyone_plugin.identity writes them): named here so
+#: that the labels' sidebar grouping can put them in the faceaudit group
+IDENTITY_SCORE_FIELDS = ("identity_similarity", "nearest_real_similarity")
 INFO_KEY = "faceaudit"
 
 # Fields that views filter on. (source, identity) serves identity-level grouping.

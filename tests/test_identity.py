@@ -538,3 +538,26 @@ def test_the_report_says_why_a_source_has_no_genuine_scores():
     assert 'id="identity-no-genuine"' in page and "no identity has two embedded images" in page
     assert "genuine (mated) scores per source" not in page  # no empty chart
     assert "non-mated) scores per source" in page and 'id="identity-no-impostor"' not in page
+
+
+def test_identity_scores_join_the_faceaudit_sidebar_group(dataset_name):
+    """On a labelled dataset (the demo's), the audit's per-sample scores go in the sidebar's
+    faceaudit group, not under PRIMITIVES (where new fields land once the groups are set)."""
+    import fiftyone as fo
+
+    from fiftyone_plugin import labels, schema
+
+    ds = schema.open_dataset(dataset_name)
+    labels.ensure_label_schema(ds)
+    adapter.ensure_fields(ds)
+    ds.reload()
+    groups = {g.name: g.paths for g in ds.app_config.sidebar_groups}
+    for name in (adapter.SIMILARITY_FIELD, adapter.NEAREST_REAL_FIELD):
+        assert name in groups["faceaudit"], groups["faceaudit"]
+        assert all(name not in paths for group, paths in groups.items() if group != "faceaudit")
+    plain = fo.Dataset(f"{dataset_name}-plain")  # not labelled: FiftyOne's own groups are left alone
+    try:
+        adapter.ensure_fields(plain)
+        assert not plain.app_config.sidebar_groups
+    finally:
+        plain.delete()
