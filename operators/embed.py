@@ -28,6 +28,13 @@ def _model_check(ctx):
     return lambda _: params.embedding_model(p.get("model"), p.get("checkpoint"), p.get("detect"), p.get("flip"))
 
 
+#: up to this many faces the form defaults to Run now: dlib and IResNet-50 embed ~6.5 faces/s on
+#: the 2-core VM (bench/embed.py; 2.9 with flip), so 500 take about 75 s (170 s with flip), inside
+#: the App's 600 s; the demo's 201 faces defaulted to Delegate, whose Schedule seems to do nothing
+#: to a new user with no worker running
+EMBED_RUN_NOW_UP_TO = 500
+
+
 class ComputeFaceEmbeddings(foo.Operator):
     @property
     def config(self):
@@ -68,12 +75,12 @@ class ComputeFaceEmbeddings(foo.Operator):
         inputs.int("shards", default=1, min=1, label="Split into N jobs",
                    description="Queue N delegated operations, one shard each",
                    **form_check(ctx, "shards", params.shards))
-        size_notice(ctx, inputs)
+        size_notice(ctx, inputs, EMBED_RUN_NOW_UP_TO)
         return inputs.as_property("Compute face embeddings")
 
     def resolve_delegation(self, ctx):
         resolve_path(ctx, "checkpoint")  # before the parameters are queued: a worker runs elsewhere
-        return delegation_by_size(ctx)
+        return delegation_by_size(ctx, EMBED_RUN_NOW_UP_TO)
 
     def execute(self, ctx):
         # a plain function returning the steps: what embed refuses before embedding (vectors of

@@ -319,3 +319,23 @@ def test_detect_tags_images_without_a_face_and_reruns_skip_them(tmp_path, datase
     assert ds.info["faceaudit"]["embedding"]["detect"] is True
     again = drive(iter_embed(dataset_name, detect=True, device="cpu", workers=0))
     assert (again.embedded, again.already_embedded, again.skipped) == (0, 1, 1)
+
+
+def test_the_form_runs_the_demos_size_now(dataset_name):
+    """The demo's 201 faces: the form's default is Run now (it was Delegate, and a new user with
+    no worker running saw Schedule do nothing); above EMBED_RUN_NOW_UP_TO, Delegate."""
+    import fiftyone as fo
+    from fiftyone.operators.executor import ExecutionContext
+    from fiftyone.operators.registry import OperatorRegistry
+
+    ds = fo.Dataset(dataset_name)
+    ds.add_samples([fo.Sample(filepath=f"/nowhere/{k}.jpg") for k in range(201)])
+    operator = OperatorRegistry().get_operator(EMBED_URI)
+
+    def default_mode():
+        ctx = ExecutionContext(request_params={"dataset_name": ds.name, "params": {}})
+        return operator.resolve_input(ctx).type.properties["delegate"].default
+
+    assert default_mode() == "false"
+    ds.add_samples([fo.Sample(filepath=f"/nowhere/more-{k}.jpg") for k in range(300)])
+    assert default_mode() == "true"
