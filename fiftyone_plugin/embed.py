@@ -27,7 +27,7 @@ import numpy as np
 from faceaudit import params
 from faceaudit.progress import Progress
 
-from . import schema
+from . import locks, schema
 from .annotate import count_samples, iter_batches, record_failures, select_view, shard_match
 
 FIELD = "face_embedding"
@@ -183,6 +183,13 @@ def iter_embed(
         raise EmbedError(f"nothing to embed: the view of dataset {dataset.name!r} is empty")
     check_settings(dataset, o)
     engine = build_engine(o)
+    with writing_vectors(dataset):  # an identity audit reading them is refused, and refuses this
+        report = yield from _embed(dataset, view, o, engine, selected, shard)
+    return report
+
+
+def _embed(dataset, view, o: EmbedOptions, engine, selected: int, shard) -> Generator[Progress, None, EmbedReport]:
+    """:func:`iter_embed` once its arguments are checked and its model loaded."""
     embedder = engine.embedder
     if o.overwrite:
         clear_embeddings(dataset)
@@ -203,6 +210,14 @@ def iter_embed(
                                     f"{report.failed} failed")
     record_settings(dataset, o, embedder, finished=True)
     return report
+
+
+def writing_vectors(dataset: fo.Dataset):
+    """Held while a run writes ``dataset``'s vectors: any number of embed runs (shards) at once,
+    never beside an identity audit, which reads every vector (:func:`identity.one_at_a_time`):
+    an audit of half-old, half-new vectors would judge vectors that exist in no run."""
+    return locks.shared(locks.vectors_key(dataset.name), f"dataset {dataset.name!r}",
+                        f"faceaudit embed (writing {FIELD})")
 
 
 def record_settings(dataset: fo.Dataset, o: EmbedOptions, embedder, finished: bool = False) -> None:

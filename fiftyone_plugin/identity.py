@@ -170,11 +170,12 @@ def _clear_unfed(dataset) -> None:
 
 
 def one_at_a_time(dataset):
-    """The dataset's identity-audit lock: two audits (or an audit and ``--clear``) at once would
-    leave one run's result in dataset.info and the other's tags on the samples; the second is
-    refused in one line."""
-    return locks.exclusive(f"identity:{dataset.name}", f"dataset {dataset.name!r}: another identity audit "
-                                                       "(or --clear) of it is running")
+    """The dataset's identity-audit lock, held alone: two audits (or an audit and ``--clear``) at
+    once would leave one run's result in dataset.info and the other's tags on the samples, and an
+    embed run beside an audit would change the vectors it reads (``embed.writing_vectors``). The
+    second is refused in one line that names the first."""
+    return locks.exclusive(locks.vectors_key(dataset.name), f"dataset {dataset.name!r}",
+                           "an identity audit (or identity --clear)")
 
 
 def identity_audit(dataset, opts: core.AuditOptions, tag: bool = False, similarity_index: bool = True,

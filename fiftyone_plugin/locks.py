@@ -1,10 +1,15 @@
-"""Exclusive runs per dataset across processes and hosts: a lock is a document with a unique
-``_id`` in FiftyOne's database (the collection :data:`fiftyone_plugin.fanout.LOCKS`), renewed by a
-background thread while it is held.
+"""Runs that must not overlap, per dataset, across processes and hosts.
 
-A holder that was killed stops renewing: its lock is taken over once it is :data:`EXPIRES`
-seconds old, or at once when the holder ran on this host and its process is gone (SIGKILL, then
-a rerun, needs no wait).
+A lock is one document per key in FiftyOne's database (the collection :data:`LOCKS`, shared
+with the fan-out lock ``fanout.LOCKS``): ``{"_id": key, "exclusive": holder, "shared": [holder,
+...]}``. Any number of *shared* holders (the shards of one ``faceaudit embed``, writing vectors)
+may hold a key at once; an *exclusive* holder (an identity audit, reading every vector) holds it
+alone. Both are taken with one conditional update of that document, so two processes that start
+together cannot both get in.
+
+Each holder renews its entry from a background thread. A holder that was killed stops renewing:
+its entry is taken over once it is :data:`EXPIRES` seconds old, or at once when it ran on this
+host and its process is gone (SIGKILL, then a rerun, needs no wait).
 """
 
 from __future__ import annotations
@@ -21,10 +26,16 @@ from . import schema
 LOCKS = "faceaudit_locks"  # the same collection as the fan-out lock (fanout.LOCKS)
 EXPIRES = 120.0  # seconds without renewal after which a holder counts as dead
 RENEW_EVERY = 10.0
+TRIES = 100  # conditional takes: each failed one removes dead holders, and a holder that left meanwhile means try again
+
+
+def vectors_key(dataset_name: str) -> str:
+    """The lock of a dataset's face embeddings: embed runs share it, an identity audit holds it alone."""
+    return f"vectors:{dataset_name}"
 
 
 class Busy(RuntimeError):
-    """Another process holds the lock; the message says which run and since when."""
+    """Another live run holds the lock; the message says which run, where and since when."""
 
 
 def _alive(pid: int) -> bool:
@@ -37,37 +48,106 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@contextmanager
-def exclusive(key: str, busy: str):
-    """Hold the lock ``key`` for the ``with`` block, or raise :class:`Busy` with ``busy`` (plus
-    since when and where the holder runs) at once when another live run holds it."""
+def _dead(holder: dict, now: dt.datetime) -> bool:
+    """A holder that stopped renewing, or whose process on this host is gone."""
+    renewed = holder.get("renewed_at")
+    if not isinstance(renewed, dt.datetime) or renewed < now - dt.timedelta(seconds=EXPIRES):
+        return True
+    pid = holder.get("pid")
+    return holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid)
+
+
+def _collection():
     import fiftyone.core.odm as foo_db
+
+    return foo_db.get_db_conn()[LOCKS]
+
+
+def _remove_dead(locks, key: str, doc: dict, now: dt.datetime) -> tuple[list[dict], list[dict]]:
+    """Drop ``doc``'s dead holders (each removal conditional on that holder); returns the live
+    (exclusive, shared) ones."""
+    exclusive, shared = [], []
+    if "owner" in doc:  # the one-holder format of faceaudit before shared holders: exclusive
+        if _dead(doc, now):
+            locks.delete_one({"_id": key, "owner": doc["owner"]})
+        else:
+            exclusive.append(doc)
+    held = doc.get("exclusive")
+    if isinstance(held, dict):
+        if _dead(held, now):
+            locks.update_one({"_id": key, "exclusive.owner": held.get("owner")}, {"$unset": {"exclusive": ""}})
+        else:
+            exclusive.append(held)
+    for holder in doc.get("shared") or []:
+        if isinstance(holder, dict) and not _dead(holder, now):
+            shared.append(holder)
+        else:
+            locks.update_one({"_id": key}, {"$pull": {"shared": holder}})
+    _tidy(locks, key)
+    return exclusive, shared
+
+
+def _tidy(locks, key: str) -> None:
+    """Delete the key's document once nobody holds it (also a document of an older format)."""
+    locks.delete_one({"_id": key, "owner": {"$exists": False}, "exclusive": {"$exists": False},
+                      "$or": [{"shared": {"$size": 0}}, {"shared": {"$exists": False}}]})
+
+
+def _busy_text(subject: str, holder: dict) -> str:
+    since = holder.get("since")
+    when = f", since {since:%Y-%m-%d %H:%M:%S} UTC" if isinstance(since, dt.datetime) else ""
+    return (f"{subject}: {holder.get('what', 'another run')} is running (process {holder.get('pid')} on "
+            f"{holder.get('host')}{when}): wait for it to finish")
+
+
+@contextmanager
+def exclusive(key: str, subject: str, what: str):
+    """Hold ``key`` alone for the ``with`` block, or raise :class:`Busy` at once, naming the
+    live holder ("``subject``: ``what`` is running (process ...)"), when another run holds it."""
+    with _held(key, subject, what, shared=False):
+        yield
+
+
+@contextmanager
+def shared(key: str, subject: str, what: str):
+    """Hold ``key`` beside other shared holders for the ``with`` block, or raise :class:`Busy`
+    at once when an exclusive holder has it."""
+    with _held(key, subject, what, shared=True):
+        yield
+
+
+@contextmanager
+def _held(key: str, subject: str, what: str, shared: bool):
     from pymongo.errors import DuplicateKeyError
 
-    locks = foo_db.get_db_conn()[LOCKS]
-    owner, host, pid = uuid.uuid4().hex, socket.gethostname(), os.getpid()
-    doc = {"_id": key, "owner": owner, "host": host, "pid": pid}
-    for _ in range(2):  # a second try after removing a dead holder's lock
-        now = schema.utc_now()
+    locks, owner = _collection(), uuid.uuid4().hex
+    now = schema.utc_now()
+    me = {"owner": owner, "what": what, "host": socket.gethostname(), "pid": os.getpid(), "since": now,
+          "renewed_at": now}
+    condition = {"owner": {"$exists": False}, "exclusive": {"$exists": False}}  # no exclusive holder
+    if shared:
+        take = {"$push": {"shared": me}}
+    else:  # and nobody else either
+        condition["shared"] = {"$size": 0}
+        take = {"$set": {"exclusive": me}, "$setOnInsert": {"shared": []}}
+    for _ in range(TRIES):
         try:
-            locks.insert_one({**doc, "since": now, "renewed_at": now})
+            locks.update_one({"_id": key, **condition}, take, upsert=True)
             break
-        except DuplicateKeyError:
-            held = locks.find_one({"_id": key}) or {}
-            stale = held.get("renewed_at") is None or held["renewed_at"] < now - dt.timedelta(seconds=EXPIRES)
-            gone = held.get("host") == host and isinstance(held.get("pid"), int) and not _alive(held["pid"])
-            if not (stale or gone):
-                since = held.get("since")
-                raise Busy(f"{busy} (process {held.get('pid')} on {held.get('host')}, since "
-                           f"{since:%Y-%m-%d %H:%M:%S} UTC): wait for it to finish" if since else busy) from None
-            locks.delete_one({"_id": key, "owner": held.get("owner")})
+        except DuplicateKeyError:  # the document exists and the condition does not hold
+            alone, beside = _remove_dead(locks, key, locks.find_one({"_id": key}) or {}, schema.utc_now())
+            blocking = alone if shared else alone + beside
+            if blocking:
+                raise Busy(_busy_text(subject, blocking[0])) from None
     else:
-        raise Busy(busy)
+        raise Busy(f"{subject}: another run holds it ({key}); try again")
+    renewed = "exclusive.renewed_at" if not shared else "shared.$.renewed_at"
+    mine = {"_id": key, ("shared.owner" if shared else "exclusive.owner"): owner}
     stop = threading.Event()
 
     def renew():
         while not stop.wait(RENEW_EVERY):
-            locks.update_one({"_id": key, "owner": owner}, {"$set": {"renewed_at": schema.utc_now()}})
+            locks.update_one(mine, {"$set": {renewed: schema.utc_now()}})
 
     thread = threading.Thread(target=renew, name=f"lock {key}", daemon=True)
     thread.start()
@@ -76,4 +156,8 @@ def exclusive(key: str, busy: str):
     finally:
         stop.set()
         thread.join()
-        locks.delete_one({"_id": key, "owner": owner})
+        if shared:
+            locks.update_one({"_id": key}, {"$pull": {"shared": {"owner": owner}}})
+        else:
+            locks.update_one(mine, {"$unset": {"exclusive": ""}})
+        _tidy(locks, key)

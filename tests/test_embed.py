@@ -20,6 +20,7 @@ from faceaudit.embedders import (DlibEmbedder, EmbedderError, IResNetEmbedder, O
                                  dlib_model_files)
 from faceaudit.model.iresnet import TINY_WIDTHS, IResNet
 from faceaudit.progress import drive
+from fiftyone_plugin import identity, locks
 from fiftyone_plugin.embed import EMBED_URI, FIELD, EmbedError, iter_embed
 from fiftyone_plugin.ingest import load_face_dataset
 
@@ -212,6 +213,9 @@ def test_sigkill_mid_run_then_rerun_equals_a_one_shot_run(faces, tmp_path, datas
             assert proc.poll() is None, "embed ended before it could be killed"
             assert time.time() < deadline
             time.sleep(0.05)
+        ds.reload()  # the field the embed process added
+        with pytest.raises(locks.Busy, match=f"faceaudit embed .* is running \\(process {proc.pid} "):
+            identity.identity_audit(ds, identity.options(threshold=0.5))  # its vectors are being written
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         partial = samples.count_documents({FIELD: {"$exists": True}})
@@ -220,6 +224,8 @@ def test_sigkill_mid_run_then_rerun_equals_a_one_shot_run(faces, tmp_path, datas
                              timeout=600)
         assert out.returncode == 0, out.stderr
         assert f"{24 - partial} samples embedded" in out.stdout and f"{partial} already embedded" in out.stdout
+        audit = identity.identity_audit(ds, identity.options(threshold=0.5), similarity_index=False)
+        assert audit["sources"]  # the killed run's lock entry (its process gone) did not block it
         drive(iter_embed(clean, device="cpu", batch_size=7, workers=1))
         resumed, one = _vectors(dataset_name), _vectors(clean)
         assert len(resumed) == 24 and all(np.array_equal(resumed[k], one[k]) for k in one)

@@ -468,8 +468,8 @@ def test_a_second_audit_while_one_runs_is_refused(world, audited, capsys):
     """Two audits at once left one run's result in dataset.info and the other's tags on the
     samples (seen: `identity --tag --threshold 0.3` and, a second later, `--threshold 0.6
     --no-similarity-index`: info said 0.3 with 84 leaks tagged, the samples held 0.6's tags). While
-    an audit holds the dataset, a second one and --clear are refused in one line and change
-    nothing; a lock left by a killed audit on this host (its process gone) is taken over at once."""
+    an audit holds the dataset, a second one, --clear and an embed run are refused in one line and
+    change nothing; a lock left by a killed audit on this host (its process gone) is taken over at once."""
     import subprocess
     import sys
 
@@ -480,23 +480,67 @@ def test_a_second_audit_while_one_runs_is_refused(world, audited, capsys):
     name, _, _ = world
     ds = fo.load_dataset(name)
     before = _snapshot(ds)
+    vectors = ds.values(adapter.EMBEDDING_FIELD)
     with adapter.one_at_a_time(ds):  # as another process's audit would hold it
+        for argv in (["identity", "--threshold", str(THRESHOLD), "--tag"], ["identity", "--clear"],
+                     ["embed", "--overwrite", "--device", "cpu"]):
+            code, out, err = run_cli([*argv, "--dataset", name], capsys)
+            assert code == 2 and len(err.strip().splitlines()) == 1, err
+            assert "an identity audit" in err and str(os.getpid()) in err, err
+        assert _snapshot(ds) == before
+    assert _vectors_equal(ds.values(adapter.EMBEDDING_FIELD), vectors)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    now = schema.utc_now()
+    foo_db.get_db_conn()[locks.LOCKS].insert_one(
+        {"_id": locks.vectors_key(name), "exclusive": {"owner": "killed", "what": "an identity audit",
+                                                       "host": __import__("socket").gethostname(),
+                                                       "pid": int(dead.stdout), "since": now, "renewed_at": now},
+         "shared": []})
+    code, out, err = run_cli(["identity", "--dataset", name, "--threshold", str(THRESHOLD), "--tag",
+                              "--no-similarity-index"], capsys)
+    assert code == 0, err
+    assert foo_db.get_db_conn()[locks.LOCKS].find_one({"_id": locks.vectors_key(name)}) is None
+    strip = lambda docs: [{k: v for k, v in d.items() if k != "tags"} for d in docs]  # noqa: E731
+    assert strip(_snapshot(ds)[0]) == strip(before[0])  # the same vectors: the same values
+
+
+def test_an_audit_while_embed_writes_vectors_is_refused(world, audited, capsys):
+    """An embed run (``--overwrite`` or new samples) beside an audit changed the vectors the audit
+    was reading: its figures judged vectors of no run. Embed runs (two shards here) hold the
+    vectors together; an audit or --clear meanwhile is refused in one line naming the embed run
+    and changes nothing; an embed entry left by a killed run (its process gone) does not block."""
+    import subprocess
+    import sys
+
+    import fiftyone.core.odm as foo_db
+
+    from fiftyone_plugin import embed as stored
+    from fiftyone_plugin import locks
+
+    name, _, _ = world
+    ds = fo.load_dataset(name)
+    before = _snapshot(ds)
+    with stored.writing_vectors(ds), stored.writing_vectors(ds):  # two shards at once: both get in
         for argv in (["--threshold", str(THRESHOLD), "--tag"], ["--clear"]):
             code, out, err = run_cli(["identity", "--dataset", name, *argv], capsys)
             assert code == 2 and len(err.strip().splitlines()) == 1, err
-            assert "another identity audit" in err and str(os.getpid()) in err, err
+            assert "faceaudit embed (writing face_embedding) is running" in err and str(os.getpid()) in err, err
         assert _snapshot(ds) == before
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     now = schema.utc_now()
     foo_db.get_db_conn()[locks.LOCKS].insert_one(
-        {"_id": f"identity:{name}", "owner": "killed", "host": __import__("socket").gethostname(),
-         "pid": int(dead.stdout), "since": now, "renewed_at": now})
+        {"_id": locks.vectors_key(name), "shared": [{"owner": "killed", "what": "faceaudit embed",
+                                                     "host": __import__("socket").gethostname(),
+                                                     "pid": int(dead.stdout), "since": now, "renewed_at": now}]})
     code, out, err = run_cli(["identity", "--dataset", name, "--threshold", str(THRESHOLD), "--tag",
                               "--no-similarity-index"], capsys)
     assert code == 0, err
-    assert foo_db.get_db_conn()[locks.LOCKS].find_one({"_id": f"identity:{name}"}) is None
-    strip = lambda docs: [{k: v for k, v in d.items() if k != "tags"} for d in docs]  # noqa: E731
-    assert strip(_snapshot(ds)[0]) == strip(before[0])  # the same vectors: the same values
+    assert foo_db.get_db_conn()[locks.LOCKS].find_one({"_id": locks.vectors_key(name)}) is None
+
+
+def _vectors_equal(a, b) -> bool:
+    return len(a) == len(b) and all((x is None and y is None) or (x is not None and y is not None and
+                                                                  np.array_equal(x, y)) for x, y in zip(a, b))
 
 
 def test_an_identity_that_is_not_text_is_refused_in_one_line(world, audited, capsys):

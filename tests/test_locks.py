@@ -1,0 +1,92 @@
+"""The vectors lock (fiftyone_plugin.locks) under contention, on the real mongod: processes that
+start together and take it over and over, some as embed runs (shared), some as identity audits
+(exclusive). An exclusive holding never overlaps any other holding; shared ones do overlap each
+other; each refusal is one Busy that names a live holder. The slow variant runs more processes
+for longer beside a CPU burner (pytest -m slow)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import pytest
+
+WORKER = textwrap.dedent("""
+    import json, random, sys, time
+    from fiftyone_plugin import locks
+    key, seconds, seed = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+    rng, held, refused = random.Random(seed), [], []
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        kind = "exclusive" if rng.random() < 0.3 else "shared"
+        take = locks.exclusive if kind == "exclusive" else locks.shared
+        try:
+            with take(key, "dataset 'stress'", f"a {kind} run"):
+                t_in = time.monotonic()
+                time.sleep(rng.uniform(0.005, 0.03))
+                held.append((kind, t_in, time.monotonic()))
+        except locks.Busy as e:
+            refused.append(str(e))
+        time.sleep(rng.uniform(0, 0.01))
+    print(json.dumps({"held": held, "refused": refused}))
+""")
+
+
+def _contend(processes: int, seconds: float, burn: bool = False) -> tuple[list, list]:
+    """Start ``processes`` workers on one fresh key at once; returns every holding and refusal."""
+    key = f"vectors:stress-{uuid.uuid4().hex[:8]}"
+    burners = [multiprocessing.Process(target=_burn, args=(seconds + 30,)) for _ in range(2 if burn else 0)]
+    for b in burners:
+        b.start()
+    try:
+        procs = [subprocess.Popen([sys.executable, "-c", WORKER, key, str(seconds), str(seed)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+                 for seed in range(processes)]
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for b in burners:
+            b.terminate()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    import fiftyone.core.odm as foo_db
+
+    from fiftyone_plugin import locks
+    assert foo_db.get_db_conn()[locks.LOCKS].find_one({"_id": key}) is None  # every holder let go
+    return [tuple(h) for r in results for h in r["held"]], [e for r in results for e in r["refused"]]
+
+
+def _burn(seconds: float) -> None:
+    import time
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        sum(i * i for i in range(10_000))
+
+
+def _check(held: list, refused: list) -> None:
+    exclusive = [h for h in held if h[0] == "exclusive"]
+    shared = sorted((h for h in held if h[0] == "shared"), key=lambda h: h[1])
+    assert exclusive and shared and refused, (len(exclusive), len(shared), len(refused))
+    for kind, t_in, t_out in exclusive:
+        overlapping = [h for h in held if h[1] < t_out and t_in < h[2] and h != (kind, t_in, t_out)]
+        assert not overlapping, ((kind, t_in, t_out), overlapping[:3])
+    assert any(b[1] < a[2] for a, b in zip(shared, shared[1:])), "no two shared holders were ever in together"
+    for text in refused:
+        assert text.startswith("dataset 'stress': a ") and " is running (process " in text, text
+        assert len(text.splitlines()) == 1
+
+
+def test_an_exclusive_holder_is_alone_and_shared_ones_overlap():
+    _check(*_contend(processes=5, seconds=4))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", range(5))
+def test_the_same_with_more_processes_beside_a_cpu_burner(trial):
+    _check(*_contend(processes=12, seconds=15, burn=True))
