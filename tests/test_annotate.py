@@ -20,6 +20,7 @@ from facefixtures import marked_faces
 from fiftyone_plugin import labels
 from fiftyone_plugin.annotate import AnnotateError, iter_annotate
 from fiftyone_plugin.ingest import load_face_dataset
+from clirun import as_process, in_process
 from test_labels import write_csv
 
 FACEAUDIT = str(Path(sys.executable).with_name("faceaudit"))
@@ -33,8 +34,10 @@ def fresh(name: str) -> fo.Dataset:
     return ds
 
 
-def run(args, env, **kw):
-    proc = subprocess.run([FACEAUDIT, *args], env=env, capture_output=True, text=True, timeout=600, **kw)
+def run(args, env, process=True, **kw):
+    """``faceaudit ARGS`` as the real console script, or with ``process=False`` by the same main()
+    in this process (a process costs an import of FiftyOne and torch, about 10 CPU-seconds)."""
+    proc = as_process(args, env, **kw) if process else in_process(args, **kw)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 
@@ -67,13 +70,13 @@ def test_annotate_labels_every_sample_and_export_lists_them(trained, faces, tmp_
     rows = marked_faces(faces, tmp_path / "ids", 40)
     (tmp_path / "ids" / "id0000" / "bad.jpg").write_bytes(faces.jpeg(3)[:400])  # tagged at load
     run(["load", "--dataset", dataset_name, "--source", "synth", "--domain", "synthetic", "--quiet",
-         str(tmp_path / "ids")], cli_env)
+         str(tmp_path / "ids")], cli_env, process=False)
     out = run(["annotate", "--dataset", dataset_name, "--checkpoint", str(ckpt), "--device", "cpu",
                "--batch-size", "8", "--workers", "1", "--quiet"], cli_env)
     assert "40 samples labelled" in out.stdout and "1 unreadable skipped" in out.stdout
 
     export = tmp_path / "out.csv"
-    run(["export-labels", "--dataset", dataset_name, str(export)], cli_env)
+    run(["export-labels", "--dataset", dataset_name, str(export)], cli_env, process=False)
     with open(export, newline="") as f:
         exported = list(csv.reader(f))
     assert len(exported) == 41 and all(len(r) == 49 for r in exported)
@@ -89,7 +92,7 @@ def test_annotate_labels_every_sample_and_export_lists_them(trained, faces, tmp_
     positives = ds.match(fo.ViewField("mac_Male") >= ds.info["faceaudit"]["annotation"]["threshold"])
     assert positives.count() == sum(r[male] == "1" for r in exported[1:])
     again = run(["annotate", "--dataset", dataset_name, "--checkpoint", str(ckpt), "--device", "cpu",
-                 "--quiet"], cli_env)
+                 "--quiet"], cli_env, process=False)
     assert "0 samples labelled" in again.stdout and "40 already labelled" in again.stdout
 
 

@@ -25,6 +25,7 @@ from scipy.stats import entropy
 
 from faceaudit.attributes import ATTRIBUTES
 from fiftyone_plugin import labels
+from clirun import as_process, in_process
 from test_scale import labels_by_path, tiny_mac  # noqa: F401 - a fixture
 
 FACEAUDIT = str(Path(sys.executable).with_name("faceaudit"))
@@ -74,8 +75,10 @@ csv = "reports/study.csv"
     return path
 
 
-def run(args, env, cwd=None) -> str:
-    proc = subprocess.run([FACEAUDIT, *args], env=env, capture_output=True, text=True, timeout=600, cwd=cwd)
+def run(args, env, cwd=None, process=False) -> str:
+    """``faceaudit ARGS``'s stdout: in this process (the same main(); each process imports FiftyOne
+    and torch, about 10 CPU-seconds), or with ``process=True`` as the real console script."""
+    proc = as_process(args, env, cwd=cwd) if process else in_process(args, cwd=cwd)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -105,7 +108,7 @@ def test_a_changed_threshold_or_checkpoint_relabels_what_it_changes(small_study,
                                                                     cli_env, names, tmp_path_factory):
     name, fresh = names(1), names(2)
     config = write_config(tmp_path / "study", small_study, tiny_mac, name, threshold="0.05")
-    run(["run", str(config), "--quiet"], cli_env)
+    run(["run", str(config), "--quiet"], cli_env, process=True)
     before = labels_by_path(name)
 
     config = write_config(tmp_path / "study", small_study, tiny_mac, name, threshold="0.6")

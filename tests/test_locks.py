@@ -83,7 +83,7 @@ def _check(held: list, refused: list) -> None:
 
 
 def test_an_exclusive_holder_is_alone_and_shared_ones_overlap():
-    _check(*_contend(processes=5, seconds=4))
+    _check(*_contend(processes=3, seconds=3))
 
 
 @pytest.mark.slow

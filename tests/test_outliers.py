@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from faceaudit import outliers as core
 from faceaudit.attributes import ATTRIBUTES
 from fiftyone_plugin import labels, outliers
 from fiftyone_plugin.ingest import load_face_dataset
+from clirun import as_process, in_process
 from test_labels import write_csv
 
 FACEAUDIT = str(Path(sys.executable).with_name("faceaudit"))
@@ -25,8 +25,10 @@ PLANTED_STATES = {a: "1" for a in ("Bald", "Wearing_Hat", "Eyeglasses", "Goatee"
                                    "Double_Chin", "Wearing_Necktie", "Heavy_Makeup")}
 
 
-def run(args, env, check=True):
-    proc = subprocess.run([FACEAUDIT, *args], env=env, capture_output=True, text=True, timeout=300)
+def run(args, env, check=True, process=False):
+    """``faceaudit ARGS``: in this process (the same main(); a process costs an import of
+    FiftyOne), or with ``process=True`` as the real console script."""
+    proc = as_process(args, env, timeout=300) if process else in_process(args)
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
@@ -200,7 +202,7 @@ def test_bad_input(tmp_path, faces, dataset_name, world):
     with pytest.raises(outliers.OutlierError, match="no real source with labels to score against"):
         outliers.score_realness(ds)
     name, env, _, _ = world
-    proc = run(["outliers", "--dataset", name, "--top", "0"], env, check=False)
+    proc = run(["outliers", "--dataset", name, "--top", "0"], env, check=False, process=True)
     assert proc.returncode == 2 and "top: must be at least 1, got 0" in proc.stderr
 
 
