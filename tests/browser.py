@@ -18,6 +18,30 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--dis
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+class _ShortRetry:
+    """``time`` as FiftyOne's session client sees it, with its retry pause cut from 10 s to 0.25 s.
+
+    The client pings the App server for 10 s, then sleeps 10 s before it tries again; the server
+    (a new process that imports FiftyOne) takes longer than 10 s to answer on a loaded CI machine,
+    so each App start waited those 10 s idle: about 35 starts a run. Tests only."""
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        time.sleep(min(seconds, 0.25))
+
+
+def _shorten_the_client_retry() -> None:
+    import fiftyone.core.session.client as client
+
+    client.time = _ShortRetry()
+
+
+_shorten_the_client_retry()
+
+
 def require_chromium() -> None:
     if CHROMIUM is None:
         pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it as root)")
@@ -36,7 +60,15 @@ def served(dataset):
     try:
         yield session, f"http://127.0.0.1:{port}/datasets/{dataset.name}"
     finally:
-        session.close()
+        close_in_background(session)
+
+
+def close_in_background(session) -> None:
+    """Close ``session``; the App server is told to stop at once, and the wait for it to exit
+    (about 6 s: it lets open connections finish) goes on while the next test starts."""
+    import threading
+
+    threading.Thread(target=session.close, name="close the App", daemon=True).start()
 
 
 def connected(session, timeout: float = 120):

@@ -17,7 +17,7 @@ from fiftyone import ViewField as F
 from faceaudit.attributes import ATTRIBUTES
 from fiftyone_plugin import labels
 from fiftyone_plugin.ingest import load_face_dataset
-from browser import connected
+from browser import close_in_background, connected
 from test_labels import write_csv
 
 pytestmark = pytest.mark.browser
@@ -46,7 +46,7 @@ def app(tmp_path, faces, dataset_name):
         port = s.getsockname()[1]
     session = connected(fo.launch_app(ds, remote=True, port=port))
     yield ds, session, f"http://127.0.0.1:{port}/datasets/{dataset_name}"
-    session.close()
+    close_in_background(session)
 
 
 def _open(page, url: str, samples: int) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from fiftyone_plugin import labels, outliers
 from fiftyone_plugin.ingest import load_face_dataset
-from browser import connected
+from browser import close_in_background, connected
 from test_app import ARTIFACTS, CHROMIUM, FLAGS
 from test_cli import _free_port
 
@@ -60,7 +60,7 @@ def app(tmp_path, faces, dataset_name, monkeypatch):
     ds, port = fo.load_dataset(dataset_name), _free_port()
     session = connected(fo.launch_app(ds, remote=True, port=port))
     yield ds, session, f"http://127.0.0.1:{port}/datasets/{dataset_name}"
-    session.close()
+    close_in_background(session)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from fiftyone import ViewField as F
 from faceaudit.attributes import ATTRIBUTES, CATEGORIES, CATEGORY_OF
 from fiftyone_plugin import labels
 from fiftyone_plugin.ingest import load_face_dataset
-from browser import connected
+from browser import close_in_background, connected
 from test_app import ARTIFACTS, CHROMIUM, FLAGS, _open, _open_panel, _press
 from test_labels import write_csv
 
@@ -53,7 +53,7 @@ def server():
         port = s.getsockname()[1]
     session = connected(fo.launch_app(remote=True, port=port))
     yield session, f"http://127.0.0.1:{port}/datasets/"
-    session.close()
+    close_in_background(session)
 
 
 @pytest.fixture
