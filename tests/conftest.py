@@ -119,14 +119,14 @@ def pytest_collection_modifyitems(config, items):
     _longest_files_first(items)
 
 
-#: test files by their time in a CI run (the summary's "seconds per test file", stop 19, fresh
+#: test files by their time in a CI run (the summary's "seconds per test file", stop 20, fresh
 #: clone, two workers, longest first): pytest-xdist's ``--dist loadfile`` hands files to the
 #: workers in collection order, so longest first keeps one worker from idling at the end
-LONGEST_FILES = ("test_compare", "test_annotate", "test_integrity_state", "test_export", "test_scale",
-                 "test_outliers", "test_app_errors", "test_app_operators", "test_integrity_runs", "test_cli",
-                 "test_app_panel", "test_app_runs", "test_embed", "test_faults", "test_adversity_io",
-                 "test_app_identity", "test_integrity_service", "test_app", "test_app_smaller", "test_plugin",
-                 "test_identity", "test_run", "test_app_panel_layout", "test_attack", "test_app_labels")
+LONGEST_FILES = ("test_app_panel", "test_app_errors", "test_faults", "test_app_runs", "test_app", "test_scale",
+                 "test_annotate", "test_app_operators", "test_cli", "test_app_identity", "test_app_smaller",
+                 "test_app_newuser", "test_run", "test_integrity_state", "test_export", "test_embed",
+                 "test_app_labels", "test_integrity_runs", "test_app_panel_layout", "test_integrity_service",
+                 "test_adversity_io", "test_identity", "test_plugin", "test_adversity_load", "test_compare")
 
 
 #: seconds per test file (setup, call and teardown of its tests), summed as reports arrive
