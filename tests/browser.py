@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -66,8 +67,6 @@ def served(dataset):
 def close_in_background(session) -> None:
     """Close ``session``; the App server is told to stop at once, and the wait for it to exit
     (about 6 s: it lets open connections finish) goes on while the next test starts."""
-    import threading
-
     threading.Thread(target=session.close, name="close the App", daemon=True).start()
 
 

@@ -7,6 +7,7 @@
 * :func:`in_process`: the same ``main()`` in this process, with its stdout and stderr captured
   and argparse's exits turned into return codes; for the many calls whose subject is what a
   command does, not how a process starts.
+* :func:`faceaudit`: either of them, asserting exit code 0 unless told not to.
 """
 
 from __future__ import annotations
@@ -44,3 +45,12 @@ def in_process(args, cwd=None) -> subprocess.CompletedProcess:
     finally:
         os.chdir(before)
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def faceaudit(args, env=None, process=False, check=True, cwd=None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``faceaudit ARGS`` in this process, or with ``process=True`` as the real console script;
+    with ``check``, its exit code must be 0 (else its output is the assertion's message)."""
+    proc = as_process(args, env, timeout=timeout, cwd=cwd) if process else in_process(args, cwd=cwd)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc

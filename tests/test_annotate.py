@@ -6,9 +6,7 @@ import csv
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import fiftyone as fo
 import numpy as np
@@ -20,10 +18,9 @@ from facefixtures import marked_faces
 from fiftyone_plugin import labels
 from fiftyone_plugin.annotate import AnnotateError, iter_annotate
 from fiftyone_plugin.ingest import load_face_dataset
-from clirun import as_process, in_process
+from clirun import FACEAUDIT, faceaudit
 from test_labels import write_csv
 
-FACEAUDIT = str(Path(sys.executable).with_name("faceaudit"))
 TINY = ["--backbone", "tiny", "--embedding-size", "64", "--hidden", "64", "--branch-hidden", "16"]
 
 
@@ -35,11 +32,8 @@ def fresh(name: str) -> fo.Dataset:
 
 
 def run(args, env, process=True, **kw):
-    """``faceaudit ARGS`` as the real console script, or with ``process=False`` by the same main()
-    in this process (a process costs an import of FiftyOne and torch, about 10 CPU-seconds)."""
-    proc = as_process(args, env, **kw) if process else in_process(args, **kw)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
+    """``faceaudit ARGS`` (exit 0), by default as the real console script."""
+    return faceaudit(args, env, process=process, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-from pathlib import Path
 
 import fiftyone as fo
 import numpy as np
@@ -13,21 +11,13 @@ import pytest
 from scipy.stats import entropy
 
 from faceaudit.attributes import ATTRIBUTES
-from clirun import as_process, in_process
+from clirun import faceaudit as run
 from test_labels import write_csv
 
-FACEAUDIT = str(Path(sys.executable).with_name("faceaudit"))
 SOURCES = {"real-a": ("real", 30), "real-b": ("real", 20), "syn-a": ("synthetic", 25), "syn-b": ("synthetic", 15)}
 STATE_VALUE = {"positive": "1", "negative": "-1", "undefined": "0"}
 
 
-def run(args, env, check=True, process=False):
-    """``faceaudit ARGS``: in this process (the same main(); a process costs an import of
-    FiftyOne), or with ``process=True`` as the real console script."""
-    proc = as_process(args, env, timeout=300) if process else in_process(args)
-    if check:
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +169,7 @@ def test_the_view_decides_what_is_counted(labelled):
 ])
 def test_bad_parameters(labelled, args, message):
     name, env, _, _ = labelled
-    proc = run(["compare", "--dataset", name, *args], env, check=False, process=True)
+    proc = run(["compare", "--dataset", name, *args], env, check=False, process=True, timeout=300)
     assert proc.returncode == 2 and message in proc.stderr
 
 

@@ -24,10 +24,9 @@ from faceaudit.recordio import RecordIOReader
 from fiftyone_plugin.export import export_dataset
 from fiftyone_plugin.ingest import load_face_dataset
 from faceaudit.progress import drive
-from clirun import as_process, in_process
+from clirun import FACEAUDIT, as_process, in_process
 from test_app_operators import app, page  # noqa: F401  (fixtures of the browser test)
 
-FACEAUDIT = str(Path(sys.executable).with_name("faceaudit"))
 LAYOUT = {"alice": 4, "bob": 3, "carol": 2, "dave": 5}
 
 

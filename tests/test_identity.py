@@ -470,9 +470,6 @@ def test_a_second_audit_while_one_runs_is_refused(world, audited, capsys):
     --no-similarity-index`: info said 0.3 with 84 leaks tagged, the samples held 0.6's tags). While
     an audit holds the dataset, a second one, --clear and an embed run are refused in one line and
     change nothing; a lock left by a killed audit on this host (its process gone) is taken over at once."""
-    import subprocess
-    import sys
-
     import fiftyone.core.odm as foo_db
 
     from fiftyone_plugin import locks
@@ -489,13 +486,7 @@ def test_a_second_audit_while_one_runs_is_refused(world, audited, capsys):
             assert "an identity audit" in err and str(os.getpid()) in err, err
         assert _snapshot(ds) == before
     assert _vectors_equal(ds.values(adapter.EMBEDDING_FIELD), vectors)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    now = schema.utc_now()
-    foo_db.get_db_conn()[locks.LOCKS].insert_one(
-        {"_id": locks.vectors_key(name), "exclusive": {"owner": "killed", "what": "an identity audit",
-                                                       "host": __import__("socket").gethostname(),
-                                                       "pid": int(dead.stdout), "since": now, "renewed_at": now},
-         "shared": []})
+    _left_by_a_killed_run(name, exclusive=_killed_holder("an identity audit"), shared=[])
     code, out, err = run_cli(["identity", "--dataset", name, "--threshold", str(THRESHOLD), "--tag",
                               "--no-similarity-index"], capsys)
     assert code == 0, err
@@ -509,9 +500,6 @@ def test_an_audit_while_embed_writes_vectors_is_refused(world, audited, capsys):
     was reading: its figures judged vectors of no run. Embed runs (two shards here) hold the
     vectors together; an audit or --clear meanwhile is refused in one line naming the embed run
     and changes nothing; an embed entry left by a killed run (its process gone) does not block."""
-    import subprocess
-    import sys
-
     import fiftyone.core.odm as foo_db
 
     from fiftyone_plugin import embed as stored
@@ -526,16 +514,31 @@ def test_an_audit_while_embed_writes_vectors_is_refused(world, audited, capsys):
             assert code == 2 and len(err.strip().splitlines()) == 1, err
             assert "faceaudit embed (writing face_embedding) is running" in err and str(os.getpid()) in err, err
         assert _snapshot(ds) == before
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    now = schema.utc_now()
-    foo_db.get_db_conn()[locks.LOCKS].insert_one(
-        {"_id": locks.vectors_key(name), "shared": [{"owner": "killed", "what": "faceaudit embed",
-                                                     "host": __import__("socket").gethostname(),
-                                                     "pid": int(dead.stdout), "since": now, "renewed_at": now}]})
+    _left_by_a_killed_run(name, shared=[_killed_holder("faceaudit embed")])
     code, out, err = run_cli(["identity", "--dataset", name, "--threshold", str(THRESHOLD), "--tag",
                               "--no-similarity-index"], capsys)
     assert code == 0, err
     assert foo_db.get_db_conn()[locks.LOCKS].find_one({"_id": locks.vectors_key(name)}) is None
+
+
+def _killed_holder(what: str) -> dict:
+    """A lock entry as a run on this host leaves it when killed: fresh, but its process is gone."""
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    now = schema.utc_now()
+    return {"owner": "killed", "what": what, "host": socket.gethostname(), "pid": int(dead.stdout),
+            "since": now, "renewed_at": now}
+
+
+def _left_by_a_killed_run(name: str, **doc) -> None:
+    import fiftyone.core.odm as foo_db
+
+    from fiftyone_plugin import locks
+
+    foo_db.get_db_conn()[locks.LOCKS].insert_one({"_id": locks.vectors_key(name), **doc})
 
 
 def _vectors_equal(a, b) -> bool:

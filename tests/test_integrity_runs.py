@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,10 +24,9 @@ from scipy.stats import entropy
 
 from faceaudit.attributes import ATTRIBUTES
 from fiftyone_plugin import labels
-from clirun import as_process, in_process
+from clirun import FACEAUDIT, faceaudit
 from test_scale import labels_by_path, tiny_mac  # noqa: F401 - a fixture
 
-FACEAUDIT = str(Path(sys.executable).with_name("faceaudit"))
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +74,8 @@ csv = "reports/study.csv"
 
 
 def run(args, env, cwd=None, process=False) -> str:
-    """``faceaudit ARGS``'s stdout: in this process (the same main(); each process imports FiftyOne
-    and torch, about 10 CPU-seconds), or with ``process=True`` as the real console script."""
-    proc = as_process(args, env, cwd=cwd) if process else in_process(args, cwd=cwd)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
+    """``faceaudit ARGS``'s stdout (exit 0), by default in this process."""
+    return faceaudit(args, env, process=process, cwd=cwd).stdout
 
 
 def report_json(directory: Path) -> dict:

