@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from faceaudit import fingerprint
 from faceaudit import report as reports
 from faceaudit.config import StudyConfig
+from faceaudit.outliers import REVIEWED_KEEP_TAG
 from faceaudit.progress import Progress, drive
 
 from . import labels, schema
@@ -71,9 +72,9 @@ def run_study(config: StudyConfig, progress: Callable[[Progress], None] | None =
     result = _compare(dataset, config, compare_key, report)
     outlier_key = _key(inputs, asdict(config.outliers), states=config.comparison.states,
                        alpha=config.comparison.alpha)
-    _outliers(dataset, config, outlier_key, done, report, echo)
-    identity_key = _identity(dataset, config, done, report, echo)
-    run_key = fingerprint.settings_key({"compare": compare_key, "outliers": outlier_key, "identity": identity_key})
+    outlier_state = _outliers(dataset, config, outlier_key, done, report, echo)
+    identity_state = _identity(dataset, config, done, report, echo)
+    run_key = fingerprint.settings_key({"compare": compare_key, "outliers": outlier_state, "identity": identity_state})
     _write_reports(dataset, config, result, report, run_key)
     report.summary_table = "\n".join(reports.text_table(result).splitlines()[:8])
     return report
@@ -133,45 +134,80 @@ def _annotate(dataset, config: StudyConfig, progress, echo) -> str:
 
 
 def _embed(config: StudyConfig, progress, echo) -> str:
-    """Face embeddings (``[embedding]``): only samples without a vector; none left: skipped."""
-    from .embed import iter_embed
+    """Face embeddings (``[embedding]``): only samples without a vector; none left: skipped.
+    When the config's model, checkpoint, detect or flip differ from those the stored vectors
+    were made with, every sample is embedded again (vectors of two settings are never mixed)."""
+    from . import embed
 
     e = config.embedding
     if e is None:
         return ""
-    embedded = drive(iter_embed(config.dataset, model=e.model, checkpoint=e.checkpoint, detect=e.detect,
-                                flip=e.flip, device=e.device, batch_size=e.batch_size, workers=e.workers),
-                     progress)
+    options = dict(model=e.model, checkpoint=e.checkpoint, detect=e.detect, flip=e.flip)
+    changed = _embedding_changed(config.dataset, embed.embed_options(**options))
+    if changed:
+        echo(f"embed: the [embedding] settings changed ({changed}): embedding every sample again")
+    embedded = drive(embed.iter_embed(config.dataset, **options, device=e.device, batch_size=e.batch_size,
+                                      workers=e.workers, overwrite=bool(changed)), progress)
     echo(embedded.summary())
     if embedded.embedded == 0 and embedded.no_face == 0 and embedded.failed == 0:
         return "skipped: every readable sample is embedded"
-    return f"{embedded.embedded} samples embedded"
+    return f"{embedded.embedded} samples embedded" + (" again (settings changed)" if changed else "")
+
+
+def _embedding_changed(dataset_name: str, options) -> str:
+    """What differs between the stored vectors' settings and ``options`` ("" when nothing does,
+    or when no vector is stored)."""
+    from . import embed
+
+    dataset = schema.open_dataset(dataset_name, create=False)
+    stored = embed.stored_settings(dataset)
+    if stored is None or count_samples(dataset.exists(embed.FIELD)) == 0:
+        return ""
+    now = options.settings()
+    return ", ".join(f"{k} {stored[k]!r} -> {now[k]!r}" for k in embed.SETTINGS if stored.get(k) != now[k])
 
 
 def _identity(dataset, config: StudyConfig, done: dict, report: StudyReport, echo) -> dict | None:
-    """The identity audit (``[identity]``) on the embeddings, rerun only when its settings, the
-    embedding settings or the embedded samples changed; returns its key (None: no such step)."""
+    """The identity audit (``[identity]``) on the embeddings, rerun unless the dataset is in the
+    state this step left it in (:func:`_identity_state`); returns that state (None: no step)."""
     from . import identity
-    from .embed import FIELD
 
     i = config.identity
     if i is None:
         return None
-    made_with = {k: v for k, v in (schema.get_info(dataset, "embedding") or {}).items()
-                 if not k.endswith("_at")}  # the settings, not when a run last finished
-    key = _key(asdict(i), embedding=made_with,
-               embedded=count_samples(dataset.exists(FIELD)), samples=count_samples(dataset))
-    if done.get("identity") == key and schema.get_info(dataset, "identity"):
-        report.steps["identity"] = "skipped: embeddings and settings unchanged"
-        return key
+    if schema.get_info(dataset, "identity") and done.get("identity") == _identity_state(dataset, i):
+        report.steps["identity"] = "skipped: embeddings, identities, tags and settings unchanged"
+        return done["identity"]
     result = identity.identity_audit(dataset, identity.options(i.threshold, i.fmr, i.max_pairs, i.seed), tag=i.tag)
-    _record(dataset, "identity", key)
+    state = _identity_state(dataset, i)
+    _record(dataset, "identity", state)
     leaks = {s: v.get("share_above_threshold") for s, v in result.get("leakage", {}).items() if v.get("applicable")}
     echo(f"identity audit: threshold {result['threshold']:.3g} ({result['threshold_rule']}); "
          + "; ".join(f"{s} leakage {v:.1%}" for s, v in leaks.items() if v is not None))
     report.steps["identity"] = "computed" + (": tagged " + ", ".join(f"{k} {v}" for k, v in result["tagged"].items())
                                              if result.get("tagged") else "")
-    return key
+    return state
+
+
+def _identity_state(dataset, settings) -> dict:
+    """Everything the stored identity audit depends on or left behind: the step's settings, the
+    vectors' settings and counts, each identity's size and its samples' identity and
+    ``reviewed_keep`` tags (an identity renamed or merged, a tag changed in the App), and a digest
+    of the stored audit itself (an audit run by hand, from the App or the CLI, with other
+    settings replaces it). Equal states: the stored audit is this step's and still current."""
+    from . import identity
+    from .embed import FIELD
+
+    made_with = {k: v for k, v in (schema.get_info(dataset, "embedding") or {}).items()
+                 if not k.endswith("_at")}  # the settings, not when a run last finished
+    tags = [*identity.TAGS, REVIEWED_KEEP_TAG]
+    group = {"_id": {"s": "$" + schema.SOURCE, "i": "$" + schema.IDENTITY}, "n": {"$sum": 1}}
+    group |= {f"t{k}": {"$sum": {"$cond": [{"$in": [t, {"$ifNull": ["$tags", []]}]}, 1, 0]}} for k, t in enumerate(tags)}
+    rows = sorted(json.dumps(r, sort_keys=True, default=str)
+                  for r in dataset._sample_collection.aggregate([{"$group": group}], allowDiskUse=True))
+    return _key(asdict(settings), embedding=made_with, embedded=count_samples(dataset.exists(FIELD)),
+                samples=count_samples(dataset), identities=fingerprint.settings_key({"rows": rows}),
+                audit=fingerprint.settings_key({"audit": schema.get_info(dataset, "identity")}))
 
 
 def _compare(dataset, config: StudyConfig, key: dict, report: StudyReport) -> dict:
@@ -191,20 +227,35 @@ def _compare(dataset, config: StudyConfig, key: dict, report: StudyReport) -> di
     return result
 
 
-def _outliers(dataset, config: StudyConfig, key: dict, done: dict, report: StudyReport, echo) -> None:
+def _outliers(dataset, config: StudyConfig, key: dict, done: dict, report: StudyReport, echo) -> dict:
+    """Realness scores, identity consistency and the outlier tags, redone unless the dataset is
+    in the state this step left it in (:func:`_outlier_state`); returns that state."""
     from . import outliers
 
-    if done.get("outliers") == key:
-        report.steps["outliers"] = "skipped: labels unchanged"
-        return
     o = config.outliers
+    if done.get("outliers") == _outlier_state(dataset, key, o.tag):
+        report.steps["outliers"] = "skipped: labels, tags and settings unchanged"
+        return done["outliers"]
     outliers.score_realness(dataset, states=config.comparison.states, alpha=config.comparison.alpha, joint=o.joint)
     outliers.identity_consistency(dataset.view(), write=True)
     n = outliers.flag_outliers(dataset, top=o.top, threshold=o.threshold, tag=o.tag)
-    _record(dataset, "outliers", key)
+    state = _outlier_state(dataset, key, o.tag)
+    _record(dataset, "outliers", state)
     report.steps["outliers"] = f"{n} synthetic samples tagged '{o.tag}'"
     echo(f"{n} synthetic faces real data explains least tagged '{o.tag}' "
          f"(saved view '{outliers.OUTLIERS_VIEW}')")
+    return state
+
+
+def _outlier_state(dataset, key: dict, tag: str) -> dict:
+    """The outlier step's inputs (``key``) and what it left: how many samples carry ``tag`` and
+    ``reviewed_keep``, and a digest of the stored realness settings. An ``outliers`` run by hand
+    (other top, threshold or joint attributes), a clear, or faces marked as reviewed in the App
+    change it, so the run redoes the step and the reports."""
+    coll = dataset._sample_collection
+    return _key(key, tagged=coll.count_documents({"tags": tag}),
+                reviewed=coll.count_documents({"tags": REVIEWED_KEEP_TAG}),
+                realness=fingerprint.settings_key({"realness": schema.get_info(dataset, "realness")}))
 
 
 def _record(dataset, step: str, key) -> None:

@@ -25,6 +25,7 @@ from scipy.stats import entropy
 from faceaudit.attributes import ATTRIBUTES
 from fiftyone_plugin import labels
 from clirun import FACEAUDIT, faceaudit
+from test_embed import models  # noqa: F401 - a fixture (a tiny IResNet checkpoint)
 from test_scale import labels_by_path, tiny_mac  # noqa: F401 - a fixture
 
 
@@ -241,3 +242,82 @@ def test_settings_keys():
     assert settings_key(a) == settings_key(dict(reversed(list(a.items()))))  # key order is not a change
     assert settings_key(a) != settings_key({**a, "threshold": 0.99})
     assert is_current(settings_key(a), a) and not is_current(None, a)
+
+
+# ------------------------------------------------------------------ the identity audit and the outlier tags
+
+
+def _identity_config(directory: Path, study: Path, ckpt: str, dataset: str, embedding: str = "") -> Path:
+    """The small study with an [embedding] step (dlib unless told) and an [identity] step."""
+    path = write_config(directory, study, ckpt, dataset)
+    embedding = embedding or 'model = "dlib"'
+    path.write_text(path.read_text() + f"\n[embedding]\n{embedding}\n"
+                    'device = "cpu"\n\n[identity]\nthreshold = 0.9\ntag = true\n')
+    return path
+
+
+def _audit(dataset: str) -> dict:
+    ds = fo.load_dataset(dataset)
+    ds.reload()
+    return ds.info["faceaudit"]["identity"]
+
+
+def test_a_rerun_redoes_what_a_hand_run_the_app_or_an_edit_changed_since(  # noqa: F811
+        small_study, tiny_mac, tmp_path, names, cli_env, models):
+    """Stop 21's review: after an identity audit from the App (or `faceaudit identity`) with
+    another threshold, `faceaudit run` said "identity: skipped" and "reports up to date" while
+    dataset.info and the tags were the hand run's and report.html still showed the run's. The
+    same held for identities renamed in FiftyOne, a face marked `reviewed_keep`, an `outliers`
+    run by hand, and a changed [embedding] was refused with advice (--overwrite) `run` has not.
+    Each edit is made through the door a user would use; each rerun must redo exactly the steps
+    the edit affects and rewrite the reports."""
+    name = names(0)
+    config = _identity_config(tmp_path / "a", small_study, tiny_mac, name)
+    first = run(["run", str(config)], cli_env, cwd=tmp_path / "a")
+    assert "identity: computed" in first and _audit(name)["threshold"] == 0.9
+    html = tmp_path / "a" / "reports" / "study.html"
+    again = run(["run", str(config)], cli_env, cwd=tmp_path / "a")
+    assert "identity: skipped" in again and "outliers: skipped" in again and "nothing new" in again
+
+    # 1. an audit by hand with another threshold (what the App's operator runs)
+    run(["identity", "--dataset", name, "--threshold", "0.99", "--tag"], cli_env)
+    assert _audit(name)["threshold"] == 0.99
+    before = html.stat().st_mtime_ns
+    redo = run(["run", str(config)], cli_env, cwd=tmp_path / "a")
+    assert "identity: computed" in redo and "reports: written" in redo, redo
+    assert "outliers: skipped" in redo  # the outlier tags were not touched
+    assert _audit(name)["threshold"] == 0.9 and html.stat().st_mtime_ns != before
+    assert "skipped" in run(["run", str(config)], cli_env, cwd=tmp_path / "a").split("identity:")[1][:12]
+
+    # 2. two identities merged in FiftyOne (same sample count, same vectors)
+    ds = fo.load_dataset(name)
+    merged = ds.match(fo.ViewField("identity") == "person1")
+    merged.set_values("identity", ["person0"] * len(merged))
+    redo = run(["run", str(config)], cli_env, cwd=tmp_path / "a")
+    assert "identity: computed" in redo and _audit(name)["sources"]["real"]["identities"] == 2
+
+    # 3. a face marked reviewed_keep in the App (a sidebar tag): both tagging steps redo
+    sample = ds.match(fo.ViewField("source") == "gan").first()
+    sample.tags.append("reviewed_keep")
+    sample.save()
+    redo = run(["run", str(config)], cli_env, cwd=tmp_path / "a")
+    assert "identity: computed" in redo and "outliers: 3 synthetic samples tagged" in redo, redo
+    ds.reload()
+    assert "outlier" not in ds[sample.filepath].tags
+
+    # 4. `faceaudit outliers` by hand with another top
+    run(["outliers", "--dataset", name, "--top", "1"], cli_env)
+    assert len(ds.match_tags("outlier")) == 1
+    redo = run(["run", str(config)], cli_env, cwd=tmp_path / "a")
+    assert "outliers: 3 synthetic samples tagged" in redo and "identity: skipped" in redo, redo
+    assert len(ds.match_tags("outlier")) == 3
+
+    # 5. another embedding model in the config: every sample embedded again, then a new audit
+    other = _identity_config(tmp_path / "a", small_study, tiny_mac, name,
+                             embedding=f'model = "iresnet"\ncheckpoint = "{models["pth"]}"')
+    redo = run(["run", str(other)], cli_env, cwd=tmp_path / "a")
+    assert "the [embedding] settings changed (model 'dlib' -> 'iresnet'" in redo, redo
+    assert "24 samples embedded" in redo and "identity: computed" in redo
+    ds.reload()
+    assert ds.info["faceaudit"]["embedding"]["model"] == "iresnet" and _audit(name)["model"] == "iresnet"
+    assert {len(v) for v in ds.values("face_embedding")} == {64}  # no 128-d dlib vector left
