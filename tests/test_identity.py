@@ -169,7 +169,8 @@ def test_metrics_equal_every_pair_reference(world, audited):
         centres = np.stack([x[labels == i].mean(0) for i in ids])
         centres /= np.linalg.norm(centres, axis=1, keepdims=True)
         own = np.einsum("ij,ij->i", x, centres[[ids.index(v) for v in labels]])
-        assert r["consistency"] == pytest.approx(float((own >= THRESHOLD).mean()))
+        several = np.array([np.sum(labels == v) >= 2 for v in labels])  # an image alone is its own centre
+        assert r["consistency"] == pytest.approx(float((own[several] >= THRESHOLD).mean()))
         kept = []
         for c in range(len(ids)):
             if all(centres[c] @ centres[k2] < THRESHOLD for k2 in kept):
@@ -257,6 +258,11 @@ def test_reports_show_the_identity_audit(world, audited):
         assert anchor in page
     rows = (out / "id.csv").read_text().splitlines()
     assert rows[0] == "source,metric,value" and any(r.startswith("synth,EER,") for r in rows)
+    # the leakage line in counts (it read "1 of its identities" for a share of 1.0), from the vectors
+    ds = fo.load_dataset(world[0])
+    real, synth = (_centres(ds, s) for s in ("real", "synth"))
+    leaking = int(((synth @ real.T).max(axis=1) >= THRESHOLD).sum())
+    assert f"{leaking} of {len(synth)} ({leaking / len(synth):.1%}) identities" in page
     from faceaudit.report import identity_audit_section
 
     assert 'id="identity-audit"' in identity_audit_section({"identity": result})
@@ -563,23 +569,53 @@ def test_an_identity_that_is_not_text_is_refused_in_one_line(world, audited, cap
         ds.delete()
 
 
-def test_the_report_says_why_a_source_has_no_genuine_scores():
-    """One image per identity (the README's demo): the HTML report says why there is no genuine
-    chart and what it leaves n/a, as the panel does, instead of drawing an empty chart."""
-    from faceaudit.identity_report import section
+def _centres(ds, source) -> np.ndarray:
+    """Each identity's normalised mean embedding (the audit's centres), from the stored vectors."""
+    x, labels, _, _ = reference(ds, source)
+    centres = np.stack([x[labels == i].mean(0) for i in sorted(set(labels))])
+    return centres / np.linalg.norm(centres, axis=1, keepdims=True)
 
+
+def _singleton_audit(names=("real", "synth")) -> dict:
+    """An audit of two sources of 20 one-image identities each (random unit vectors)."""
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((40, 16)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    rows = {"real": range(0, 20), "synth": range(20, 40)}
-    plans = {name: core.SourcePlan("real" if name == "real" else "synthetic", {f"p{i}": 1 for i in r}, len(r))
+    rows = dict(zip(names, (range(0, 20), range(20, 40))))
+    plans = {name: core.SourcePlan("real" if name == names[0] else "synthetic", {f"p{i}": 1 for i in r}, len(r))
              for name, r in rows.items()}
 
     def read(name):
         r = rows[name]
         yield core.Chunk(list(r), [f"p{i}" for i in r], vectors[r.start:r.stop])
 
-    result = core.run_audit(plans, read, core.audit_options(threshold=0.5), "dlib").result
+    return core.run_audit(plans, read, core.audit_options(threshold=0.5), "dlib").result
+
+
+def test_hostile_source_names_and_singletons_in_the_reports():
+    """A source named like a formula is a text cell in the CSV, one named like markup is text
+    in the chart legend; consistency of one-image identities is n/a, not a trivial 1 (an image
+    alone is its own centre)."""
+    import csv
+    import io
+
+    from faceaudit.identity_report import histogram_figure, to_csv
+
+    formula, markup = "=cmd|' /C calc'!A0", "<b onmouseover=alert(1)>s</b>"
+    result = _singleton_audit((formula, markup))
+    cells = {row[0] for row in csv.reader(io.StringIO(to_csv(result)))}
+    assert "'" + formula in cells and formula not in cells
+    names = [trace["name"] for trace in histogram_figure(result, "impostor")["data"]]
+    assert names and not any("<" in n for n in names) and any("&lt;b onmouseover" in n for n in names)
+    assert all(s["consistency"] is None for s in result["sources"].values())
+
+
+def test_the_report_says_why_a_source_has_no_genuine_scores():
+    """One image per identity (the README's demo): the HTML report says why there is no genuine
+    chart and what it leaves n/a, as the panel does, instead of drawing an empty chart."""
+    from faceaudit.identity_report import section
+
+    result = _singleton_audit()
     assert result["sources"]["synth"]["genuine"]["count"] == 0 and result["sources"]["synth"]["eer"] is None
     page = section(result)
     assert 'id="identity-no-genuine"' in page and "no identity has two embedded images" in page

@@ -96,4 +96,4 @@ def demo_config(directory: str | None = None, dataset: str = "faces"):
                        outliers=OutliersConfig(top=DEMO_OUTLIERS),
                        reports=ReportsConfig(html=os.path.join(os.path.abspath(directory), "report.html")),
                        embedding=EmbeddingConfig("dlib", device="cpu", batch_size=32, workers=0),
-                       identity=IdentityConfig(tag=True))
+                       identity=IdentityConfig(fmr=0.01, tag=True))  # dlib's default suits big faces, not these crops

@@ -43,8 +43,9 @@ from .search import InnerProductIndex
 #: model -> (default threshold on the cosine of L2-normalised embeddings, where it comes from)
 MODEL_THRESHOLDS: dict[str, tuple[float, str]] = {
     "dlib": (0.9, "dlib's rule (Euclidean distance < 0.6 on raw descriptors of norm ~1.4) is cosine "
-                  ">= 1 - 0.6^2 / (2 * 1.4^2) = 0.908 on normalised ones; measured on LFW crops here: "
-                  "same person >= ~0.95, different people <= ~0.83 (docs/identity.md)"),
+                  ">= 1 - 0.6^2 / (2 * 1.4^2) = 0.908 on normalised ones; small or low-resolution faces score "
+                  "higher for everyone (the demo's LFW crops: different people median 0.86), so with enough "
+                  "real identities set the threshold from an FMR on real data instead (docs/identity.md)"),
     "iresnet": (0.3, "ArcFace/AdaFace IResNet: the field's common cosine threshold, DCFace's uniqueness "
                      "threshold with AdaFace IR101 (CVPR 2023)"),
     "onnx": (0.3, "InsightFace's ONNX recognition models are ArcFace-trained IResNets: as iresnet"),
@@ -329,7 +330,7 @@ class _Source:
         self.genuine, self.impostor = Scores(), Scores()
         self.identities: list = []
         self.sums: list[np.ndarray] = []
-        self.own: list[np.ndarray] = []  # similarity of each image to its own identity's centre
+        self.own: list[np.ndarray] = []  # similarity to its identity's centre, identities of >= 2 images
         self.nearest: list[np.ndarray] = []  # synthetic: each image's highest similarity to a real centre
         self.samples = 0
         self.lowest: list = []  # heap of (-identity_similarity, n, key, identity): the TOP lowest
@@ -375,7 +376,7 @@ class _Source:
             own = dot_sum / np.sqrt(norm_sum)
         sim[(sizes[group] < 2) | (other <= 1e-6)] = np.nan
         out[rows] = sim
-        self.own.append(own.astype(np.float32))
+        self.own.append(own[sizes[group] >= 2].astype(np.float32))  # an image alone is its own centre
         self.sums.append(sums)
         finite = np.flatnonzero(np.isfinite(sim))
         worst = finite[np.argsort(sim[finite], kind="stable")[:TOP]]
@@ -572,14 +573,14 @@ class IdentityAudit:
         """The threshold and its rule when it does not need the scores; checks that an FMR rule
         can be met before anything is read or written."""
         if options.threshold is not None:
-            return options.threshold, "given (--threshold)"
+            return options.threshold, "given"
         if options.fmr is not None:
             real = [p for p in plans.values() if p.domain == "real"]
             available = sum(min(p.impostor_pairs(), options.max_pairs) for p in real)
             need = int(np.ceil(MIN_PER_FALSE_MATCH / options.fmr))
             if available < need:
-                raise IdentityError(f"fmr: the real sources have {available:,} impostor pairs (at most --max-pairs "
-                                    f"per source); FMR {options.fmr!r} needs at least {need:,}: give --threshold, "
+                raise IdentityError(f"fmr: the real sources have {available:,} impostor pairs (at most max-pairs "
+                                    f"per source); FMR {options.fmr!r} needs at least {need:,}: give a threshold, "
                                     "a larger FMR, or more real identities")
             return None, ""
         if model in MODEL_THRESHOLDS:
@@ -672,6 +673,8 @@ class IdentityAudit:
             "uniqueness": structure["kept"] / len(ids), "uniqueness_kept": structure["kept"],
             "uniqueness_rule": "DCFace's greedy pass over identity centres in identity order, at the threshold",
             "consistency": float((own >= t).mean()) if own.size else None,
+            "consistency_rule": "images of identities with at least 2 images at or above the threshold with "
+                                "their identity's centre (an image alone is its own centre)",
             "packing": _quantiles(structure["packing"]),
             "collision_pairs": structure["pairs"],
             "collisions": [{"identity_a": ids[i], "identity_b": ids[j], "similarity": sim}

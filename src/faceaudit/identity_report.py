@@ -9,6 +9,7 @@ import html
 import io
 
 from .report import REPORT_CSS, _rows, num, script_json, source_color
+from .textsafe import csv_cell
 
 METRICS = [("identities", "identities"), ("samples", "samples"), ("genuine pairs", ("genuine", "count")),
            ("genuine mean", ("genuine", "mean")), ("genuine std", ("genuine", "std")),
@@ -39,16 +40,29 @@ def histogram_figure(result: dict, kind: str) -> dict:
             continue
         counts = s[kind]["histogram"]
         n = sum(counts) or 1
-        data.append({"type": "bar", "name": f"{source} ({s[kind]['count']} pairs)", "x": centres,
+        data.append({"type": "bar", "name": html.escape(f"{source} ({s[kind]['count']} pairs)"), "x": centres,
                      "y": [c / n for c in counts], "customdata": counts, "marker": {"color": source_color(source)},
                      "hovertemplate": f"{html.escape(source)}<br>cosine ~ %{{x:.2f}}: %{{customdata}} pairs "
                                       "(%{y:.1%})<extra></extra>"})
     layout = {"barmode": "group", "bargap": 0.1, "title": {"text": f"{kind} ({'mated' if kind == 'genuine' else 'non-mated'}) scores per source"},
-              "xaxis": {"title": {"text": "cosine similarity"}, "range": [-1, 1]},
+              "xaxis": {"title": {"text": "cosine similarity"}, "range": score_range(result, kind)},
               "yaxis": {"title": {"text": "share of the source's pairs"}, "tickformat": ".0%"},
               "shapes": [{"type": "line", "x0": result["threshold"], "x1": result["threshold"], "y0": 0, "y1": 1,
                           "yref": "paper", "line": {"dash": "dot", "color": "#555"}}]}
     return {"data": data, "layout": layout}
+
+
+def score_range(result: dict, kind: str) -> list[float]:
+    """The x range of ``kind``'s chart: from the lowest bin any source fills (and the threshold)
+    to 1, so that scores packed near 1 (dlib's impostors) are not squeezed into a sliver of
+    [-1, 1]; [-1, 1] when there are no scores."""
+    edges = result["chart_edges"]
+    filled = [k for s in result["sources"].values() if s.get("applicable")
+              for k, c in enumerate(s[kind]["histogram"]) if c]
+    if not filled:
+        return [-1.0, 1.0]
+    low = min(edges[min(filled)], result["threshold"] if result.get("threshold") is not None else 1.0)
+    return [max(-1.0, low - 0.05), 1.0]
 
 
 def no_pairs(result: dict, kind: str) -> tuple[str, list[str], str] | None:
@@ -90,6 +104,24 @@ def metric_rows(result: dict) -> list[list[str]]:
     return rows
 
 
+SHOWN = 20  # leak and collision pairs listed per source
+
+
+def _share(count, total) -> str:
+    return f"{count:,} of {total:,} ({count / total:.1%})" if total else "none"
+
+
+def leak_line(leak: dict) -> str:
+    """What share of a synthetic source's identities and images are at or above the threshold
+    with a real identity, as counts and percentages ("3 of 100 identities (3.0%), ...")."""
+    parts = []
+    if leak.get("identities"):
+        parts.append(f"{_share(leak.get('identities_above_threshold') or 0, leak['identities'])} identities")
+    if leak.get("samples"):
+        parts.append(f"{_share(leak.get('samples_above_threshold') or 0, leak['samples'])} images")
+    return (", ".join(parts) or "nothing embedded") + " at or above the threshold"
+
+
 def section(result: dict | None) -> str:
     """The identity audit as an HTML fragment (figures need plotly.js on the page)."""
     if not result:
@@ -100,15 +132,16 @@ def section(result: dict | None) -> str:
     not_applicable = [f"{esc(n)}: {esc(s.get('reason', ''))}" for n, s in sources.items() if not s.get("applicable")]
     leak_rows, collision_rows = [], []
     for source, leak in result.get("leakage", {}).items():
-        for p in leak.get("top", [])[:20]:
+        for p in leak.get("top", [])[:SHOWN]:
             leak_rows.append([esc(source), esc(str(p["identity"])), esc(p["real_source"]),
                               esc(str(p["real_identity"])), num(p["similarity"])])
     for source, s in sources.items():
-        for c in (s.get("collisions") or [])[:20]:
+        for c in (s.get("collisions") or [])[:SHOWN]:
             collision_rows.append([esc(source), esc(str(c["identity_a"])), esc(str(c["identity_b"])), num(c["similarity"])])
-    shares = "".join(f"<li>{esc(n)}: {num(v.get('share_above_threshold'))} of its identities, "
-                     f"{num(v.get('sample_share_above_threshold'))} of its images at or above the threshold</li>"
-                     for n, v in result.get("leakage", {}).items() if v.get("applicable"))
+    shares = "".join(f"<li>{esc(n)}: {leak_line(v)}</li>" for n, v in result.get("leakage", {}).items()
+                     if v.get("applicable"))
+    shown = [f"{esc(n)}: the {min(SHOWN, s.get('collision_pairs') or 0)} most similar of {s.get('collision_pairs') or 0}"
+             for n, s in sources.items() if s.get("applicable")]
     return (f'<p>Cosine similarity of L2-normalised {esc(str(result.get("model")))} embeddings. Threshold '
             f'<b>{num(result["threshold"])}</b> ({esc(result["threshold_rule"])}). Genuine = every pair inside '
             f'an identity; impostor = pairs of different identities (each source says whether all or a seeded '
@@ -117,7 +150,7 @@ def section(result: dict | None) -> str:
             + (f'<p class="note">Not applicable: {"; ".join(not_applicable)}</p>' if not_applicable else "")
             + f'<h3>Leakage of real identities</h3><ul>{shares}</ul>'
             f'<table id="identity-leakage">{_rows(leak_rows, ["synthetic source", "identity", "real source", "real identity", "similarity"])}</table>'
-            f'<h3>Collisions (identity pairs at or above the threshold)</h3>'
+            f'<h3>Collisions (identity pairs at or above the threshold)</h3><p>{"; ".join(shown)}</p>'
             f'<table id="identity-collisions">{_rows(collision_rows, ["source", "identity a", "identity b", "similarity"])}</table>')
 
 
@@ -144,5 +177,5 @@ def to_csv(result: dict) -> str:
     writer.writerow(["source", "metric", "value"])
     for source, s in result["sources"].items():
         for label, path in METRICS:
-            writer.writerow([source, label, _get(s, path) if s.get("applicable") else ""])
+            writer.writerow([csv_cell(source), label, _get(s, path) if s.get("applicable") else ""])
     return out.getvalue()
