@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
@@ -41,6 +42,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     print("nothing new: the study was already complete" if study.nothing_new else
           f"done: dataset '{study.dataset}'")
     print(f"open it in the App with:  {app_hint(args)}")
+    from fiftyone_plugin.registration import plugin_problem
+
+    problem = plugin_problem()
+    if problem:
+        print(f"warning: {problem}", file=sys.stderr)
     if args.app:
         open_app(study.dataset)
     return 0
@@ -50,7 +56,16 @@ def app_hint(args: argparse.Namespace) -> str:
     """The command that opens this run's dataset in the App (the same run again, with ``--app``)."""
     given = [args.config] if args.config else []
     given += [f"--{o} {shlex.quote(getattr(args, o))}" for o in ("dir", "dataset") if getattr(args, o)]
-    return " ".join([".venv/bin/faceaudit run", *given, "--app"])
+    return " ".join([f"{faceaudit_command()} run", *given, "--app"])
+
+
+def faceaudit_command() -> str:
+    """How the user started faceaudit, as a command that works from any folder: the script's
+    absolute path when it was started by path (``.venv/bin/faceaudit``), else ``faceaudit``."""
+    script = sys.argv[0] if sys.argv else ""
+    if os.path.basename(script) == "faceaudit" and os.sep in script:
+        return shlex.quote(os.path.abspath(script))
+    return "faceaudit"
 
 
 def register(sub) -> None:

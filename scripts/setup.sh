@@ -31,6 +31,10 @@ fi
 # Register the plugin: FiftyOne walks its plugins directory and follows symlinks.
 PLUGINS_DIR=${FIFTYONE_PLUGINS_DIR:-$(FIFTYONE_DATABASE_VALIDATION=false .venv/bin/fiftyone config plugins_dir)}
 mkdir -p "$PLUGINS_DIR"
-ln -sfn "$REPO" "$PLUGINS_DIR/face-audit"
+LINK="$PLUGINS_DIR/face-audit"
+if [ -e "$LINK" ] && [ "$(readlink -f "$LINK")" != "$(readlink -f "$REPO")" ]; then
+    echo "== note: $LINK pointed at $(readlink -f "$LINK"); the App now runs this checkout's plugin"
+fi
+ln -sfn "$REPO" "$LINK"
 echo "== plugin @faceaudit/face-audit linked at $PLUGINS_DIR/face-audit"
 echo "== ready: .venv/bin/faceaudit --help"

@@ -203,3 +203,31 @@ def test_annotate_form_defaults_to_a_known_checkpoint_else_the_offline_models(tm
     assert fields["model"].default == "mac" and fields["checkpoint"].default == str(checkpoint)
     checkpoint.unlink()  # gone: not offered
     assert form()["model"].default == "agegender"
+
+
+def test_a_missing_or_foreign_plugin_link_is_named_in_one_line(tmp_path, monkeypatch):
+    """A new user's App had no faceaudit operators: the plugins folder's link pointed at a
+    checkout that no longer existed, and nothing said so. `faceaudit run` now warns, naming the
+    link, its target and the command that mends it; a link to this checkout is no problem."""
+    from fiftyone_plugin.registration import LINK_NAME, plugin_problem, plugin_root
+
+    root = plugin_root()
+    assert root is not None and (root / "fiftyone.yml").is_file()
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    monkeypatch.setattr(fo.config, "plugins_dir", str(folder))
+    link = folder / LINK_NAME
+    assert "has no @faceaudit/face-audit" in plugin_problem()
+    link.symlink_to(tmp_path / "gone")
+    problem = plugin_problem()
+    assert f"{link} points at {tmp_path / 'gone'}, which does not exist" in problem
+    assert problem.endswith(f"ln -sfn {root} {link}") and "\n" not in problem
+    other = tmp_path / "other-checkout"
+    other.mkdir()
+    (other / "fiftyone.yml").write_text((root / "fiftyone.yml").read_text())
+    link.unlink()
+    link.symlink_to(other)
+    assert f"another checkout ({other})" in plugin_problem()
+    link.unlink()
+    link.symlink_to(root)
+    assert plugin_problem() is None
