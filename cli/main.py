@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stdout, sys.stdout = sys.stdout, _PrintableOut(sys.stdout)
     try:
+        if getattr(args, "check", None):  # a command's own checks of its numbers and names,
+            args.check(args)  # before the database is found or started (seconds) and FiftyOne imported
         fiftyone_env()  # before any command imports FiftyOne
         return args.func(args)
     except (ValueError, OSError, RuntimeError) as e:  # our errors name the path/value

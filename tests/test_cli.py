@@ -247,3 +247,18 @@ def test_load_says_what_format_auto_detected(tmp_path, faces, dataset_name, caps
     assert "x (real, folders): 3 images found" in out
     assert main([*args, "--format", "folders", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["detected"] is None
+
+
+@pytest.mark.parametrize("args, message", [
+    (["identity", "--threshold", "1.5"], "--threshold: must be at most 1, got 1.5"),
+    (["identity", "--max-pairs", "5"], "--max-pairs: must be at least 100, got 5"),
+])
+def test_bad_numbers_are_refused_before_the_database_is_started(tmp_path, cli_env, args, message):
+    """A new user waited 11-17 s for `identity --threshold 1.5` to say one line: the command
+    found (or started) the database and imported FiftyOne first. Its numbers are now checked
+    before: the database folder of a fresh user stays empty."""
+    env = {k: v for k, v in cli_env.items() if k != "FIFTYONE_DATABASE_URI"}
+    env["FIFTYONE_DATABASE_DIR"] = str(tmp_path / "db")
+    proc = run(args, env, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith(message), proc.stderr
+    assert not (tmp_path / "db").exists() or not any((tmp_path / "db").iterdir())
