@@ -113,22 +113,43 @@ def database_fault(error: BaseException) -> BaseException | None:
 
 
 class Bar:
-    """A tqdm bar fed with :class:`faceaudit.progress.Progress` events."""
+    """tqdm bars fed with :class:`faceaudit.progress.Progress` events: one bar per job (a new
+    total, or a count that starts again, opens the next one below the finished one), redrawn at
+    most ten times a second, so that a log file gets a few lines per step rather than one per
+    event and a finished bar is not drawn again under every line printed after it."""
 
     def __init__(self, unit: str, quiet: bool = False):
+        self.unit, self.quiet = unit, quiet
+        self.bar = None
+
+    def _open(self):
         from tqdm import tqdm
 
-        self.bar = tqdm(unit=unit, disable=quiet, file=sys.stderr, dynamic_ncols=True)
+        return tqdm(unit=self.unit, disable=self.quiet, file=sys.stderr, dynamic_ncols=True, mininterval=0.1)
 
     def __call__(self, event) -> None:
-        if self.bar.total != event.total:
+        if self.bar is not None and (self.bar.total != event.total or event.done < self.bar.n):
+            self.close()
+        if self.bar is None:
+            self.bar = self._open()
             self.bar.total = event.total
-        self.bar.n = event.done
         self.bar.set_postfix_str(event.label, refresh=False)
-        self.bar.refresh()
+        self.bar.update(event.done - self.bar.n)
+
+    def write(self, line: str) -> None:
+        """Print ``line`` on stdout above the running bar (a finished bar is closed first)."""
+        bar = self.bar
+        if bar is not None and bar.total is not None and bar.n >= bar.total:
+            self.close()
+        if self.bar is None:
+            print(line, flush=True)
+        else:
+            self.bar.write(line, file=sys.stdout)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def run_job(job, unit: str, quiet: bool):

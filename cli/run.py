@@ -32,7 +32,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     bar = Bar("unit", args.quiet)
     try:
-        study = run_study(config, bar, echo=lambda line: bar.bar.write(line, file=sys.stdout))
+        study = run_study(config, bar, echo=bar.write)
     finally:
         bar.close()
     for step, what in study.steps.items():

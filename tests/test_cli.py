@@ -262,3 +262,25 @@ def test_bad_numbers_are_refused_before_the_database_is_started(tmp_path, cli_en
     proc = run(args, env, check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith(message), proc.stderr
     assert not (tmp_path / "db").exists() or not any((tmp_path / "db").iterdir())
+
+
+def test_a_finished_bar_is_not_drawn_again_under_later_lines(capsys):
+    """`faceaudit run`'s log showed the finished embed bar again under each line the later steps
+    printed, and one line per event: each job now gets its own bar, a finished one is closed
+    before the next line, and redraws are at most ten a second."""
+    from cli.common import Bar
+
+    from faceaudit.progress import Progress
+
+    bar = Bar("img")
+    for k in range(1, 2001):  # a fast job: 2000 events in well under a second
+        bar(Progress(k, 2000, "embedding"))
+    for line in ("outliers: 3 tagged", "identity: computed"):
+        bar.write(line)
+    for k in range(1, 4):  # the next job opens its own bar
+        bar(Progress(k, 3, "reports"))
+    bar.close()
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["outliers: 3 tagged", "identity: computed"]
+    assert err.count("2000/2000") == 1 and err.count("3/3") == 1, err
+    assert err.count("/2000") < 50  # not one redraw per event
