@@ -40,6 +40,12 @@ def cmd_identity(args: argparse.Namespace) -> int:
             print(f"  leakage {printable(source)}: {leak_line(leak)}")
     if args.tag:
         print("tagged: " + ", ".join(f"{k} {v}" for k, v in result["tagged"].items()))
+    elif result.get("untagged"):
+        u = result["untagged"]
+        print(f"removed the earlier audit's identity tags from {u['samples']} samples and its views "
+              f"({', '.join(u['views']) or 'none'}): they would contradict this result (--tag tags again)")
+    if (result.get("visualization") or {}).get("skipped"):
+        print(f"{result['visualization']['brain_key']} not made: {result['visualization']['skipped']}")
     for path in identity.write_reports(result, outputs["json"], outputs["html"], outputs["csv"]):
         print(f"wrote {path}")
     return 0

@@ -181,20 +181,24 @@ def iter_embed(
     selected = count_samples(view)
     if selected == 0:
         raise EmbedError(f"nothing to embed: the view of dataset {dataset.name!r} is empty")
-    check_settings(dataset, o)
-    engine = build_engine(o)
-    with writing_vectors(dataset):  # an identity audit reading them is refused, and refuses this
-        report = yield from _embed(dataset, view, o, engine, selected, shard)
+    # an identity audit reading the vectors is refused, and refuses this; so are runs of other settings
+    with writing_vectors(dataset, o) as holding:
+        check_settings(dataset, o)  # holding the vectors: no run of other settings records its own meanwhile
+        engine = build_engine(o)
+        report = yield from _embed(dataset, view, o, engine, selected, shard, holding)
     return report
 
 
-def _embed(dataset, view, o: EmbedOptions, engine, selected: int, shard) -> Generator[Progress, None, EmbedReport]:
-    """:func:`iter_embed` once its arguments are checked and its model loaded."""
+def _embed(dataset, view, o: EmbedOptions, engine, selected: int, shard,
+           holding=None) -> Generator[Progress, None, EmbedReport]:
+    """:func:`iter_embed` once its arguments are checked, its model loaded and the vectors held."""
     embedder = engine.embedder
     if o.overwrite:
         clear_embeddings(dataset)
     ensure_field(dataset)
     record_settings(dataset, o, embedder)  # before the first vector: a killed run's vectors are attributed
+    if holding is not None:
+        holding.share()  # the vectors are dropped and the settings recorded: shards of these settings may join
 
     todo = todo_view(view, shard)
     to_embed = count_samples(todo)
@@ -212,12 +216,21 @@ def _embed(dataset, view, o: EmbedOptions, engine, selected: int, shard) -> Gene
     return report
 
 
-def writing_vectors(dataset: fo.Dataset):
-    """Held while a run writes ``dataset``'s vectors: any number of embed runs (shards) at once,
-    never beside an identity audit, which reads every vector (:func:`identity.one_at_a_time`):
-    an audit of half-old, half-new vectors would judge vectors that exist in no run."""
+def writing_vectors(dataset: fo.Dataset, o: EmbedOptions | None = None):
+    """Held while a run writes ``dataset``'s vectors: any number of embed runs (shards) of the
+    same settings at once, never beside an identity audit, which reads every vector
+    (:func:`identity.one_at_a_time`): an audit of half-old, half-new vectors would judge vectors
+    that exist in no run. A run of other settings is refused (it would mix vectors), and so is an
+    ``overwrite`` beside any other run (it would drop the vectors they write)."""
+    o = o or EmbedOptions()
     return locks.shared(locks.vectors_key(dataset.name), f"dataset {dataset.name!r}",
-                        f"faceaudit embed (writing {FIELD})")
+                        f"faceaudit embed (writing {FIELD})", kind=settings_text(o.settings()),
+                        alone="--overwrite drops every stored vector first" if o.overwrite else None)
+
+
+def settings_text(settings: dict) -> str:
+    """``model 'dlib', checkpoint None, detect False, flip False``: the settings in a message."""
+    return ", ".join(f"{k} {settings[k]!r}" for k in SETTINGS)
 
 
 def record_settings(dataset: fo.Dataset, o: EmbedOptions, embedder, finished: bool = False) -> None:

@@ -29,6 +29,7 @@ VIEWS = {LEAK_TAG: "identity_leaks", COLLISION_TAG: "identity_collisions", OUTLI
 BRAIN_KEY = "face_similarity"
 VISUALIZATION_KEY = "face_map"  # the Embeddings panel's 2-D map of face_embedding
 READ_BATCH = 4096
+DOMAINS = ("real", "synthetic")
 
 
 def options(threshold=None, fmr=None, max_pairs=None, seed=None) -> core.AuditOptions:
@@ -47,16 +48,18 @@ def require_embeddings(dataset) -> int:
 
 
 def plans(dataset) -> dict[str, core.SourcePlan]:
-    """Per source: its domain, the images with an embedding per identity (one aggregation)."""
-    rows = dataset._sample_collection.aggregate([
+    """Per source: its domain (:func:`source_domains`), the images with an embedding per
+    identity (one aggregation)."""
+    rows = list(dataset._sample_collection.aggregate([
         {"$match": {EMBEDDING_FIELD: {"$ne": None}, schema.SOURCE: {"$type": "string"}}},
         {"$group": {"_id": {"s": "$" + schema.SOURCE, "i": "$" + schema.IDENTITY},
-                    "n": {"$sum": 1}, "domain": {"$first": "$" + schema.DOMAIN}}},
-    ], allowDiskUse=True)
+                    "n": {"$sum": 1}, "domains": {"$addToSet": "$" + schema.DOMAIN}}},
+    ], allowDiskUse=True))
+    domains = source_domains(dataset, rows)
     found: dict[str, core.SourcePlan] = {}
     for r in rows:
         s, ident = r["_id"]["s"], r["_id"].get("i")
-        plan = found.setdefault(s, core.SourcePlan(r.get("domain") or "real", {}, 0))
+        plan = found.setdefault(s, core.SourcePlan(domains[s], {}, 0))
         plan.samples += r["n"]
         if ident is not None and not isinstance(ident, str):  # a raw write: FiftyOne's schema says text
             raise core.IdentityError(f"source {s!r}: the identity of {r['n']} samples is not text ({ident!r:.60}, "
@@ -68,19 +71,79 @@ def plans(dataset) -> dict[str, core.SourcePlan]:
     return found
 
 
-def decode(value) -> np.ndarray:
-    """A stored ``VectorField`` value (FiftyOne's compressed ``.npy`` bytes, or a list)."""
-    if isinstance(value, (bytes, bytearray)):  # bson's Binary is bytes
+def source_domains(dataset, rows: list[dict]) -> dict[str, str]:
+    """Each source's domain as recorded when it was loaded (``schema.sources_info``): samples
+    whose ``domain`` is missing or says otherwise do not change how their source is judged. A
+    source with no record (made by another tool) takes its samples' domain when they agree, and is
+    refused in one line when they do not."""
+    recorded = {s: (r or {}).get("domain") for s, r in schema.sources_info(dataset).items()}
+    seen: dict[str, set] = {}
+    for r in rows:
+        seen.setdefault(r["_id"]["s"], set()).update(d for d in r.get("domains") or [] if d is not None)
+    out = {}
+    for s, values in seen.items():
+        if recorded.get(s) in DOMAINS:
+            out[s] = recorded[s]
+        elif len(values) == 1 and next(iter(values)) in DOMAINS:
+            out[s] = next(iter(values))
+        else:
+            raise core.IdentityError(f"source {s!r}: no domain recorded for it and its samples say "
+                                     f"{sorted(map(str, values)) or 'none'}: load it again with --domain real|synthetic")
+    return out
+
+
+def decode(value, key=None) -> np.ndarray:
+    """A stored ``VectorField`` value (FiftyOne's compressed ``.npy`` bytes, or a list) as an
+    array of real numbers; anything else (another tool's raw write) is refused in one line naming
+    the sample ``key`` and the problem (:class:`faceaudit.identity.IdentityError`)."""
+    try:
+        return _as_array(value)
+    except _BadVector as e:
+        raise core.IdentityError(core.bad_vector(key, str(e))) from None
+
+
+def _as_array(value) -> np.ndarray:
+    """:func:`decode` without the sample's name: raises :class:`_BadVector`."""
+    vec = _decode_bytes(value) if isinstance(value, (bytes, bytearray)) else _decode_other(value)
+    if vec.dtype.kind not in "fiu":
+        raise _BadVector(f"holds {vec.dtype} values, not real numbers")
+    return vec
+
+
+class _BadVector(ValueError):
+    """What is wrong with one stored value (worded after "face_embedding of sample X")."""
+
+
+def _decode_bytes(value: bytes) -> np.ndarray:
+    """FiftyOne's encoding: zlib-compressed ``.npy`` bytes (bson's Binary is bytes)."""
+    try:
         raw = zlib.decompress(value)
-        # a 1-d little-endian .npy (what VectorField writes) is read without np.load's header parser
-        if raw[:8] == b"\x93NUMPY\x01\x00":
-            start = 10 + int.from_bytes(raw[8:10], "little")
-            header = raw[10:start]
-            dtype = _NPY_DTYPES.get(next((k for k in _NPY_DTYPES if k in header), None))
-            if dtype is not None and b"'fortran_order': False" in header and _ONE_D.search(header):
-                return np.frombuffer(raw, dtype=dtype, offset=start)
-        return np.load(io.BytesIO(raw))
-    return np.asarray(value, dtype=np.float32)
+    except zlib.error:
+        raise _BadVector(f"is {len(value)} bytes that are not FiftyOne's vector encoding (zlib-compressed .npy)") from None
+    # a 1-d little-endian .npy (what VectorField writes) is read without np.load's header parser
+    if raw[:8] == b"\x93NUMPY\x01\x00":
+        start = 10 + int.from_bytes(raw[8:10], "little")
+        header = raw[10:start]
+        dtype = _NPY_DTYPES.get(next((k for k in _NPY_DTYPES if k in header), None))
+        if dtype is not None and b"'fortran_order': False" in header and _ONE_D.search(header):
+            return np.frombuffer(raw, dtype=dtype, offset=start)
+    try:
+        return np.load(io.BytesIO(raw), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise _BadVector(f"is not a numeric .npy array ({str(e).splitlines()[0][:80]})") from None
+
+
+def _decode_other(value) -> np.ndarray:
+    """A list of numbers (another writer's); a dict, text, a number, ... is no vector."""
+    if not isinstance(value, (list, tuple)):
+        raise _BadVector(f"is a {type(value).__name__} ({value!r:.40}), not a vector")
+    try:
+        vec = np.asarray(value)
+    except ValueError:  # ragged nested lists
+        raise _BadVector("is a list of uneven rows, not a vector") from None
+    if vec.dtype.kind in "USO":
+        raise _BadVector(f"holds text or objects ({value[0]!r:.40} ...), not numbers")
+    return vec.astype(np.float32) if vec.dtype.kind in "fiu" else vec
 
 
 _NPY_DTYPES = {b"'<f4'": np.float32, b"'<f2'": np.float16, b"'<f8'": np.float64}
@@ -100,7 +163,7 @@ def read_source(dataset, source: str, batch: int = READ_BATCH, dim: int | None =
         keys.append(doc["_id"])
         ident = doc.get(schema.IDENTITY)
         ids.append(ident if ident not in ("",) else None)
-        vec = decode(doc[EMBEDDING_FIELD])
+        vec = decode(doc[EMBEDDING_FIELD], doc["_id"])
         dim = dim if dim is not None or vec.ndim != 1 else vec.shape[0]
         if vec.shape != (dim,):
             problem = (f"has {vec.size} components" if vec.ndim == 1 else f"is not a row of numbers (shape {vec.shape})")
@@ -111,6 +174,24 @@ def read_source(dataset, source: str, batch: int = READ_BATCH, dim: int | None =
             keys, ids, vecs = [], [], []
     if keys:
         yield core.Chunk(keys, ids, np.stack(vecs).astype(np.float32))
+
+
+def check_vector_types(dataset) -> None:
+    """Refuse, before anything is written, in one line naming the first sample and counting the
+    others, stored vectors that are neither bytes nor a list of numbers (another tool's raw write:
+    a dict, text, a number, a list of text). Bytes that do not decode are refused while reading."""
+    bad = {"$or": [{EMBEDDING_FIELD: {"$ne": None, "$not": {"$type": ["binData", "array"]}}},
+                   {EMBEDDING_FIELD: {"$elemMatch": {"$not": {"$type": "number"}}}}]}
+    coll = dataset._sample_collection
+    first = coll.find_one(bad, {EMBEDDING_FIELD: 1})
+    if first is None:
+        return
+    others = coll.count_documents(bad) - 1
+    try:
+        _as_array(first[EMBEDDING_FIELD])
+    except _BadVector as e:
+        more = f" ({others} other samples' too)" if others else ""
+        raise core.IdentityError(core.bad_vector(first["_id"], f"{e}{more}")) from None
 
 
 def _num(v) -> float | None:
@@ -196,6 +277,7 @@ def _audit(dataset, opts, tag, similarity_index, visualization) -> dict:
     dim = info.get("dim") if isinstance(info.get("dim"), int) and info.get("dim") > 0 else None
     recorded = f" but dataset.info's embedding ({model}) says" if dim else ""
     audit, order = core.ordered_audit(found, opts, model, dim)  # refuses before any write
+    check_vector_types(dataset)
     ensure_fields(dataset)
     _clear_unfed(dataset)
     bulk.drop_field_indexes(dataset._sample_collection, WRITTEN_FIELDS)
@@ -216,11 +298,17 @@ def _audit(dataset, opts, tag, similarity_index, visualization) -> dict:
     result["embedding"] = info
     if tag:
         result["tagged"] = tag_samples(dataset, outcome)
+    else:  # an earlier audit's tags and views would contradict this result
+        untagged = drop_earlier_tags(dataset)
+        if untagged:
+            result["untagged"] = untagged
+    schema.set_info(dataset, "identity", result, stamp="at")  # whole before the Brain runs, which may fail
     if similarity_index:
         result["similarity_index"] = register_similarity_index(dataset)
     if similarity_index if visualization is None else visualization:
         result["visualization"] = register_visualization(dataset)
-    schema.set_info(dataset, "identity", result, stamp="at")
+    if similarity_index or visualization:
+        schema.set_info(dataset, "identity", result, stamp="at")
     return result
 
 
@@ -269,6 +357,14 @@ def clear_tags(dataset, keep_views: bool = False) -> int:
         return _clear_tags(dataset, keep_views)
 
 
+def drop_earlier_tags(dataset) -> dict | None:
+    """Remove an earlier audit's tags and views (an audit without ``tag``): ``{"samples": n,
+    "views": [...]}`` of what was removed, None when there was nothing."""
+    views = [v for v in VIEWS.values() if dataset.has_saved_view(v)]
+    n = _clear_tags(dataset, keep_views=False)
+    return {"samples": n, "views": views} if n or views else None
+
+
 def _clear_tags(dataset, keep_views: bool) -> int:
     n = dataset._sample_collection.update_many(
         {"tags": {"$in": list(TAGS)}},
@@ -296,12 +392,14 @@ def register_similarity_index(dataset, brain_key: str = BRAIN_KEY, backend: str 
 
 
 UMAP_MAX_SAMPLES = 200_000  # above this, PCA: UMAP's neighbour graph takes hours on a CPU at 1M
+UMAP_MIN_SAMPLES = 16  # below this, PCA: UMAP's neighbour graph of a handful of points is no map
+MAP_MIN_POINTS = 3  # a 2-D map of fewer points is no map (and PCA refuses one point)
 
 
 def visualization_method(samples: int = 0) -> str:
     """UMAP where ``umap-learn`` imports and the map has at most :data:`UMAP_MAX_SAMPLES` points
     (it keeps identities apart on the map), else PCA (always there: scikit-learn)."""
-    if samples > UMAP_MAX_SAMPLES:
+    if samples > UMAP_MAX_SAMPLES or samples < UMAP_MIN_SAMPLES:
         return "pca"
     try:
         import umap  # noqa: F401
@@ -318,9 +416,13 @@ def register_visualization(dataset, brain_key: str = VISUALIZATION_KEY, method: 
 
     params.name("brain_key", brain_key)
     embedded = dataset.exists(EMBEDDING_FIELD)
-    method = method or visualization_method(embedded.count())
-    if brain_key in dataset.list_brain_runs():
+    n = embedded.count()
+    if brain_key in dataset.list_brain_runs():  # an earlier map of other vectors would mislead
         dataset.delete_brain_run(brain_key)
+    if n < MAP_MIN_POINTS:
+        return {"brain_key": brain_key, "skipped": f"{n} embedded sample{'s' * (n != 1)}: a 2-D map takes at "
+                                                   f"least {MAP_MIN_POINTS}"}
+    method = method or visualization_method(n)
     fob.compute_visualization(embedded, embeddings=EMBEDDING_FIELD, brain_key=brain_key,
                               method=method, num_dims=2, seed=0, progress=False)
     return {"brain_key": brain_key, "method": method}

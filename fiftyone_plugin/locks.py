@@ -7,6 +7,11 @@ may hold a key at once; an *exclusive* holder (an identity audit, reading every 
 alone. Both are taken with one conditional update of that document, so two processes that start
 together cannot both get in.
 
+A shared holder may name its ``kind`` (an embed run: its settings): shared holders of another kind
+are refused, so only runs that write the same thing share a key. One that must start ``alone``
+(an ``embed --overwrite``, which drops every vector first) is refused beside any holder, and
+others are refused beside it until it calls :meth:`Holding.share` (its vectors are dropped).
+
 Each holder renews its entry from a background thread. A holder that was killed stops renewing:
 its entry is taken over once it is :data:`EXPIRES` seconds old, or at once when it ran on this
 host and its process is gone (SIGKILL, then a rerun, needs no wait).
@@ -93,11 +98,34 @@ def _tidy(locks, key: str) -> None:
                       "$or": [{"shared": {"$size": 0}}, {"shared": {"$exists": False}}]})
 
 
-def _busy_text(subject: str, holder: dict) -> str:
+def _busy_text(subject: str, holder: dict, why: str = "") -> str:
     since = holder.get("since")
     when = f", since {since:%Y-%m-%d %H:%M:%S} UTC" if isinstance(since, dt.datetime) else ""
     return (f"{subject}: {holder.get('what', 'another run')} is running (process {holder.get('pid')} on "
-            f"{holder.get('host')}{when}): wait for it to finish")
+            f"{holder.get('host')}{when}){why}: wait for it to finish")
+
+
+class Holding:
+    """What a ``with shared(...)`` block gets: :meth:`share` lets others of its kind in beside
+    a holder that started ``alone``."""
+
+    def __init__(self, locks, mine: dict):
+        self._locks, self._mine = locks, mine
+
+    def share(self) -> None:
+        self._locks.update_one(self._mine, {"$set": {"shared.$.alone": False}})
+
+
+def _blocking(kind, alone, beside: list[dict]) -> tuple[dict, str] | None:
+    """The first live shared holder that a shared take of ``kind`` (``alone``) may not join, and why."""
+    for holder in beside:
+        if alone:
+            return holder, f"; this run needs it alone ({alone})"
+        if holder.get("alone"):
+            return holder, f"; it started alone ({holder.get('alone_why')})"
+        if holder.get("kind") != kind:
+            return holder, f" with other settings ({holder.get('kind')}; this run: {kind})"
+    return None
 
 
 @contextmanager
@@ -109,36 +137,47 @@ def exclusive(key: str, subject: str, what: str):
 
 
 @contextmanager
-def shared(key: str, subject: str, what: str):
-    """Hold ``key`` beside other shared holders for the ``with`` block, or raise :class:`Busy`
-    at once when an exclusive holder has it."""
-    with _held(key, subject, what, shared=True):
-        yield
+def shared(key: str, subject: str, what: str, kind: str | None = None, alone: str | None = None):
+    """Hold ``key`` beside other shared holders of the same ``kind`` for the ``with`` block
+    (yields a :class:`Holding`), or raise :class:`Busy` at once, naming the holder, when an
+    exclusive holder has it, a shared one of another kind, or one that started alone and has not
+    shared yet. ``alone`` (the reason, as "--overwrite drops ...") refuses any other holder."""
+    with _held(key, subject, what, shared=True, kind=kind, alone=alone) as holding:
+        yield holding
+
+
+def _take(shared: bool, me: dict, kind, alone) -> tuple[dict, dict]:
+    """The condition and update of one conditional take."""
+    condition = {"owner": {"$exists": False}, "exclusive": {"$exists": False}}  # no exclusive holder
+    if not shared or alone:  # and nobody else either
+        condition["shared"] = {"$size": 0}
+    else:  # only shared holders of this kind that let others in
+        condition["shared"] = {"$not": {"$elemMatch": {"$or": [{"kind": {"$ne": kind}}, {"alone": True}]}}}
+    if shared:
+        return condition, {"$push": {"shared": {**me, "kind": kind, "alone": bool(alone), "alone_why": alone}}}
+    return condition, {"$set": {"exclusive": me}, "$setOnInsert": {"shared": []}}
 
 
 @contextmanager
-def _held(key: str, subject: str, what: str, shared: bool):
+def _held(key: str, subject: str, what: str, shared: bool, kind: str | None = None, alone: str | None = None):
     from pymongo.errors import DuplicateKeyError
 
     locks, owner = _collection(), uuid.uuid4().hex
     now = schema.utc_now()
     me = {"owner": owner, "what": what, "host": socket.gethostname(), "pid": os.getpid(), "since": now,
           "renewed_at": now}
-    condition = {"owner": {"$exists": False}, "exclusive": {"$exists": False}}  # no exclusive holder
-    if shared:
-        take = {"$push": {"shared": me}}
-    else:  # and nobody else either
-        condition["shared"] = {"$size": 0}
-        take = {"$set": {"exclusive": me}, "$setOnInsert": {"shared": []}}
+    condition, take = _take(shared, me, kind, alone)
     for _ in range(TRIES):
         try:
             locks.update_one({"_id": key, **condition}, take, upsert=True)
             break
         except DuplicateKeyError:  # the document exists and the condition does not hold
-            alone, beside = _remove_dead(locks, key, locks.find_one({"_id": key}) or {}, schema.utc_now())
-            blocking = alone if shared else alone + beside
+            held, beside = _remove_dead(locks, key, locks.find_one({"_id": key}) or {}, schema.utc_now())
+            if held:
+                raise Busy(_busy_text(subject, held[0])) from None
+            blocking = _blocking(kind, alone, beside) if shared else (beside[0], "") if beside else None
             if blocking:
-                raise Busy(_busy_text(subject, blocking[0])) from None
+                raise Busy(_busy_text(subject, *blocking)) from None
     else:
         raise Busy(f"{subject}: another run holds it ({key}); try again")
     renewed = "exclusive.renewed_at" if not shared else "shared.$.renewed_at"
@@ -152,7 +191,7 @@ def _held(key: str, subject: str, what: str, shared: bool):
     thread = threading.Thread(target=renew, name=f"lock {key}", daemon=True)
     thread.start()
     try:
-        yield
+        yield Holding(locks, mine)
     finally:
         stop.set()
         thread.join()

@@ -345,3 +345,65 @@ def test_the_form_runs_the_demos_size_now(dataset_name):
     assert default_mode() == "false"
     ds.add_samples([fo.Sample(filepath=f"/nowhere/more-{k}.jpg") for k in range(300)])
     assert default_mode() == "true"
+
+
+def test_two_embeds_of_other_settings_at_once_never_mix_vectors(faces, tmp_path, dataset_name, cli_env):
+    """`faceaudit embed` and `faceaudit embed --detect` started together: both ran (rc 0), info
+    said detect=False while samples tagged no_face held a vector. Now one of them is refused in
+    one line (by the lock, naming the running one, or by the settings it recorded) and every
+    vector is of the recorded settings."""
+    from fiftyone_plugin.embed import NO_FACE_TAG
+
+    _dataset(faces, tmp_path / "ids", dataset_name, {f"p{k}": 2 for k in range(8)})
+    args = [FACEAUDIT, "embed", "--dataset", dataset_name, "--device", "cpu", "--batch-size", "2", "--workers", "0",
+            "--quiet"]
+    procs = [subprocess.Popen([*args, *extra], env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for extra in ([], ["--detect"])]
+    outs = [p.communicate(timeout=600) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], outs
+    err = next(e for p, (_, e) in zip(procs, outs) if p.returncode == 2)
+    assert len(err.strip().splitlines()) == 1 and ("other settings" in err), err
+    ds = fo.load_dataset(dataset_name)
+    ds.reload()
+    detect = ds.info["faceaudit"]["embedding"]["detect"]
+    assert procs[int(detect)].returncode == 0  # the run that succeeded is the one recorded
+    assert ds.match_tags(NO_FACE_TAG).exists(FIELD).count() == 0
+    assert ds.exists(FIELD).count() + ds.match_tags(NO_FACE_TAG).count() == 16
+    if not detect:
+        assert ds.match_tags(NO_FACE_TAG).count() == 0
+
+
+def test_overwrite_or_other_settings_beside_a_running_embed_are_refused_its_shards_join(faces, tmp_path,
+                                                                                         dataset_name, cli_env):
+    """`embed --overwrite` (or another shard's --overwrite) beside a running embed dropped the
+    vectors it was writing. While a real embed process writes, --overwrite and other settings are
+    refused in one line naming it, before anything is written; the same settings join it."""
+    from fiftyone_plugin.embed import EmbedOptions, writing_vectors
+
+    ds = _dataset(faces, tmp_path / "ids", dataset_name, {f"p{k}": 4 for k in range(16)})
+    proc = subprocess.Popen([FACEAUDIT, "embed", "--dataset", dataset_name, "--device", "cpu", "--batch-size", "1",
+                             "--workers", "0", "--quiet", "--shard", "0/2"], env=cli_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    samples = ds._sample_collection
+    deadline = time.time() + 300
+    while samples.count_documents({FIELD: {"$exists": True}}) < 2:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    ds.reload()
+    written = samples.count_documents({FIELD: {"$exists": True}})
+    for kw, why in [({"overwrite": True}, "this run needs it alone (--overwrite drops every stored vector first)"),
+                    ({"detect": True}, "with other settings (model 'dlib', checkpoint None, detect False")]:
+        with pytest.raises(locks.Busy) as refused:
+            drive(iter_embed(dataset_name, device="cpu", workers=0, **kw))
+        text = str(refused.value)
+        assert len(text.splitlines()) == 1 and f"is running (process {proc.pid} " in text and why in text, text
+        assert samples.count_documents({FIELD: {"$exists": True}}) >= written  # nothing dropped
+    assert proc.poll() is None  # the refusals were beside the running process
+    with writing_vectors(ds, EmbedOptions()):  # shard 1 of the same settings gets in beside it
+        assert proc.poll() is None
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    drive(iter_embed(dataset_name, device="cpu", workers=0, shard="1/2"))
+    assert samples.count_documents({FIELD: {"$exists": True}}) == 64

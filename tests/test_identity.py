@@ -237,7 +237,8 @@ def test_planted_leak_collision_and_wrong_face_come_first(world, audited):
     near = ds.sort_by_similarity(leak_sample.id, k=5, brain_key=adapter.BRAIN_KEY)
     assert "r0" in near.values(schema.IDENTITY)
     # the Embeddings panel's map: every embedded sample, the 2-D projection of the stored vectors
-    assert result["visualization"] == {"brain_key": adapter.VISUALIZATION_KEY, "method": adapter.visualization_method(1)}
+    assert result["visualization"] == {"brain_key": adapter.VISUALIZATION_KEY, "method": adapter.visualization_method(
+        ds.exists(adapter.EMBEDDING_FIELD).count())}
     viz = ds.load_brain_results(adapter.VISUALIZATION_KEY)
     mapped = ds.select(viz.current_sample_ids, ordered=True)
     assert len(viz.current_sample_ids) == ds.exists(adapter.EMBEDDING_FIELD).count()
@@ -644,3 +645,102 @@ def test_identity_scores_join_the_faceaudit_sidebar_group(dataset_name):
         assert not plain.app_config.sidebar_groups
     finally:
         plain.delete()
+
+
+def test_a_source_is_judged_by_its_recorded_domain_not_its_samples(world, audited):
+    """Most of the synthetic source's samples without `domain` (another tool's write) and a few
+    saying "real": the audit took the domain of whichever group MongoDB returned first and judged
+    synth as real (no leakage computed). The source's recorded domain decides."""
+    name, _, _ = world
+    ds = fo.load_dataset(name).clone()
+    try:
+        coll = ds._sample_collection
+        synth = [d["_id"] for d in coll.find({schema.SOURCE: "synth"}, {"_id": 1}).sort(schema.IDENTITY, 1)]
+        coll.update_many({"_id": {"$in": synth[:-6]}}, {"$unset": {schema.DOMAIN: ""}})
+        coll.update_many({"_id": {"$in": synth[-6:-3]}}, {"$set": {schema.DOMAIN: "real"}})
+        result = adapter.identity_audit(ds, adapter.options(threshold=THRESHOLD), similarity_index=False)
+        expected, _ = audited
+        assert result["sources"]["synth"]["domain"] == "synthetic"
+        assert result["leakage"]["synth"]["share_above_threshold"] == expected["leakage"]["synth"]["share_above_threshold"]
+        assert result["sources"]["real"]["genuine"] == expected["sources"]["real"]["genuine"]
+    finally:
+        ds.delete()
+
+
+def test_an_audit_without_tag_removes_the_earlier_audits_tags_and_views(world, audited, capsys):
+    """A rerun without --tag at threshold 0.99 stored no leak, yet the earlier run's samples stayed
+    tagged identity_leak and its saved views showed them. Now they are removed, and it says so."""
+    name, _, _ = world
+    ds = fo.load_dataset(name).clone()
+    try:
+        tagged = ds.match_tags(list(adapter.TAGS)).count()
+        assert tagged and set(adapter.VIEWS.values()) <= set(ds.list_saved_views())
+        code, out, err = run_cli(["identity", "--dataset", ds.name, "--threshold", "0.99", "--no-similarity-index"],
+                                 capsys)
+        assert code == 0, err
+        ds.reload()
+        assert ds.match_tags(list(adapter.TAGS)).count() == 0
+        assert not set(adapter.VIEWS.values()) & set(ds.list_saved_views())
+        assert f"removed the earlier audit's identity tags from {tagged} samples" in out, out
+        stored = schema.get_info(ds, "identity")
+        assert stored["untagged"]["samples"] == tagged and "tagged" not in stored
+    finally:
+        ds.delete()
+
+
+def test_an_audit_of_one_face_is_stored_without_the_map(faces, tmp_path, dataset_name, capsys):
+    """One embedded face: the audit failed at the 2-D map step (sklearn's "n_components=2 must be
+    between 1 and min(n_samples, n_features)=1") after the scores and the similarity index were
+    written, and stored no result. The map is skipped below MAP_MIN_POINTS and the result says why."""
+    faces.identity_tree(tmp_path / "r", {"p": 1})
+    load_face_dataset(str(tmp_path / "r"), source="r", domain="real", dataset_name=dataset_name)
+    ds = fo.load_dataset(dataset_name)
+    ds.set_values(adapter.EMBEDDING_FIELD, [Dlib()(np.asarray(Image.open(p).convert("RGB"))) for p in ds.values("filepath")])
+    schema.set_info(ds, "embedding", {"model": "dlib", "checkpoint": None, "dim": 128, "threshold": 0.9})
+    code, out, err = run_cli(["identity", "--dataset", dataset_name, "--threshold", "0.5"], capsys)
+    assert code == 0, err
+    ds.reload()
+    stored = schema.get_info(ds, "identity")
+    assert stored is not None and stored["similarity_index"]["brain_key"] == adapter.BRAIN_KEY
+    assert "1 embedded sample" in stored["visualization"]["skipped"], stored["visualization"]
+    assert adapter.VISUALIZATION_KEY not in ds.list_brain_runs()
+    assert "face_map not made: " in out, out
+
+
+def _npy(array, allow_pickle=False) -> bytes:
+    import io
+    import zlib
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=allow_pickle)
+    return zlib.compress(buf.getvalue())
+
+
+def test_stored_values_that_are_no_vector_are_refused_naming_the_sample(world, audited, capsys):
+    """Raw writes of another tool: a dict (a TypeError traceback), bytes that are not zlib (a
+    zlib.error traceback), text (a line naming no sample), complex numbers (accepted with a
+    ComplexWarning), a pickled object array, a list of text, a boolean. Each: one line naming the
+    sample and the problem, and nothing written."""
+    import warnings
+
+    from bson import ObjectId
+
+    name, _, _ = world
+    ds = fo.load_dataset(name).clone()
+    try:
+        victim = ds.match({schema.SOURCE: "synth"}).last()
+        before = _snapshot(ds)
+        for value, problem in [({"a": 1}, "is a dict"), (b"\x00\x01notzlib", "not FiftyOne's vector encoding"),
+                               ("hello", "is a str ('hello')"), (_npy(np.ones(128, np.complex64)), "complex64 values"),
+                               (_npy(np.array(["a"] * 128, dtype=object), True), "not a numeric .npy array"),
+                               (["x"] * 128, "holds text"), (True, "is a bool")]:
+            ds._sample_collection.update_one({"_id": ObjectId(victim.id)}, {"$set": {adapter.EMBEDDING_FIELD: value}})
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", np.exceptions.ComplexWarning)
+                code, out, err = run_cli(["identity", "--dataset", ds.name, "--threshold", str(THRESHOLD), "--tag"],
+                                         capsys)
+            assert code == 2 and len(err.strip().splitlines()) == 1, (value, err)
+            assert problem in err and victim.id in err and adapter.EMBEDDING_FIELD in err, (value, err)
+            assert _snapshot(ds) == before, value
+    finally:
+        ds.delete()

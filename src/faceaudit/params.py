@@ -394,6 +394,29 @@ def tag(value: Any, default: str | None = None, param: str = "tag") -> str | Non
     return text
 
 
+#: the tags and saved views of faceaudit's other tools, which rebalance's tag (its tag and
+#: saved-view name) must not take: it untags the name's samples and replaces the view of that name
+#: (tests/test_rebalance.py checks these are the adapters' names)
+OTHER_TOOLS_NAMES = {
+    "outlier": "faceaudit outliers' tag",
+    "synthetic_outliers": "faceaudit outliers' saved view",
+    "identity_leaks": "faceaudit identity's saved view",
+    "identity_collisions": "faceaudit identity's saved view",
+    "identity_outliers": "faceaudit identity's saved view",
+}
+
+
+def rebalance_tag(value: Any, default: str, param: str = "tag") -> str:
+    """Rebalance's tag and saved-view name: a :func:`tag` that is none of the other tools'
+    names (:data:`OTHER_TOOLS_NAMES`)."""
+    text = tag(value, default, param)
+    owner = OTHER_TOOLS_NAMES.get(text.lower())
+    if owner:
+        raise ParamError(param, f"{text!r} is {owner}: rebalance would untag its samples and replace the view "
+                                "of that name; choose another tag")
+    return text
+
+
 def top(value: Any, default: int | None = None, param: str = "top") -> int | None:
     """How many samples to tag: 1 to 10**9 (a count MongoDB's limit and the App both hold)."""
     return to_int(param, value, default, minimum=1, maximum=MAX_TOP)
