@@ -33,3 +33,20 @@ def test_undefined_bars_leave_not_labelled_attributes_empty():
         for (_, attr, _), share in zip(trace["customdata"], trace["x"]):
             assert (share is None) == (attr in unlabelled), attr
     assert all(f"{a} (not labelled)" in figure["data"][0]["y"] for a in unlabelled)
+
+
+def test_source_names_are_text_in_the_legend_and_the_hover():
+    """plotly reads trace names and hover text as markup: an attacker's source name must arrive
+    as text (escaped), while a click still gets the source as it is stored."""
+    from faceaudit.report import attribute_figure, overview_figure
+
+    markup = "<b onmouseover=alert(1)>synth</b>"
+    counts = np.random.default_rng(4).integers(1, 9, size=(2, len(ATTRIBUTES), 3)).astype(np.int64)
+    result = stats.compare(["r", markup], ["real", "synthetic"], counts.sum((1, 2)) // len(ATTRIBUTES), counts,
+                           "three", 0.5).to_json()
+    for figure in (overview_figure(result), attribute_figure(result, "Male")):
+        traces = [t for t in figure["data"] if t.get("customdata")]
+        mine = [t for t in traces if t["customdata"][0][0] == markup]
+        assert mine and all("<b" not in t["name"] and "&lt;b" in t["name"] for t in mine)
+        assert all(t["meta"] == "&lt;b onmouseover=alert(1)&gt;synth&lt;/b&gt;" and "%{meta}" in t["hovertemplate"]
+                   for t in mine)

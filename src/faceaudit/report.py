@@ -114,7 +114,8 @@ def overview_figure(result: dict, state: str = "positive", category: str | None 
                     top: int | None = None) -> dict:
     """Horizontal grouped bars: for each attribute (ranked by KL(real || synthetic), the
     ``top`` first), the raw share of ``state`` in each source with labels. A bar's
-    ``customdata`` is ``[source, attribute, state]`` (what a click filters to). A ``top`` list
+    ``customdata`` is ``[source, attribute, state]`` (what a click filters to; the hover text
+    shows ``meta``, the source escaped: plotly reads names and hover text as markup). A ``top`` list
     holds labelled attributes only; in the full list an attribute no source labelled is marked
     and has no bars (not 100% undefined: "not labelled" is not the state "undefined")."""
     unlabelled = set(not_labelled(result, category))
@@ -128,12 +129,12 @@ def overview_figure(result: dict, state: str = "positive", category: str | None 
         if all(v is None for v in shares):
             continue  # a source without labels: nothing to draw (the panel says so)
         data.append({
-            "type": "bar", "orientation": "h", "name": f"{source} ({info['domain']})",
+            "type": "bar", "orientation": "h", "name": html.escape(f"{source} ({info['domain']})"),
             "y": [marks.get(a, a) for a in attrs], "x": shares,
-            "customdata": [[source, a, state] for a in attrs],
+            "customdata": [[source, a, state] for a in attrs], "meta": html.escape(source),
             "marker": {"color": source_color(source),
                        "pattern": {"shape": "" if info["domain"] == "real" else "/"}},
-            "hovertemplate": "%{customdata[0]}<br>%{customdata[1]}: %{x:.3f}<extra></extra>",
+            "hovertemplate": "%{meta}<br>%{customdata[1]}: %{x:.3f}<extra></extra>",
         })
     shown = f"top {len(attrs)} of {len(attributes_of(result, category))}" if top else "all"
     layout = bar_layout(f"share {state} per attribute ({shown}, by KL(real || synth))", len(attrs), len(data))
@@ -155,11 +156,11 @@ def attribute_figure(result: dict, attribute: str) -> dict:
     """Grouped bars of one attribute: each state's raw share, per source with labels."""
     entry = result["attributes"][attribute]
     data = [{
-        "type": "bar", "name": f"{source} ({info['domain']})", "x": result["states"],
+        "type": "bar", "name": html.escape(f"{source} ({info['domain']})"), "x": result["states"],
         "y": [entry["distributions"][source].get(st) for st in result["states"]],
-        "customdata": [[source, attribute, st] for st in result["states"]],
+        "customdata": [[source, attribute, st] for st in result["states"]], "meta": html.escape(source),
         "marker": {"color": source_color(source)},
-        "hovertemplate": "%{customdata[0]}<br>%{x}: %{y:.3f}<extra></extra>",
+        "hovertemplate": "%{meta}<br>%{x}: %{y:.3f}<extra></extra>",
     } for source, info in result["sources"].items()
         if any(v is not None for v in entry["distributions"][source].values())]
     rvs = entry["real_vs_synthetic"]
@@ -314,7 +315,7 @@ def realness_histogram_figure(realness: dict, colors: dict[str, str]) -> dict:
     data = []
     for source, info in realness["sources"].items():
         n = info["scored"] or 1
-        data.append({"type": "bar", "name": f"{source} ({info['scored']} scored)", "x": centers,
+        data.append({"type": "bar", "name": html.escape(f"{source} ({info['scored']} scored)"), "x": centers,
                      "y": [c / n for c in info["counts"]], "customdata": info["counts"],
                      "marker": {"color": colors.get(source)},
                      "hovertemplate": f"{html.escape(source)}<br>realness_nll ~ %{{x:.3g}}: "
