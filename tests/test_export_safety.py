@@ -242,6 +242,37 @@ def test_a_write_error_says_where_and_that_a_rerun_resumes(tmp_path, faces):
     assert str(out) in message and "again" in message
 
 
+def test_a_full_disk_says_where_and_the_rerun_resumes(tmp_path, faces):
+    """A real full file system: a 64 KiB tmpfs (needs the right to mount; skipped without it),
+    then made larger and the same export run again."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        items = [core.Item(str(faces.write(tmp_path / "src" / f"id{k // 10}" / f"{k:03d}.jpg", k)), "s", f"id{k // 10}")
+                 for k in range(60)]
+        out = mnt / "out"
+        message = _refused(lambda: drive(core.export(str(out), lambda: items, core.check_options())))
+        assert "No space left on device" in message and str(out) in message and "again" in message, message
+        subprocess.run(["mount", "-o", "remount,size=16m", str(mnt)], check=True)
+        assert drive(core.export(str(out), lambda: items, core.check_options())).status == "resumed"
+        assert len(list(out.glob("id*/*.jpg"))) == 60
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_leftovers_of_another_unfinished_export_are_named_in_the_refusal(loaded, tmp_path):
+    ds, _ = loaded
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / core.MARKER).write_text(json.dumps({"digest": "an-other-plan", "options": {"link": "hardlink"}}))
+    message = _refused(lambda: _export(ds, out))
+    assert "unfinished export" in message and "--overwrite" in message
+    assert _export(ds, out, overwrite=True).status == "written"
+
+
 # ------------------------------------------------------------------ two at once (19)
 
 WORKER = r"""

@@ -355,6 +355,9 @@ def _state(out: str, plan: _Plan, options: Options) -> str:
     if options.overwrite:
         _empty(out)
         return "fresh"
+    if MARKER in entries:
+        raise ExportError(f"{out} holds an unfinished export with other options or another view; run "
+                          "that one again to finish it, or pass --overwrite to replace it")
     raise ExportError(f"{out} is not empty and holds something else than this export "
                       f"({len(entries)} entries); choose an empty folder or pass --overwrite to replace it")
 
@@ -450,19 +453,19 @@ def export(out: str, items: Callable[[], Iterable[Item]], options: Options,
                           f"({', '.join(f'{n} {r}' for r, n in sorted(plan.left_out.items())) or 'the view is empty'})")
     if os.path.exists(out) and not os.path.isdir(out):
         raise ExportError(f"{out} is a file, not a folder")
-    os.makedirs(out, exist_ok=True)
-    with export_lock(out):
-        state = _state(out, plan, options)
-        yield Progress(0, plan.images, "writing")
-        if state == "unchanged":
-            with open(os.path.join(out, MANIFEST), encoding="utf-8") as f:
-                return _result(out, "unchanged", json.load(f))
-        try:
+    try:
+        os.makedirs(out, exist_ok=True)
+        with export_lock(out):
+            state = _state(out, plan, options)
+            yield Progress(0, plan.images, "writing")
+            if state == "unchanged":
+                with open(os.path.join(out, MANIFEST), encoding="utf-8") as f:
+                    return _result(out, "unchanged", json.load(f))
             manifest = yield from _write(out, items, plan, options, state, provenance or {})
-        except OSError as e:
-            where = f" ({e.filename})" if e.filename else ""
-            raise ExportError(f"writing the export into {out} failed: {e.strerror or e}{where}; "
-                              "fix that and run the same export again: it resumes") from None
+    except OSError as e:  # disk full, a permission, a name taken by a folder: say where, and what next
+        where = f" ({e.filename})" if e.filename else ""
+        raise ExportError(f"writing the export into {out} failed: {e.strerror or e}{where}; "
+                          "fix that and run the same export again: it resumes") from None
     return _result(out, "resumed" if state == "resume" else "written", manifest)
 
 
