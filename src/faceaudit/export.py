@@ -332,7 +332,8 @@ def check_out(out: str, protected: dict[str, str] | None = None) -> str:
         relation = ("is" if real == root else "lies inside" if real.startswith(root.rstrip(os.sep) + os.sep)
                     else "contains" if root.startswith(real.rstrip(os.sep) + os.sep) else None)
         if relation is not None:
-            raise ExportError(f"{out} {relation} {what} ({root}); faceaudit never exports into, over or "
+            where = "" if relation == "is" and root == out else f" ({root})"
+            raise ExportError(f"{out} {relation} {what}{where}; faceaudit never exports into, over or "
                               "around a loaded dataset's folder: choose a folder outside it")
     return out
 
