@@ -307,6 +307,14 @@ def _plan(items: Callable[[], Iterable[Item]], options: Options, out: str) -> _P
     if no_identity and options.no_identity == "refuse":
         raise ExportError(f"{no_identity} samples of the view have no identity: filter them out, or "
                           "export each as an identity of its own (--no-identity own)")
+    _classes(plan, options)
+    plan.digest = digest.hexdigest()
+    return plan
+
+
+def _classes(plan: _Plan, options: Options) -> None:
+    """The identities that keep ``min_images``: their class (in order of first appearance) and
+    folder name (safe, unique, never one of the export's own :data:`RESERVED_NAMES`)."""
     names = _Names(RESERVED_NAMES)
     for key, n in plan.kept.items():
         if n < options.min_images:
@@ -317,8 +325,6 @@ def _plan(items: Callable[[], Iterable[Item]], options: Options, out: str) -> _P
         wanted = os.path.splitext(os.path.basename(key[1]))[0] if key[2] else key[1]
         plan.folders[key] = names.add(safe_name(wanted))
         plan.images += n
-    plan.digest = digest.hexdigest()
-    return plan
 
 
 def check_out(out: str, protected: dict[str, str] | None = None) -> str:
