@@ -9,6 +9,8 @@ cursor in batches: memory does not grow with the view. This reaches below FiftyO
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Generator, Iterator
 
 import fiftyone as fo
@@ -43,12 +45,27 @@ def resolve_view(dataset, view_name: str | None = None, sources=None):
 
 
 def check_tags(dataset, tags) -> None:
-    """Every excluded tag is a tag of the dataset (a typo would silently exclude nothing)."""
+    """Every excluded tag is a tag of the dataset or one faceaudit assigns (``identity_leak`` when
+    the audit found none): a typo would silently exclude nothing."""
     known = set(dataset.distinct("tags"))
-    unknown = [t for t in tags if t not in known]
+    unknown = [t for t in tags if t not in known and t not in core.KNOWN_TAGS]
     if unknown:
         raise core.ExportError(f"no sample of dataset {dataset.name!r} has the tag {unknown[0]!r} "
                                f"(tags: {', '.join(sorted(known)) or 'none'})")
+
+
+def check_out(dataset, out: str) -> str:
+    """``out`` clear of every source root of ``dataset`` (:func:`faceaudit.export.check_out`) and
+    of every sample's file, in the view or not: ``--overwrite`` empties ``out``, and must never
+    remove a file the dataset points at. One indexed prefix query per spelling of ``out``."""
+    out = core.check_out(out, schema.source_folders(dataset))
+    for spelling in sorted({out, os.path.realpath(out)}):
+        prefix = "^" + re.escape(spelling.rstrip(os.sep) + os.sep)
+        hit = dataset._sample_collection.find_one({"filepath": {"$regex": prefix}}, {"filepath": 1})
+        if hit is not None:
+            raise core.ExportError(f"{out} holds {hit['filepath']}, an image of dataset {dataset.name!r}; "
+                                   "export to a folder outside the dataset's files")
+    return out
 
 
 def iter_view_items(view) -> Iterator[core.Item]:
@@ -67,10 +84,10 @@ def iter_export(view, out: str, format: str = "folders", exclude_tags=(), min_im
                 view_name: str | None = None) -> Generator[Progress, None, core.Result]:
     """Export ``view`` (a Dataset or DatasetView) into ``out``; every argument is checked before
     anything is read or written."""
-    out = params.out_folder(out)
     options = core.check_options(format, link, exclude_tags, min_images, no_identity, overwrite)
     view = view.view()  # a Dataset or a DatasetView
     dataset = view._dataset
+    out = check_out(dataset, out)
     check_tags(dataset, options.exclude_tags)
     provenance = {
         "dataset": dataset.name,
@@ -79,7 +96,8 @@ def iter_export(view, out: str, format: str = "folders", exclude_tags=(), min_im
         "exclude_tags": list(options.exclude_tags),
         "fiftyone": fo.__version__,
     }
-    return (yield from core.export(out, lambda: iter_view_items(view), options, provenance))
+    return (yield from core.export(out, lambda: iter_view_items(view), options, provenance,
+                                   protected=schema.source_folders(dataset)))
 
 
 def export_dataset(dataset, out: str, view_name: str | None = None, sources=None,

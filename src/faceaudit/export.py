@@ -13,9 +13,10 @@ Two layouts:
   their class (contiguous 0..C-1, in order of first appearance) as float label; records
   ``N + 1 .. N + C`` are one per class with ``label = (first key, end key)`` of its images, as
   InsightFace's tools write them. ``MXFaceDataset`` decodes the bytes and does not resize, so
-  every record must be a 112x112 image: a JPEG of 112x112 is kept byte-identical; any other
-  image (PNG, another size) is decoded, resized to 112x112 (no crop: the faces are expected to
-  be aligned crops already) and encoded as JPEG quality 95. The manifest counts these.
+  every record must be a 112x112 image: an upright JPEG of 112x112 is kept byte-identical; any
+  other image (PNG, another size, an EXIF orientation other than 1) is decoded, turned upright,
+  resized to 112x112 (no crop: the faces are expected to be aligned crops already) and encoded
+  as JPEG quality 95. The manifest counts these.
 
 What goes in: every item of the view that is not tagged ``unreadable``, carries none of the
 excluded tags, has a file that exists, and whose identity keeps at least ``min_images`` images
@@ -24,6 +25,10 @@ default) or each become an identity of their own (``"own"``).
 
 Safe and resumable:
 
+* ``DIR`` is refused when it is, lies inside or contains a protected folder (the dataset's
+  source roots, :func:`check_out`) or holds an image of the view (links resolved), before
+  anything is written; the adapter also refuses one holding any file of the dataset;
+* one export per folder at a time (:func:`export_lock`, released by the kernel if killed);
 * the items are read twice through ``items()`` (a callable returning a fresh iterator, in
   chunks): first to count (memory grows with the identities, not the images), then to write;
 * ``DIR/.faceaudit-export.json`` names the export being written (a digest of the plan);
@@ -33,8 +38,8 @@ Safe and resumable:
   names (as ``cp -r`` does, no rename per file); a resumed run keeps a file only if it
   is finished (a copy of the original's size, a hard link to its inode, a symbolic link to its
   path) and writes the others again;
-* a rerun with the same plan into a finished export changes nothing and says so; into an
-  unfinished one it writes what is missing (folders) or rewrites ``train.rec`` (rec);
+* a rerun with the same plan into a finished export whose files are all still there
+  (:func:`_intact`) changes nothing and says so; into an unfinished (or damaged) one it writes what is missing (folders) or rewrites ``train.rec`` (rec);
 * a folder holding anything else (another export, other files) is refused unless ``overwrite``,
   which empties it first.
 """
@@ -43,19 +48,25 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
+import socket
+import stat
 import struct
 import unicodedata
 from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from . import __version__
+from . import __version__, params
+from .images import buffer_reader, jpeg_orientation
 from .progress import Progress
 from .recordio import RecordIOWriter
+from .textsafe import FORMULA_START, csv_cell
 
 FORMATS = ("folders", "rec")
 LINKS = ("copy", "hardlink", "symlink")
@@ -65,6 +76,11 @@ REC_SIZE = 112
 MANIFEST = "manifest.json"
 MANIFEST_CSV = "manifest.csv"
 MARKER = ".faceaudit-export.json"
+LOCK = ".faceaudit-export.lock"
+#: names an identity folder may not take (it would be renamed over, or hide, the export's own files)
+RESERVED_NAMES = (MANIFEST, MANIFEST_CSV, MARKER, LOCK)
+#: tags faceaudit itself assigns: excluding one is never a typo, even when no sample has it (yet)
+KNOWN_TAGS = params.RESERVED_TAGS | {"outlier", "rebalanced"}
 PART = ".part"
 MAX_NAME_BYTES = 200
 CHUNK = 2000
@@ -155,16 +171,28 @@ def safe_name(name: str, fallback: str = "_") -> str:
     text = re.sub(r"^\.+", lambda m: "_" * len(m.group()), text).rstrip(". ")
     if _RESERVED.match(text):
         text = "_" + text
-    while len(text.encode("utf-8")) > MAX_NAME_BYTES:
-        text = text[:-1]
-    return text or fallback
+    return _cut(text) or fallback
+
+
+def _cut(text: str) -> str:
+    """``text`` cut to :data:`MAX_NAME_BYTES` UTF-8 bytes on a character, its extension (up to 16
+    bytes) kept: a long ``….jpg`` must stay a ``.jpg`` for the loaders and trainers that read it."""
+    if len(text.encode("utf-8")) <= MAX_NAME_BYTES:
+        return text
+    stem, ext = os.path.splitext(text)
+    if not stem or len(ext.encode("utf-8")) > 16:
+        stem, ext = text, ""
+    while stem and len((stem + ext).encode("utf-8")) > MAX_NAME_BYTES:
+        stem = stem[:-1]
+    return stem.rstrip(". ") + ext if stem.rstrip(". ") else ""
 
 
 class _Names:
-    """Unique names in one folder: the second ``a`` (or ``A``) becomes ``a~2``, the third ``a~3``."""
+    """Unique names in one folder: the second ``a`` (or ``A``) becomes ``a~2``, the third ``a~3``;
+    ``reserved`` names count as taken from the start."""
 
-    def __init__(self):
-        self.taken: set[str] = set()
+    def __init__(self, reserved: Iterable[str] = ()):
+        self.taken: set[str] = {name.casefold() for name in reserved}
 
     def add(self, wanted: str) -> str:
         stem, ext = os.path.splitext(wanted) if "." in wanted[1:] else (wanted, "")
@@ -208,31 +236,86 @@ def _reason(item: Item, options: Options, missing: dict[str, str]) -> str | None
     return None
 
 
+class _Where:
+    """Where the view's files lie relative to ``out``, resolved as the kernel does (symbolic links
+    followed, one ``realpath`` per folder): an image inside ``out`` would be emptied by
+    ``--overwrite`` or exported into itself; a hard link cannot cross file systems."""
+
+    def __init__(self, out: str, link: str):
+        self.prefix = os.path.realpath(out) + os.sep
+        self.device = os.stat(_existing(out)).st_dev if link == "hardlink" else None
+        self.folders: dict[str, str] = {}
+        self.inside, self.other_device = 0, None
+
+    def note(self, path: str, st: os.stat_result | None) -> None:
+        folder = os.path.dirname(os.path.abspath(path))
+        real = self.folders.get(folder)
+        if real is None:
+            real = self.folders[folder] = os.path.realpath(folder) + os.sep
+        self.inside += real.startswith(self.prefix)
+        if st is not None and self.device is not None and st.st_dev != self.device and self.other_device is None:
+            self.other_device = path
+
+    def check(self, out: str) -> None:
+        """Refuse in one line what :meth:`note` found."""
+        if self.inside:
+            raise ExportError(f"{self.inside} images of the view lie inside {out}: export to a folder "
+                              "outside the dataset's files")
+        if self.other_device is not None:
+            raise ExportError(f"--link hardlink: {self.other_device} is on another file system than {out} "
+                              "(a hard link cannot cross file systems); use --link copy or --link symlink")
+
+
+def _existing(path: str) -> str:
+    """``path`` or its nearest folder above that exists."""
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def _stat_file(path: str) -> tuple[os.stat_result | None, str | None]:
+    """(its stat, None) for a regular file, else (None, why it cannot be read)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None, "not a file" if os.path.lexists(path) else "no such file"
+    return (st, None) if stat.S_ISREG(st.st_mode) else (None, "not a file")
+
+
 def _plan(items: Callable[[], Iterable[Item]], options: Options, out: str) -> _Plan:
+    """Pass 1 (reads only): what goes in, what is left out and why, the folders' names and the
+    digest that names this export; refuses what cannot be exported."""
     plan = _Plan()
-    inside, prefix = 0, out + os.sep
+    where = _Where(out, options.link)
     digest = hashlib.sha256(json.dumps(options.to_dict(), sort_keys=True).encode())
     no_identity = 0
     for item in items():
         digest.update(f"{item.source}\0{item.identity}\0{item.filepath}\0{sorted(item.tags)}\n".encode())
-        inside += os.path.abspath(item.filepath).startswith(prefix)
-        reason = _reason(item, options, plan.missing)
-        if reason is None and not os.path.isfile(item.filepath):
-            plan.missing[item.filepath] = "no such file" if not os.path.lexists(item.filepath) else "not a file"
-            reason = "unreadable"
+        reason, st = _reason(item, options, plan.missing), None
+        if reason is None:
+            st, problem = _stat_file(item.filepath)
+            if problem is not None:
+                plan.missing[item.filepath], reason = problem, "unreadable"
+        where.note(item.filepath, st)
         if reason is not None:
             plan.left_out[reason] = plan.left_out.get(reason, 0) + 1
             continue
         key = _key(item)
-        if key[2]:
-            no_identity += 1
+        no_identity += key[2]
         plan.kept[key] = plan.kept.get(key, 0) + 1
-    if inside:
-        raise ExportError(f"{inside} images of the view lie inside {out}: export to a folder outside the dataset's files")
+    where.check(out)
     if no_identity and options.no_identity == "refuse":
         raise ExportError(f"{no_identity} samples of the view have no identity: filter them out, or "
                           "export each as an identity of its own (--no-identity own)")
-    names = _Names()
+    _classes(plan, options)
+    plan.digest = digest.hexdigest()
+    return plan
+
+
+def _classes(plan: _Plan, options: Options) -> None:
+    """The identities that keep ``min_images``: their class (in order of first appearance) and
+    folder name (safe, unique, never one of the export's own :data:`RESERVED_NAMES`)."""
+    names = _Names(RESERVED_NAMES)
     for key, n in plan.kept.items():
         if n < options.min_images:
             reason = f"identity too small (< {options.min_images} images)"
@@ -242,42 +325,118 @@ def _plan(items: Callable[[], Iterable[Item]], options: Options, out: str) -> _P
         wanted = os.path.splitext(os.path.basename(key[1]))[0] if key[2] else key[1]
         plan.folders[key] = names.add(safe_name(wanted))
         plan.images += n
-    plan.digest = digest.hexdigest()
-    return plan
+
+
+def check_out(out: str, protected: dict[str, str] | None = None) -> str:
+    """``out`` made absolute, refused in one line when it is, lies inside or contains one of the
+    ``protected`` folders (``{real path: what it is}``: the dataset's source roots), compared
+    after resolving symbolic links: ``--overwrite`` empties ``out``, and an export inside a source
+    root would be loaded back as new samples by its next load."""
+    out = params.out_folder(out)
+    real = os.path.realpath(out)
+    for root, what in (protected or {}).items():
+        relation = ("is" if real == root else "lies inside" if real.startswith(root.rstrip(os.sep) + os.sep)
+                    else "contains" if root.startswith(real.rstrip(os.sep) + os.sep) else None)
+        if relation is not None:
+            where = "" if relation == "is" and root == out else f" ({root})"
+            raise ExportError(f"{out} {relation} {what}{where}; faceaudit never exports into, over or "
+                              "around a loaded dataset's folder: choose a folder outside it")
+    return out
 
 
 def _state(out: str, plan: _Plan, options: Options) -> str:
-    """``fresh``, ``resume`` or ``unchanged``; refuses a folder that holds something else."""
-    if not os.path.exists(out):
-        return "fresh"
+    """``fresh``, ``resume`` or ``unchanged`` (a finished export whose files are all there);
+    refuses a folder that holds something else. Called with the folder's lock held."""
     if not os.path.isdir(out):
         raise ExportError(f"{out} is a file, not a folder")
-    entries = os.listdir(out)
+    entries = [e for e in os.listdir(out) if e != LOCK]
     if not entries:
         return "fresh"
     for name, state in ((MANIFEST, "unchanged"), (MARKER, "resume")):
         try:
             with open(os.path.join(out, name), encoding="utf-8") as f:
                 if json.load(f).get("digest") == plan.digest:
-                    return state
+                    return state if state == "resume" or _intact(out) else "resume"
         except (OSError, ValueError, AttributeError):
             continue
     if options.overwrite:
         _empty(out)
         return "fresh"
+    if MARKER in entries:
+        raise ExportError(f"{out} holds an unfinished export with other options or another view; run "
+                          "that one again to finish it, or pass --overwrite to replace it")
     raise ExportError(f"{out} is not empty and holds something else than this export "
                       f"({len(entries)} entries); choose an empty folder or pass --overwrite to replace it")
 
 
+def _intact(out: str) -> bool:
+    """A finished export's files are all still there (a deleted or cut file makes it a resume):
+    each image of ``folders`` checked as a resume checks it (size, inode or link), the record
+    files of ``rec`` by their sizes in the manifest. Stats only, no reads of image bytes."""
+    with open(os.path.join(out, MANIFEST), encoding="utf-8") as f:
+        manifest = json.load(f)
+    if manifest.get("format") == "rec":
+        sizes = manifest.get("sizes") or {}
+        for name in manifest.get("files") or _RecWriter.FILES:
+            st, problem = _stat_file(os.path.join(out, name))
+            if problem is not None or sizes.get(name, st.st_size) != st.st_size:
+                return False
+        return True
+    link = (manifest.get("options") or {}).get("link", "copy")
+    with open(os.path.join(out, MANIFEST_CSV), newline="", encoding="utf-8") as f:
+        return all(_finished(link, row["filepath"], os.path.join(out, row["path"]))
+                   for row in csv.DictReader(f) if row["status"] == "in")
+
+
 def _empty(out: str) -> None:
+    """Remove everything in ``out`` but its lock (``--overwrite``); :func:`check_out` and the
+    adapter made sure no source folder and no file of the dataset is in it."""
     real = os.path.realpath(out)
     if real in ("/", os.path.realpath(os.path.expanduser("~"))):
         raise ExportError(f"refusing to empty {out}")
     for entry in os.scandir(out):
+        if entry.name == LOCK:
+            continue
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path)
         else:
             os.unlink(entry.path)
+
+
+@contextmanager
+def export_lock(out: str):
+    """Hold ``out``'s export lock (``fcntl.flock`` on ``out/.faceaudit-export.lock``) for the run:
+    a second export into the same folder is refused in one line naming the first. The kernel
+    drops the lock when its holder dies, so a killed run never blocks the next. The file is
+    removed on the way out while still held; a run that locked a removed file tries again."""
+    path = os.path.join(out, LOCK)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "pid not written yet"
+            os.close(fd)
+            raise ExportError(f"another export into {out} is running ({holder}); wait for it to end "
+                              "or choose another folder") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    since = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}".encode(), 0)
+    try:
+        yield
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def _inside(out: str, path: str) -> str:
@@ -288,22 +447,44 @@ def _inside(out: str, path: str) -> str:
 
 
 def export(out: str, items: Callable[[], Iterable[Item]], options: Options,
-           provenance: dict | None = None) -> Generator[Progress, None, Result]:
+           provenance: dict | None = None, protected: dict[str, str] | None = None) -> Generator[Progress, None, Result]:
     """Export what ``items()`` yields into ``out`` (see the module docstring); yields progress,
     returns the :class:`Result`. ``items`` must yield each identity's items together (the
-    adapter sorts by source, identity, filepath) and the same items each time it is called."""
-    out = os.path.abspath(os.path.expanduser(out))
+    adapter sorts by source, identity, filepath) and the same items each time it is called.
+    ``protected``: folders ``out`` must keep clear of (:func:`check_out`). Everything that can be
+    refused is refused before the first write; the folder is locked for the run."""
+    out = check_out(out, protected)
     plan = _plan(items, options, out)
     if not plan.classes:
         raise ExportError("nothing to export: every sample of the view is left out "
                           f"({', '.join(f'{n} {r}' for r, n in sorted(plan.left_out.items())) or 'the view is empty'})")
-    state = _state(out, plan, options)
-    yield Progress(0, plan.images, "writing")
-    if state == "unchanged":
-        with open(os.path.join(out, MANIFEST), encoding="utf-8") as f:
-            manifest = json.load(f)
-        return _result(out, "unchanged", manifest)
-    os.makedirs(out, exist_ok=True)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ExportError(f"{out} is a file, not a folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+        with export_lock(out):
+            state = _state(out, plan, options)
+            yield Progress(0, plan.images, "writing")
+            if state == "unchanged":
+                with open(os.path.join(out, MANIFEST), encoding="utf-8") as f:
+                    return _result(out, "unchanged", json.load(f))
+            manifest = yield from _write(out, items, plan, options, state, provenance or {})
+    except OSError as e:  # disk full, a permission, a name taken by a folder: say where, and what next
+        where = f" ({e.filename})" if e.filename else ""
+        raise ExportError(f"writing the export into {out} failed: {e.strerror or e}{where}; "
+                          "fix that and run the same export again: it resumes") from None
+    return _result(out, "resumed" if state == "resume" else "written", manifest)
+
+
+def _path_cell(path: str) -> str:
+    """A path cell of ``manifest.csv`` a spreadsheet cannot run as a formula and a trainer still
+    joins to the same file: ``./`` before one that begins with ``=``, ``+``, ``-``, ``@``."""
+    return "./" + path if path.startswith(FORMULA_START) else path
+
+
+def _write(out: str, items: Callable[[], Iterable[Item]], plan: _Plan, options: Options, state: str,
+           provenance: dict) -> Generator[Progress, None, dict]:
+    """Pass 2: the images, then ``manifest.csv`` and ``manifest.json`` last; returns the manifest."""
     _write_json(os.path.join(out, MARKER), {"digest": plan.digest, "options": options.to_dict()})
     writer = _FolderWriter(out, options.link, state == "resume") if options.format == "folders" else _RecWriter(out, plan)
     csv_part = os.path.join(out, "." + MANIFEST_CSV + PART)
@@ -318,9 +499,9 @@ def export(out: str, items: Callable[[], Iterable[Item]], options: Options,
             key = _key(item)
             if reason is None and key not in plan.classes:
                 reason = f"identity too small (< {options.min_images} images)"
-            identity = "" if key[2] else key[1]
+            names = [_path_cell(item.filepath), csv_cell(item.source), csv_cell("" if key[2] else key[1])]
             if reason is not None:
-                rows.writerow([item.filepath, item.source, identity, "left out", reason, "", ""])
+                rows.writerow([*names, "left out", reason, "", ""])
                 continue
             cls = plan.classes[key]
             if cls < last_class:
@@ -328,7 +509,7 @@ def export(out: str, items: Callable[[], Iterable[Item]], options: Options,
             last_class = cls
             seen[key] = seen.get(key, 0) + 1
             target = writer.add(item, cls, plan.folders[key])
-            rows.writerow([item.filepath, item.source, identity, "in", "", cls, target])
+            rows.writerow([*names, "in", "", cls, _path_cell(target)])
             written += 1
             if written % CHUNK == 0:
                 yield Progress(written, plan.images, f"{written} of {plan.images} images")
@@ -336,13 +517,12 @@ def export(out: str, items: Callable[[], Iterable[Item]], options: Options,
         raise ExportError("the view changed during the export (samples added, removed or tagged); "
                           "run it again")
     writer.close()
-    files = writer.files()
-    manifest = _manifest(out, plan, options, provenance or {}, writer)
+    manifest = _manifest(out, plan, options, provenance, writer)
     os.replace(csv_part, os.path.join(out, MANIFEST_CSV))
     _write_json(os.path.join(out, MANIFEST), manifest)
     os.unlink(os.path.join(out, MARKER))
-    yield Progress(plan.images, plan.images, f"{plan.images} images in {len(files)} files")
-    return _result(out, "resumed" if state == "resume" else "written", manifest)
+    yield Progress(plan.images, plan.images, f"{plan.images} images in {writer.written_in(plan)}")
+    return manifest
 
 
 def _result(out: str, status: str, manifest: dict) -> Result:
@@ -373,6 +553,7 @@ def _manifest(out: str, plan: _Plan, options: Options, provenance: dict, writer)
         "identities_too_small": small,
         "unreadable_files": [{"filepath": p, "reason": r} for p, r in sorted(plan.missing.items())],
         "reencoded": getattr(writer, "reencoded", 0),
+        "sizes": writer.sizes(),
         "classes": classes,
         "options": options.to_dict(),
         "digest": plan.digest,
@@ -409,7 +590,7 @@ class _FolderWriter:
         target = _inside(self.out, os.path.join(self.out, folder, name))
         self.count += 1
         if self.resume:
-            if self._done(item.filepath, target):
+            if _finished(self.link, item.filepath, target):
                 return rel
             if os.path.lexists(target):
                 os.unlink(target)
@@ -421,25 +602,33 @@ class _FolderWriter:
             os.symlink(os.path.abspath(item.filepath), target)
         return rel
 
-    def _done(self, source: str, target: str) -> bool:
-        """On a resume: ``target`` is already the finished file (a copy of the same size, a hard
-        link to the same inode, a symbolic link to the same path). A copy killed mid-way is
-        shorter than its original (files are written from the start), so it is written again."""
-        try:
-            if self.link == "symlink":
-                return os.readlink(target) == os.path.abspath(source)
-            a, b = os.stat(source), os.lstat(target)
-        except OSError:
-            return False
-        if self.link == "hardlink":
-            return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-        return b.st_size == a.st_size and not os.path.islink(target)
-
     def close(self) -> None:
         pass
 
     def files(self) -> list[str]:
         return []  # one folder per identity, listed under "classes"
+
+    def sizes(self) -> dict[str, int]:
+        return {}  # the images are checked one by one (manifest.csv)
+
+    def written_in(self, plan: _Plan) -> str:
+        return f"{len(plan.classes)} identity folders"
+
+
+def _finished(link: str, source: str, target: str) -> bool:
+    """``target`` is already the finished file of ``source`` (a copy of the same size, a hard
+    link to the same inode, a symbolic link to the same path): a resume keeps it, and a finished
+    export is whole only if every image is. A copy killed mid-way is shorter than its original
+    (files are written from the start), so it is written again."""
+    try:
+        if link == "symlink":
+            return os.readlink(target) == os.path.abspath(source)
+        a, b = os.stat(source), os.lstat(target)
+    except OSError:
+        return False
+    if link == "hardlink":
+        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+    return b.st_size == a.st_size and stat.S_ISREG(b.st_mode)
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
@@ -463,16 +652,18 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 
 def rec_bytes(data: bytes, size: int = REC_SIZE) -> tuple[bytes, bool]:
-    """The bytes a record holds: ``data`` itself for a ``size`` x ``size`` JPEG, else the image
-    resized to ``size`` x ``size`` as JPEG quality 95. Returns (bytes, re-encoded)."""
-    if jpeg_size(data) == (size, size):
+    """The bytes a record holds: ``data`` itself for an upright ``size`` x ``size`` JPEG, else the
+    image turned upright by its EXIF orientation (as faceaudit's own decode and every viewer
+    show it; mxnet's decoder ignores EXIF), resized to ``size`` x ``size`` and encoded as JPEG
+    quality 95. Returns (bytes, re-encoded)."""
+    if jpeg_size(data) == (size, size) and jpeg_orientation(buffer_reader(data)) == 1:
         return data, False
     import io
 
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     with Image.open(io.BytesIO(data)) as im:
-        im = im.convert("RGB")
+        im = ImageOps.exif_transpose(im).convert("RGB")
         if im.size != (size, size):
             im = im.resize((size, size), Image.BICUBIC)
         buf = io.BytesIO()
@@ -525,6 +716,13 @@ class _RecWriter:
 
     def files(self) -> list[str]:
         return list(self.FILES)
+
+    def sizes(self) -> dict[str, int]:
+        """The record files' sizes, kept in the manifest: a later cut or deleted one is redone."""
+        return {n: os.path.getsize(os.path.join(self.out, n)) for n in self.FILES}
+
+    def written_in(self, plan: _Plan) -> str:
+        return "train.rec (with train.idx and property)"
 
 
 def read_items(rows: Iterable[dict]) -> Iterator[Item]:

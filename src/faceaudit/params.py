@@ -588,12 +588,16 @@ __all__ += ["min_images", "keep_share"]
 
 
 def out_folder(value: Any, param: str = "out") -> str:
-    """The folder an export writes: required, not an existing file; returned absolute."""
+    """The folder an export writes: required, not an existing file, not a symbolic link to nothing
+    (creating it would fail with a bare ``FileExistsError``); returned absolute."""
     if is_blank(value):
         raise ParamError(param, "a folder is required")
     path = os.path.abspath(os.path.expanduser(str(value).strip()))
     if os.path.exists(path) and not os.path.isdir(path):
         raise ParamError(param, f"{path} is a file, not a folder")
+    if os.path.islink(path) and not os.path.exists(path):
+        raise ParamError(param, f"{path} is a symbolic link to {os.readlink(path)}, which does not exist; "
+                         "create that folder or choose another")
     return path
 
 
