@@ -43,4 +43,14 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="empty a non-empty --out folder first")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=cmd_export, check=check_export)
+
+
+def check_export(args: argparse.Namespace) -> None:
+    """The export's options and output folder's form (core, no FiftyOne): refused before the
+    database is opened."""
+    from faceaudit import export, params
+
+    export.check_options(args.format, args.link, args.exclude_tags or (), args.min_images, args.no_identity,
+                         args.overwrite)
+    params.out_folder(args.out)

@@ -252,6 +252,7 @@ def test_load_says_what_format_auto_detected(tmp_path, faces, dataset_name, caps
 @pytest.mark.parametrize("args, message", [
     (["identity", "--threshold", "1.5"], "--threshold: must be at most 1, got 1.5"),
     (["identity", "--max-pairs", "5"], "--max-pairs: must be at least 100, got 5"),
+    (["export", "--out", "x", "--min-images", "0"], "--min-images: must be at least 1, got 0"),
 ])
 def test_bad_numbers_are_refused_before_the_database_is_started(tmp_path, cli_env, args, message):
     """A new user waited 11-17 s for `identity --threshold 1.5` to say one line: the command
