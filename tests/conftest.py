@@ -123,9 +123,9 @@ def pytest_collection_modifyitems(config, items):
 #: clone, two workers, longest first): pytest-xdist's ``--dist loadfile`` hands files to the
 #: workers in collection order, so longest first keeps one worker from idling at the end
 LONGEST_FILES = ("test_app_panel", "test_app_errors", "test_faults", "test_app_runs", "test_app", "test_scale",
-                 "test_annotate", "test_app_operators", "test_cli", "test_app_identity", "test_app_smaller",
-                 "test_app_newuser", "test_run", "test_integrity_state", "test_export", "test_embed",
-                 "test_app_labels", "test_integrity_runs", "test_app_panel_layout", "test_integrity_service",
+                 "test_annotate", "test_app_operators", "test_integrity_runs", "test_cli", "test_embed",
+                 "test_app_identity", "test_app_smaller", "test_app_newuser", "test_run", "test_integrity_state",
+                 "test_export", "test_locks", "test_app_labels", "test_app_panel_layout", "test_integrity_service",
                  "test_adversity_io", "test_identity", "test_plugin", "test_adversity_load", "test_compare")
 
 
