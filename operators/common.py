@@ -111,6 +111,24 @@ def options_as_labels(message: str, form: types.Object | None, aliases: dict[str
     return _OPTION.sub(label, message)
 
 
+def grid_now_shows(view: str) -> str:
+    """What an operator that opened the saved view ``view`` says (new-user review C8: the grid
+    moved to it silently)."""
+    return (f"The grid now shows the saved view {view}; choose another in the saved-view menu above the "
+            "grid, or clear it there for the whole dataset")
+
+
+def rounded(value: float | None, digits: int = 4) -> float | None:
+    """``value`` to ``digits`` significant digits, as the App's other numbers are shown."""
+    return None if value is None else float(f"{value:.{digits}g}")
+
+
+def rule_words(rule) -> str:
+    """A stored threshold rule as the App says it: without the CLI option it may name ("given
+    (--threshold)" made "threshold 0.95 (given (--threshold))")."""
+    return re.sub(r"\s*\(--[a-z][a-z0-9-]*[^()]*\)", "", str(rule or "")).strip()
+
+
 def labels_of(form: types.Property | types.Object) -> types.Object:
     """The :class:`Form` inside ``resolve_input``'s answer (or ``form`` itself)."""
     return getattr(form, "type", form)

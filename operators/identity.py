@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import re
-
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from faceaudit import identity as core
 from faceaudit import params
 
-from .common import app_words, door_check, execution_mode, Form, form_check, Refused, wants_delegation
+from .common import app_words, door_check, execution_mode, Form, form_check, grid_now_shows, Refused, rule_words, wants_delegation
 
 RULES = ("default", "threshold", "fmr")
 ACTIONS = ("audit", "clear")
@@ -36,9 +34,8 @@ def action_of(p: dict) -> str:
 
 
 def threshold_words(result: dict) -> str:
-    """ "threshold 0.9 (default of the dlib model: ...)" without the CLI's option in the rule
-    ("given (--threshold)" read "threshold 0.95 (given (--threshold))" in the App)."""
-    rule = re.sub(r"\s*\(--[a-z][a-z-]*\)", "", str(result.get("threshold_rule") or "")).strip()
+    """ "threshold 0.9 (default of the dlib model: ...)", its rule in the App's words."""
+    rule = rule_words(result.get("threshold_rule"))
     return f"threshold {result['threshold']:.4g}" + (f" ({rule})" if rule else "")
 
 
@@ -124,8 +121,7 @@ class ComputeIdentityAudit(foo.Operator):
             if tag:
                 view = identity.VIEWS[identity.LEAK_TAG]
                 ctx.trigger(f"{self.plugin_name}/{SELECT_SAVED_VIEW}", params={"name": view})
-                message += (f". The grid now shows the saved view {view}; choose another in the saved-view "
-                            "menu above the grid, or clear it there for the whole dataset")
+                message += f". {grid_now_shows(view)}"
         return {"message": message, "threshold": result["threshold"], "leakage": leaks,
                 "tagged": result.get("tagged", {})}
 

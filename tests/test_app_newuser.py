@@ -80,6 +80,9 @@ def test_one_image_per_identity_says_why_there_are_no_genuine_scores(demo, page)
         assert "real-faces, synth-faces: no identity has two embedded images" in text, text[-3000:]
         assert "EER, FNMR, d', FDR and W1 genuine vs real are n/a" in text
         assert page.get_by_text("genuine (mated) scores per source").count() == 0  # no empty chart
+        # new-user review C4: no image can be an outlier: no button that would show an empty grid
+        page.get_by_text("0 tagged identity_outlier (below the threshold): nothing to show").wait_for(timeout=WAIT)
+        assert page.get_by_role("button", name="Show the identity outliers").count() == 0
         _shot(page, "no-genuine")
     except Exception:
         _shot(page, "no-genuine-failure")

@@ -294,6 +294,24 @@ def test_rebalance_planted_imbalance_whole_identities(tmp_path, faces, dataset_n
     result = drive(export_dataset(ds, str(out), view_name="rebalanced"))
     assert result.images == len(tagged) and result.identities == len(per_identity)
 
+    # the App's operator (new-user review C8, C10, and its raw floats): the attributes are picked
+    # from a list, the result says which view the grid now shows, the KLs are rounded
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+    from fiftyone.operators.registry import OperatorRegistry
+
+    uri = "@faceaudit/face-audit/rebalance_synthetic_source"
+    ctx = ExecutionContext(request_params={"dataset_name": ds.name, "params": {}})
+    field = OperatorRegistry().get_operator(uri).resolve_input(ctx).type.properties["attributes"]
+    assert isinstance(field.view, fo.operators.types.DropdownView) and field.view.to_json()["multiple"] is True
+    assert [c.value for c in field.view.choices] == list(ATTRIBUTES)
+    done = foo.execute_operator(uri, ctx={"dataset": ds, "params": {"source": "syn", "attributes": ["Male"],
+                                                                    "keep": 0.5, "tag": "rebalanced-app"}})
+    assert done.result["message"].endswith(". The grid now shows the saved view rebalanced-app; choose another "
+                                           "in the saved-view menu above the grid, or clear it there for the "
+                                           "whole dataset")
+    assert done.result["kl_before"] == float(f"{before:.4g}") and done.result["kl_after"] == float(f"{after:.4g}")
+
 
 def test_greedy_close_to_the_exhaustive_optimum():
     from faceaudit import rebalance as rb
