@@ -82,6 +82,8 @@ class ExportTrainingSet(foo.Operator):
     @staticmethod
     def _outputs() -> types.Object:
         outputs = types.Object()
+        # show_output's dialog has no title of its own (the other operators' results have one)
+        outputs.view("title", types.Header(label="Export training set", divider=True))
         outputs.str("message", label="Result")
         outputs.str("out", label="Folder")
         outputs.int("images", label="Images")

@@ -24,6 +24,7 @@ from .attribute_comparison import (
     _restore_filters,
     _stage_key,
     md_escape,
+    md_plain,
     panel_view,
     px,
 )
@@ -111,7 +112,7 @@ class IdentityAuditPanel(foo.Panel):
         result = _result(ctx)
         if not result:
             panel.md(NOT_COMPUTED, name="not_computed_text")
-            return types.Property(panel, view=panel_view())
+            return types.Property(panel, view=panel_view(padded=True))
         panel.md(_summary(result), name="summary_text")
         drill = _drilldown_of(ctx)
         if drill is not None:
@@ -126,7 +127,7 @@ class IdentityAuditPanel(foo.Panel):
         self._leakage(panel, result, drill)
         self._collisions(panel, result, drill)
         self._outliers(panel, result, drill)
-        return types.Property(panel, view=panel_view())
+        return types.Property(panel, view=panel_view(padded=True))
 
     def _back(self, panel, drill: dict | None, where: str) -> None:
         """What the grid shows and the way back: at the top, and again above the list clicked
@@ -210,7 +211,7 @@ def _summary(result: dict) -> str:
 
     rule = rule_words(result.get("threshold_rule"))
     text = (f"model {md_escape(str(result.get('model')))}; threshold **{result['threshold']:.3f}**"
-            + (f" ({md_escape(rule)})" if rule else "") + at)
+            + (f" ({md_plain(rule)})" if rule else "") + at)  # a sentence: plain text, not a code span
     skipped = [f"{md_escape(n)} ({md_escape(str(s.get('reason', '')))})" for n, s in result["sources"].items()
                if not s.get("applicable")]
     if skipped:
