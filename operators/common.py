@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
+from contextlib import contextmanager
 from typing import Any
 
 import fiftyone as fo
@@ -136,6 +137,19 @@ def labels_of(form: types.Property | types.Object) -> types.Object:
 
 class Refused(ValueError):
     """A refusal raised from ``execute``, in the form's words (:func:`app_words`)."""
+
+
+@contextmanager
+def refused_in_form_words(form: Callable[[], Any], aliases: dict[str, str] | None = None):
+    """A plain operator's ``execute`` body: a ``ValueError`` it raises (the core's refusal, in
+    the CLI's words) is raised again as :class:`Refused` in the form's (``form()``: the
+    operator's ``resolve_input`` for this context), which the App shows in its notification."""
+    try:
+        yield
+    except Refused:
+        raise
+    except ValueError as e:
+        raise Refused(app_words(e, form, aliases)) from None
 
 
 def app_words(error: Exception, form: Callable[[], Any] | None, aliases: dict[str, str] | None = None) -> str:

@@ -9,7 +9,8 @@ import fiftyone.operators.types as types
 from faceaudit import identity as core
 from faceaudit import params
 
-from .common import app_words, door_check, execution_mode, Form, form_check, grid_now_shows, Refused, rule_words, wants_delegation
+from .common import (door_check, execution_mode, Form, form_check, grid_now_shows, refused_in_form_words, rule_words,
+                     wants_delegation)
 
 RULES = ("default", "threshold", "fmr")
 ACTIONS = ("audit", "clear")
@@ -106,13 +107,10 @@ class ComputeIdentityAudit(foo.Operator):
             return {"message": f"identity tags and views removed from {n} samples", "cleared": n}
         rule = params.choice("rule", p.get("rule"), RULES, "default")
         tag = params.to_bool("tag", p.get("tag"), True)
-        try:
-            opts = _options(p, rule)
-            result = identity.identity_audit(ctx.dataset, opts, tag=tag,
+        with refused_in_form_words(lambda: self.resolve_input(ctx), ALIASES):
+            result = identity.identity_audit(ctx.dataset, _options(p, rule), tag=tag,
                                              similarity_index=params.to_bool("similarity_index",
                                                                              p.get("similarity_index"), True))
-        except ValueError as e:
-            raise Refused(app_words(e, lambda: self.resolve_input(ctx), ALIASES)) from None
         leaks = {s: v.get("share_above_threshold") for s, v in result["leakage"].items()}
         message = (f"{threshold_words(result)}; {len(result['sources'])} sources audited" +
                    ("; tagged " + ", ".join(f"{k} {v}" for k, v in result["tagged"].items()) if tag else ""))

@@ -10,7 +10,7 @@ import fiftyone.operators.types as types
 from faceaudit import params
 from faceaudit.attributes import ATTRIBUTES
 
-from .common import Form, form_check, grid_now_shows, rounded
+from .common import Form, form_check, grid_now_shows, refused_in_form_words, rounded
 from .outliers import SELECT_SAVED_VIEW
 
 
@@ -56,8 +56,9 @@ class RebalanceSyntheticSource(foo.Operator):
         from fiftyone_plugin import rebalance
 
         p = ctx.params
-        report = rebalance.rebalance_source(ctx.dataset, p.get("source"), p.get("attributes"), keep=p.get("keep"),
-                                            unit=p.get("unit"), tag=p.get("tag") or rebalance.DEFAULT_TAG)
+        with refused_in_form_words(lambda: self.resolve_input(ctx)):
+            report = rebalance.rebalance_source(ctx.dataset, p.get("source"), p.get("attributes"), keep=p.get("keep"),
+                                                unit=p.get("unit"), tag=p.get("tag") or rebalance.DEFAULT_TAG)
         message = "; ".join(rebalance.summary(report)[:2])
         ctx.ops.reload_dataset()
         ctx.trigger(f"{self.plugin_name}/{SELECT_SAVED_VIEW}", params={"name": report["view"]})
