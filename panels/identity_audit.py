@@ -96,8 +96,9 @@ class IdentityAuditPanel(foo.Panel):
         if not result:
             return
         view = identity_outlier_view(ctx.dataset, result["threshold"], tagged="tagged" in result)
-        _drill_down(ctx, view, f"Showing the {_faces(view.count())} of the identity outliers, lowest "
-                               "identity_similarity first", "outliers")
+        n = view.count()
+        _drill_down(ctx, view, ("Showing the identity outlier (1 face)" if n == 1 else
+                                f"Showing the {n:,} identity outliers, lowest identity_similarity first"), "outliers")
 
     def back_to_dataset(self, ctx):
         ctx.panel.state.set("drilldown", None)
@@ -212,7 +213,7 @@ def _summary(result: dict) -> str:
     rule = rule_words(result.get("threshold_rule"))
     text = (f"model {md_escape(str(result.get('model')))}; threshold **{result['threshold']:.3f}**"
             + (f" ({md_plain(rule)})" if rule else "") + at)  # a sentence: plain text, not a code span
-    skipped = [f"{md_escape(n)} ({md_escape(str(s.get('reason', '')))})" for n, s in result["sources"].items()
+    skipped = [f"{md_escape(n)} ({md_plain(str(s.get('reason', '')))})" for n, s in result["sources"].items()
                if not s.get("applicable")]
     if skipped:
         text += "  \nnot applicable: " + ", ".join(skipped)

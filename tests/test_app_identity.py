@@ -49,6 +49,7 @@ def test_histograms_table_and_a_leak_click_shows_both_identities(world):  # noqa
         def drive(page, _context):
             page.set_default_timeout(60_000)
             _open(page, url, total)
+            _identity_form(page)
             _open_identity_panel(page)
             page.get_by_text("Metrics per source").wait_for(timeout=90_000)
             for kind in ("genuine", "impostor"):
@@ -109,6 +110,8 @@ def test_histograms_table_and_a_leak_click_shows_both_identities(world):  # noqa
             assert sims == sorted(sims) and sims and max(sims) < THRESHOLD
             assert view.values("filepath")[0] == wrong_path  # the planted wrong face first
             page.get_by_text(f"{len(sims)} sample" + ("" if len(sims) == 1 else "s"), exact=True).wait_for()
+            page.get_by_text("Showing the identity outlier (1 face)" if len(sims) == 1 else
+                             f"Showing the {len(sims)} identity outliers, lowest identity_similarity first").last.wait_for()
             time.sleep(2)
             _shot(page, "outliers")
             page.get_by_role("button", name="Back to the whole dataset").last.click()  # the one in sight
@@ -116,6 +119,24 @@ def test_histograms_table_and_a_leak_click_shows_both_identities(world):  # noqa
             _embeddings_map(page, ds)
 
         in_chromium(drive, "identity-failure.png")
+
+
+def _identity_form(page) -> None:
+    """The identity audit's form as a new user reads it (new-user review C6): Clear is an action
+    of its own, the default rule says its value, the cosine field starts at it."""
+    from test_app_operators import _dismiss_offer, _open_operator
+
+    _dismiss_offer(page)  # before the form: the pop-up over it could not be dismissed
+    _open_operator(page, "identity audit", "faceaudit: identity audit (genuine/impostor, uniqueness, collisions, leakage)")
+    page.get_by_text("0.9 for dlib", exact=True).wait_for(timeout=60_000)
+    assert page.get_by_text("Clear the identity tags", exact=True).count() == 1
+    page.get_by_text("A cosine threshold", exact=True).click()
+    field = page.get_by_text("Cosine threshold", exact=True).first.locator("xpath=following::input[1]")
+    field.wait_for(timeout=60_000)
+    assert float(field.input_value()) == 0.9
+    page.get_by_text("Register the similarity index", exact=True).wait_for()
+    _shot(page, "form")
+    page.get_by_role("button", name="Cancel").click()
 
 
 def _in_sight(page, locator) -> bool:
