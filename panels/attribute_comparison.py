@@ -641,8 +641,8 @@ def _summary(result: dict, category: str | None) -> str:
     parts = [f"{md_escape(s)} ({i['domain']}, {i['labelled']:,} labelled)" for s, i in result["sources"].items()]
     text = (f"{' · '.join(parts)}  \nstates: {'/'.join(result['states'])}; shares are raw, alpha "
             f"{result['alpha']} smooths the divergences only; KL in nats, `inf` where alpha = 0 meets an empty state")
-    for note in result.get("notes") or []:  # a sentence, not a name: plain text, not a code span
-        text += f"  \n**Missing:** {md_plain(note)}; the charts show the rest"
+    for note in result.get("notes") or []:  # a code span: it may hold a source's name, which the
+        text += f"  \n**Missing:** {md_escape(note)}; the charts show the rest"  # App would autolink
     unlabelled = report.not_labelled(result, category)
     if unlabelled:
         text += f"  \n**{report.NOT_LABELLED}** (no source has a positive or negative label): {', '.join(unlabelled)}"
@@ -659,6 +659,7 @@ def _summary(result: dict, category: str | None) -> str:
 
 
 def md_plain(text: str) -> str:
-    """``text`` (a sentence of faceaudit's, which may hold a name) as plain markdown text: every
-    markdown character escaped, and no bare URL to link."""
+    """``text`` (a sentence of faceaudit's that holds no user's name: the App links a bare URL
+    even when escaped, see :func:`md_escape`) as plain markdown text, every markdown character
+    escaped."""
     return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~:/])", r"\\\1", str(text))

@@ -118,9 +118,29 @@ def test_compare_names_a_labelled_attribute_and_refuses_bad_values_in_its_words(
         _shot(page, "compare-result")
         shown = re.search(r"Attribute with the largest KL\(real \|\| synthetic\):?\s*(\S+)", page.inner_text("body"))
         assert shown and shown.group(1) == want, (shown and shown.group(0), want)
+        page.get_by_role("button", name="Close").click()
+        _rebalance_from_a_list(page, want)
     except Exception:
         _shot(page, "compare-failure")
         raise
+
+
+def _rebalance_from_a_list(page, attribute: str) -> None:
+    """New-user review C10, C8 and the raw floats: the rebalance form offers the attributes as
+    a list to pick from (it was free text), the result says which view the grid now shows, and
+    its KLs are rounded."""
+    _open_operator(page, "rebalance", "faceaudit: rebalance a synthetic source")
+    page.get_by_text("Rebalance a synthetic source").first.wait_for(timeout=WAIT)
+    page.get_by_text("Attributes", exact=True).first.locator("xpath=following::*[@role='combobox'][1]").click()
+    page.get_by_role("option", name=attribute, exact=True).click()
+    page.mouse.click(5, 500)  # on the list's backdrop: the list closes, the form stays
+    _shot(page, "rebalance-form")
+    page.wait_for_timeout(1500)
+    page.get_by_role("button", name="Execute").click()
+    page.get_by_text("The grid now shows the saved view rebalanced", exact=False).first.wait_for(timeout=WAIT)
+    _shot(page, "rebalance-result")
+    kls = re.findall(r"KL\(real \|\| (?:source|subset)\), joint:?\s*(\S+)", page.inner_text("body"))
+    assert len(kls) == 2 and all(len(k.replace("0.", "").lstrip("0")) <= 5 for k in kls), kls
 
 
 def test_a_face_kept_as_reviewed_is_not_flagged_again(app, page):
