@@ -133,9 +133,13 @@ def _rebalance_from_a_list(page, attribute: str) -> None:
     page.get_by_text("Rebalance a synthetic source").first.wait_for(timeout=WAIT)
     page.get_by_text("Attributes", exact=True).first.locator("xpath=following::*[@role='combobox'][1]").click()
     page.get_by_role("option", name=attribute, exact=True).click()
-    page.mouse.click(5, 500)  # on the list's backdrop: the list closes, the form stays
+    page.wait_for_timeout(500)
+    listbox = page.get_by_role("listbox")
+    if listbox.count() and listbox.first.is_visible():  # a multi-select stays open: Escape closes it, not the form
+        page.keyboard.press("Escape")
+    page.get_by_text("Keep at least this share of the samples", exact=True).wait_for(timeout=WAIT)
+    page.wait_for_timeout(1500)  # the form's last resolve
     _shot(page, "rebalance-form")
-    page.wait_for_timeout(1500)
     page.get_by_role("button", name="Execute").click()
     page.get_by_text("The grid now shows the saved view rebalanced", exact=False).first.wait_for(timeout=WAIT)
     _shot(page, "rebalance-result")
