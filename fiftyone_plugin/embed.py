@@ -129,6 +129,17 @@ def check_settings(dataset: fo.Dataset, o: EmbedOptions) -> None:
                      "--overwrite to embed every sample again")
 
 
+def check_run(dataset: fo.Dataset, model="dlib", checkpoint=None, detect=False, flip=False, overwrite=False,
+              shards=1) -> None:
+    """What an embedding run with these settings is refused for before it reads an image (the
+    App's form runs it while the user fills it in): the arguments, overwrite split into shards,
+    vectors of other settings than the stored ones unless overwriting. Nothing is written."""
+    shards = params.shards(shards)
+    o = embed_options(model, checkpoint, detect=detect, flip=flip,
+                      overwrite=params.overwrite(overwrite, shards))
+    check_settings(dataset, o)
+
+
 def clear_embeddings(dataset: fo.Dataset) -> None:
     """Drop every stored vector and ``no_face`` tag (before embedding again with new settings)."""
     coll = dataset._sample_collection

@@ -259,6 +259,14 @@ def one_at_a_time(dataset):
                            "an identity audit (or identity --clear)")
 
 
+def check_audit(dataset, opts: core.AuditOptions) -> None:
+    """What :func:`identity_audit` refuses before it reads a vector (no embeddings, a model with
+    no default threshold, an FMR the real impostor pairs cannot reach): one aggregation, nothing
+    written (the App's form runs it)."""
+    require_embeddings(dataset)
+    core.ordered_audit(plans(dataset), opts, (schema.get_info(dataset, "embedding") or {}).get("model"))
+
+
 def identity_audit(dataset, opts: core.AuditOptions, tag: bool = False, similarity_index: bool = True,
                    visualization: bool | None = None) -> dict:
     """The whole audit, as ``faceaudit identity`` and the operator run it; returns the result

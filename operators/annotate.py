@@ -13,7 +13,7 @@ import fiftyone.operators.types as types
 
 from faceaudit import params
 
-from .common import RUN_NOW_DEFAULT, delegation_by_size, door_check, Form, form_check, resolve_path, run_job, shown_errors, size_notice, started
+from .common import RUN_NOW_DEFAULT, delegation_by_size, door_check, Form, form_check, resolve_path, run_job, shown_errors, size_notice
 
 
 class AnnotateAttributes(foo.Operator):
@@ -71,16 +71,17 @@ class AnnotateAttributes(foo.Operator):
         return delegation_by_size(ctx, run_now_up_to(chosen_model(ctx.params, known_checkpoint(ctx.dataset))))
 
     def execute(self, ctx):
-        # a plain function returning the steps: what annotate refuses before labelling (a missing
-        # checkpoint, an empty view, a bad option) raises here, where the App shows it
+        # what annotate refuses before labelling (a missing checkpoint, an empty view, a bad
+        # option) is shown as the App shows a plain operator's error
         from fiftyone_plugin.annotate import iter_annotate
 
         p = ctx.params
+        form = lambda: self.resolve_input(ctx)  # noqa: E731 - built only to word a refusal
         if params.shards(p.get("shards")) > 1 and not p.get("shard"):
-            return shown_errors(ctx, _fan_out(ctx, params.shards(p.get("shards"))), "annotate failed")
+            return shown_errors(ctx, lambda: _fan_out(ctx, params.shards(p.get("shards"))), "annotate failed", form)
         model = chosen_model(p, known_checkpoint(ctx.dataset))
         mac = model == "mac"
-        job = started(iter_annotate(
+        return shown_errors(ctx, lambda: _steps(ctx, iter_annotate(
             ctx.dataset.name,
             model=model,
             checkpoint=p.get("checkpoint") if mac else None,
@@ -90,8 +91,7 @@ class AnnotateAttributes(foo.Operator):
             mc_passes=p.get("mc_passes") if mac else None,
             threshold=p.get("threshold"),
             shard=params.shard(p.get("shard")),
-        ))
-        return shown_errors(ctx, _steps(ctx, job), "annotate failed")
+        )), "annotate failed", form)
 
 
 #: up to this many faces the form defaults to Run now with the agegender models: about 90 ms a

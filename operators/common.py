@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
+from contextlib import contextmanager
 from typing import Any
 
 import fiftyone as fo
@@ -61,34 +62,108 @@ class Form(types.Object):
             prop.error_message = in_form_words(error, prop, name)
         return prop
 
-    def as_property(self, label: str) -> types.Property:
+    def as_property(self, label: str, aliases: dict[str, str] | None = None) -> types.Property:
         """The form as ``resolve_input`` returns it, titled ``label``; every field's message now
-        names the CLI options it mentions by the form's labels (:func:`options_as_labels`: once
-        every field is defined, so a message may name a field defined after its own)."""
-        labels = {name: getattr(prop.view, "label", None) for name, prop in self.properties.items()}
+        names the CLI options it mentions by the form's labels, or ``aliases``
+        (:func:`options_as_labels`: once every field is defined, so a message may name a field
+        defined after its own)."""
         for prop in self.properties.values():
             if getattr(prop, "error_message", None):
-                prop.error_message = options_as_labels(prop.error_message, labels)
+                prop.error_message = options_as_labels(prop.error_message, self, aliases)
         return types.Property(self, view=types.View(label=label))
 
     def to_json(self):
         return {**super().to_json(), "name": "Object"}  # the App knows FiftyOne's type names only
 
 
-#: a CLI option in a message, with its placeholder if any: "--checkpoint PATH", "--overwrite"
-_OPTION = re.compile(r"--([a-z][a-z0-9-]*)(?: ([A-Z][A-Z_]*)\b)?")
+#: a CLI option in a message, with the verb before it and its value after it if any: "give
+#: --checkpoint PATH", "pass --overwrite", "--no-identity own" (a lowercase value only where it
+#: is one of the field's choices)
+_OPTION = re.compile(r"(?:\b(pass|give|use) )?--([a-z][a-z0-9-]*)(?: ([A-Z][A-Z_]*\b|[a-z][a-z0-9_]*))?")
 
 
-def options_as_labels(message: str, labels: dict[str, str | None]) -> str:
-    """``message`` with each CLI option it mentions ("give --checkpoint PATH") named as the form
-    labels that field ('give "Checkpoint"'): the messages are one for every door and say the
-    CLI's words; an option the form has no field for stays as it is."""
+def options_as_labels(message: str, form: types.Object | None, aliases: dict[str, str] | None = None) -> str:
+    """``message`` with each CLI option it mentions named as ``form`` labels that field: "give
+    --checkpoint PATH" -> 'give "Checkpoint"', "pass --overwrite" -> 'tick "Overwrite"' (a
+    checkbox), "--no-identity own" -> '"Samples without identity": own' (a choice). The
+    messages are one for every door and say the CLI's words; ``aliases`` names options the form
+    shows otherwise (a radio choice: ``{"threshold": '"A cosine threshold"'}``); an option the
+    form has neither field nor alias for stays as it is."""
+    fields = form.properties if form is not None else {}
+    aliases = aliases or {}
 
     def label(match: re.Match) -> str:
-        name = labels.get(match.group(1).replace("-", "_"))
-        return f'"{name}"' if name else match.group(0)
+        verb, option, value = match.group(1), match.group(2).replace("-", "_"), match.group(3)
+        prop = fields.get(option)
+        name = getattr(prop.view, "label", None) if prop is not None else None
+        if not name:
+            if option not in aliases:
+                return match.group(0)
+            return (f"{verb} " if verb else "") + aliases[option] + (f" {value}" if value and value.islower() else "")
+        if isinstance(prop.type, types.Boolean):
+            return f'tick "{name}"' + (f" {value}" if value else "")
+        choices = getattr(prop.type, "values", None) or ()
+        if value and value.islower():
+            if value in choices:
+                return f'"{name}": {value}'
+            return (f"{verb} " if verb else "") + f'"{name}" {value}'
+        return (f"{verb} " if verb else "") + f'"{name}"'
 
     return _OPTION.sub(label, message)
+
+
+def grid_now_shows(view: str) -> str:
+    """What an operator that opened the saved view ``view`` says (new-user review C8: the grid
+    moved to it silently)."""
+    return (f"The grid now shows the saved view {view}; choose another in the saved-view menu above the "
+            "grid, or clear it there for the whole dataset")
+
+
+def rounded(value: float | None, digits: int = 4) -> float | None:
+    """``value`` to ``digits`` significant digits, as the App's other numbers are shown."""
+    return None if value is None else float(f"{value:.{digits}g}")
+
+
+def rule_words(rule) -> str:
+    """A stored threshold rule as the App says it: without the CLI option it may name ("given
+    (--threshold)" made "threshold 0.95 (given (--threshold))")."""
+    return re.sub(r"\s*\(--[a-z][a-z0-9-]*[^()]*\)", "", str(rule or "")).strip()
+
+
+def labels_of(form: types.Property | types.Object) -> types.Object:
+    """The :class:`Form` inside ``resolve_input``'s answer (or ``form`` itself)."""
+    return getattr(form, "type", form)
+
+
+class Refused(ValueError):
+    """A refusal raised from ``execute``, in the form's words (:func:`app_words`)."""
+
+
+@contextmanager
+def refused_in_form_words(form: Callable[[], Any], aliases: dict[str, str] | None = None):
+    """A plain operator's ``execute`` body: a ``ValueError`` it raises (the core's refusal, in
+    the CLI's words) is raised again as :class:`Refused` in the form's (``form()``: the
+    operator's ``resolve_input`` for this context), which the App shows in its notification."""
+    try:
+        yield
+    except Refused:
+        raise
+    except ValueError as e:
+        raise Refused(app_words(e, form, aliases)) from None
+
+
+def app_words(error: Exception, form: Callable[[], Any] | None, aliases: dict[str, str] | None = None) -> str:
+    """``error``'s message as the App shows it: the CLI options it names as the fields of the
+    operator's form (``form()``: its ``resolve_input`` for this context, built only here, when
+    something was refused)."""
+    if form is None:
+        return str(error)
+    try:
+        fields = labels_of(form())
+    except Exception:  # noqa: BLE001 - the message must reach the user even if the form does not resolve
+        return str(error)
+    prop = fields.properties.get(getattr(error, "param", None))
+    return options_as_labels(in_form_words(error, prop, getattr(error, "param", None)), fields, aliases)
 
 
 #: the option :func:`form_check` hands :meth:`Form.define_property`: the refusal itself
@@ -191,42 +266,30 @@ def size_notice(ctx, inputs: types.Object, run_now_up_to: int = RUN_NOW_DEFAULT)
         inputs.view("note", types.Notice(
             label=f"{count} samples: this runs as a delegated operation (fiftyone delegated launch)"))
     execution_mode(ctx, inputs, default_delegated=count > run_now_up_to)
-def started(job):
-    """``job`` (a progress-yielding core job) run up to its first progress event, returned as a
-    job that continues from there.
+def shown_errors(ctx, steps, what: str = "failed", form: Callable[[], Any] | None = None):
+    """The steps of a generator operator (``steps()``, or a generator ``steps``) with an error
+    shown as an error notification in the App (``what: message``, the CLI options it names as
+    ``form``'s fields: see :func:`app_words`), as a plain operator's error is shown; a delegated
+    run re-raises, so its operation is marked failed with the error, and so does a Python
+    caller's (``foo.execute_operator``: its result's ``error``).
 
-    Whatever the core refuses before it does any work (a path that does not exist, a bad option,
-    a missing checkpoint) then raises from ``execute`` itself, before FiftyOne starts streaming a
-    generator's messages: the App shows it as the operation's error, in the CLI's words. An
-    exception inside the stream is lost (FiftyOne answers 200 with an empty body), which is why
-    a generator operator should build its steps as ``shown_errors(ctx, steps(started(job)))``."""
+    Why: the App reads a generator operator's error but not its message (FiftyOne 1.x's
+    ``/operators/execute/generator`` client keeps ``error``, the traceback, and drops
+    ``error_message``), so a refusal raised from ``execute`` reached the user as "Operation
+    failed: <operator>" with its words at the end of a folded traceback. Use as
+    ``return shown_errors(ctx, lambda: steps(job(...)), "embed failed", lambda: self.resolve_input(ctx))``:
+    the job is built and started inside the stream, so what it refuses before any work (a path
+    that does not exist, a checkpoint that does not load) is caught here too."""
     try:
-        first = next(job)
-    except StopIteration as stop:
-        result = stop.value
-
-        def finished():
-            return result
-            yield  # a generator that yields nothing
-
-        return finished()
-
-    def resumed():
-        yield first
-        return (yield from job)
-
-    return resumed()
-
-
-def shown_errors(ctx, steps, what: str = "failed"):
-    """The generator ``steps`` with an error raised mid-run shown as an error notification in
-    the App (``what: message``); a delegated run re-raises, so its operation is marked failed
-    with the error. Use for generator operators; a plain ``execute`` may simply raise."""
-    try:
-        return (yield from steps)
+        return (yield from (steps() if callable(steps) else steps))
     except Exception as e:  # noqa: BLE001 - every error must reach the user, with its words
-        if ctx.delegated:
+        if ctx.delegated or not from_the_app(ctx):
             raise
-        yield ctx.ops.notify(f"{what}: {e}", variant="error")
+        yield ctx.ops.notify(f"{what}: {app_words(e, form)}", variant="error")
         return None
 
+
+def from_the_app(ctx) -> bool:
+    """Whether the App sent this request (its HTTP body names the operator; a Python caller's
+    ``foo.execute_operator`` context does not)."""
+    return bool(ctx.request_params.get("operator_uri"))

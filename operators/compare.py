@@ -8,7 +8,7 @@ import fiftyone.operators.types as types
 
 from faceaudit import params
 
-from .common import execution_mode, Form, form_check, wants_delegation
+from .common import execution_mode, Form, form_check, refused_in_form_words, wants_delegation
 
 
 class ComputeAttributeComparison(foo.Operator):
@@ -44,8 +44,9 @@ class ComputeAttributeComparison(foo.Operator):
         from fiftyone_plugin.compare import compute_comparison, store_comparison
 
         p = ctx.params
-        _, result = compute_comparison(ctx.target_view(), states=p.get("states"), alpha=p.get("alpha"),
-                                       bootstrap=p.get("bootstrap"))  # validated there, strings too
+        with refused_in_form_words(lambda: self.resolve_input(ctx)):
+            _, result = compute_comparison(ctx.target_view(), states=p.get("states"), alpha=p.get("alpha"),
+                                           bootstrap=p.get("bootstrap"))  # validated there, strings too
         store_comparison(ctx.dataset, result)
         if params.to_bool("open_panel", p.get("open_panel"), True) and not ctx.delegated:
             ctx.ops.open_panel("attribute_comparison", layout="horizontal", is_active=True)

@@ -10,7 +10,7 @@ import fiftyone.operators.types as types
 
 from faceaudit import params
 
-from .common import delegation_by_size, Form, form_check, resolve_path, run_job, shown_errors, size_notice, started
+from .common import delegation_by_size, door_check, Form, form_check, resolve_path, run_job, shown_errors, size_notice
 
 
 def _chosen(p: dict) -> dict:
@@ -19,7 +19,20 @@ def _chosen(p: dict) -> dict:
     dlib = (p.get("model") or "dlib") == "dlib"
     return {"model": p.get("model") or "dlib", "checkpoint": None if dlib else p.get("checkpoint"),
             "detect": p.get("detect") if dlib else False, "flip": False if dlib else p.get("flip"),
-            "device": p.get("device"), "batch_size": p.get("batch_size")}
+            "device": p.get("device"), "batch_size": p.get("batch_size"),
+            "overwrite": params.to_bool("overwrite", p.get("overwrite"), False)}
+
+
+def _check(ctx) -> None:
+    """The run as ``faceaudit embed`` checks it before it embeds (stored vectors of other
+    settings, unless overwriting: named on the Overwrite box)."""
+    from fiftyone_plugin.embed import check_run
+
+    chosen = _chosen(ctx.params)
+    if chosen["model"] != "dlib" and params.is_blank(chosen["checkpoint"]):
+        return  # a required field: the form says so
+    check_run(ctx.dataset, chosen["model"], chosen["checkpoint"], chosen["detect"], chosen["flip"],
+              chosen["overwrite"], ctx.params.get("shards"))
 
 
 def _model_check(ctx):
@@ -75,7 +88,13 @@ class ComputeFaceEmbeddings(foo.Operator):
         inputs.int("shards", default=1, min=1, label="Split into N jobs",
                    description="Queue N delegated operations, one shard each",
                    **form_check(ctx, "shards", params.shards))
+        inputs.bool("overwrite", default=False, label="Overwrite",
+                    description="Drop every stored vector and embed every sample again (needed to change "
+                                "the model, its file, detect or flip: vectors of two settings cannot be compared)",
+                    **form_check(ctx, "overwrite", lambda v: params.to_bool("overwrite", v)))
         size_notice(ctx, inputs, EMBED_RUN_NOW_UP_TO)
+        if ctx.dataset is not None:
+            door_check(inputs, lambda: _check(ctx), fallback="overwrite")
         return inputs.as_property("Compute face embeddings")
 
     def resolve_delegation(self, ctx):
@@ -83,18 +102,19 @@ class ComputeFaceEmbeddings(foo.Operator):
         return delegation_by_size(ctx, EMBED_RUN_NOW_UP_TO)
 
     def execute(self, ctx):
-        # a plain function returning the steps: what embed refuses before embedding (vectors of
-        # other settings than the stored ones, a checkpoint that does not load) raises here,
-        # where the App shows it; inside a generator's stream it would be lost
+        # what embed refuses before embedding (vectors of other settings than the stored ones,
+        # a checkpoint that does not load) is shown as the App shows a plain operator's error
         from fiftyone_plugin.embed import iter_embed
 
         p = ctx.params
-        chosen = _chosen(p)
         shards = params.shards(p.get("shards"))
+        chosen = {**_chosen(p), "overwrite": params.overwrite(p.get("overwrite"), shards)}
+        form = lambda: self.resolve_input(ctx)  # noqa: E731 - built only to word a refusal
         if shards > 1 and not p.get("shard"):
-            return shown_errors(ctx, _fan_out(ctx, shards, chosen), "embed failed")
-        job = started(iter_embed(ctx.dataset.name, view=ctx.target_view(), shard=params.shard(p.get("shard")), **chosen))
-        return shown_errors(ctx, _steps(ctx, job), "embed failed")
+            return shown_errors(ctx, lambda: _fan_out(ctx, shards, chosen), "embed failed", form)
+        return shown_errors(ctx, lambda: _steps(ctx, iter_embed(
+            ctx.dataset.name, view=ctx.target_view(), shard=params.shard(p.get("shard")), **chosen)),
+            "embed failed", form)
 
 
 def _fan_out(ctx, shards: int, chosen: dict):

@@ -10,7 +10,7 @@ import fiftyone.operators.types as types
 from faceaudit import export as core
 from faceaudit import params
 
-from .common import execution_mode, Form, form_check, resolve_path, run_job, shown_errors, started, wants_delegation
+from .common import execution_mode, Form, form_check, resolve_path, run_job, shown_errors, wants_delegation
 
 
 class ExportTrainingSet(foo.Operator):
@@ -38,7 +38,7 @@ class ExportTrainingSet(foo.Operator):
         inputs.str("out", required=True, label="Folder",
                    description=f"An empty or new folder on the App server's machine; the current view "
                                f"({n} samples, sidebar filters included) goes in",
-                   **form_check(ctx, "out", params.out_folder))
+                   **form_check(ctx, "out", lambda v: core.check_folder(v, ctx.params.get("overwrite"))))
         inputs.enum("format", list(core.FORMATS), default="folders", label="Format",
                     description="folders: <folder>/<identity>/<file>; rec: InsightFace train.rec/.idx")
         tags = sorted(ctx.dataset.distinct("tags")) if ctx.dataset is not None else []
@@ -46,7 +46,8 @@ class ExportTrainingSet(foo.Operator):
         for tag in tags:
             choices.add_choice(tag, label=tag)
         inputs.list("exclude_tags", types.String(), default=[], label="Leave out samples tagged",
-                    description="'unreadable' samples are always left out", view=choices)
+                    description="'unreadable' samples are always left out", view=choices,
+                    **form_check(ctx, "exclude_tags", lambda v: _check_tags(ctx, v)))
         inputs.int("min_images", default=1, min=1, label="Identities with at least K images",
                    **form_check(ctx, "min_images", lambda v: params.min_images(v)))
         inputs.enum("link", list(core.LINKS), default="copy", label="Files (folders format)")
@@ -60,16 +61,15 @@ class ExportTrainingSet(foo.Operator):
         return wants_delegation(ctx)
 
     def execute(self, ctx):
-        # a plain function returning the steps: what export refuses before writing (a folder
-        # that holds the view's images or another export, samples without identity) raises
-        # here, where the App shows it; inside a generator's stream it would be lost
+        # what export refuses before writing (a folder that holds the view's images or another
+        # export, samples without identity) is shown as the App shows a plain operator's error
         from fiftyone_plugin.export import iter_export
 
         p = ctx.params
-        job = started(iter_export(ctx.view, p.get("out"), format=p.get("format"),
-                                  exclude_tags=p.get("exclude_tags") or (), min_images=p.get("min_images"),
-                                  link=p.get("link"), overwrite=p.get("overwrite"), no_identity=p.get("no_identity")))
-        return shown_errors(ctx, self._steps(ctx, job), "export failed")
+        return shown_errors(ctx, lambda: self._steps(ctx, iter_export(
+            ctx.view, p.get("out"), format=p.get("format"), exclude_tags=p.get("exclude_tags") or (),
+            min_images=p.get("min_images"), link=p.get("link"), overwrite=p.get("overwrite"),
+            no_identity=p.get("no_identity"))), "export failed", lambda: self.resolve_input(ctx))
 
     def _steps(self, ctx, job):
         result = yield from run_job(ctx, job)
@@ -82,9 +82,18 @@ class ExportTrainingSet(foo.Operator):
     @staticmethod
     def _outputs() -> types.Object:
         outputs = types.Object()
+        # show_output's dialog has no title of its own (the other operators' results have one)
+        outputs.view("title", types.Header(label="Export training set", divider=True))
         outputs.str("message", label="Result")
         outputs.str("out", label="Folder")
         outputs.int("images", label="Images")
         outputs.int("identities", label="Identities")
         return outputs
 
+
+def _check_tags(ctx, tags) -> None:
+    """Every tag to leave out is a tag of the dataset, as ``faceaudit export --exclude-tags`` checks."""
+    from fiftyone_plugin.export import check_tags
+
+    if ctx.dataset is not None:
+        check_tags(ctx.dataset, core.check_options(exclude_tags=tags or ()).exclude_tags)

@@ -8,7 +8,7 @@ import fiftyone.operators.types as types
 
 from faceaudit import params
 
-from .common import door_check, execution_mode, Form, form_check, resolve_path, run_job, shown_errors, started, wants_delegation
+from .common import door_check, execution_mode, Form, form_check, resolve_path, run_job, shown_errors, wants_delegation
 
 FORMATS = ("auto", "folders", "bupt", "nested", "flat", "rec")
 #: the Preset box's "no preset" choice: an empty value showed as a blank box (issue 15.10)
@@ -74,13 +74,13 @@ class LoadFaceDataset(foo.Operator):
         return wants_delegation(ctx)
 
     def execute(self, ctx):
-        # a plain function returning the steps: what the load refuses up front raises here,
-        # where the App shows it (see operators.common.started)
+        # what the load refuses up front is shown as the App shows a plain operator's error
+        # (see operators.common.shown_errors)
         from fiftyone_plugin.ingest import iter_load
 
         p = ctx.params
         name = ctx.dataset.name if ctx.dataset is not None else p.get("dataset_name")
-        job = started(iter_load(
+        return shown_errors(ctx, lambda: self._steps(ctx, iter_load(
             p["path"],
             source=p.get("source") or None,
             domain=p.get("domain") or None,
@@ -89,8 +89,7 @@ class LoadFaceDataset(foo.Operator):
             dataset_name=name,
             extract_to=p.get("extract_to") or None,
             limit=p.get("limit"),  # 0 is refused there, not read as "no limit"
-        ))
-        return shown_errors(ctx, self._steps(ctx, job, opened=ctx.dataset is not None), "load failed")
+        ), opened=ctx.dataset is not None), "load failed", lambda: self.resolve_input(ctx))
 
     @staticmethod
     def _steps(ctx, job, opened: bool):

@@ -8,7 +8,7 @@ import fiftyone.operators.types as types
 
 from faceaudit import params
 
-from .common import Form, form_check
+from .common import Form, form_check, grid_now_shows, refused_in_form_words
 
 MODES = ("top", "threshold", "clear", "keep")
 SELECT_SAVED_VIEW = "select_saved_view"
@@ -81,15 +81,16 @@ class FlagSyntheticOutliers(foo.Operator):
             ctx.ops.reload_dataset()
             ctx.ops.notify(message, variant="success")
             return {"tagged": 0, "cleared": 0, "kept": n, "message": message}
-        options = outliers.outlier_options(
-            top=p.get("top") if mode == "top" else None,
-            threshold=p.get("threshold") if mode == "threshold" else None,
-            tag=p.get("tag") or outliers.OUTLIER_TAG,
-        )
-        scored, _, n = outliers.flag_synthetic_outliers(ctx.dataset, options)
+        with refused_in_form_words(lambda: self.resolve_input(ctx)):
+            options = outliers.outlier_options(
+                top=p.get("top") if mode == "top" else None,
+                threshold=p.get("threshold") if mode == "threshold" else None,
+                tag=p.get("tag") or outliers.OUTLIER_TAG,
+            )
+            scored, _, n = outliers.flag_synthetic_outliers(ctx.dataset, options)
         message = (f"{n} synthetic faces tagged '{options.tag}' ({scored['scored']} samples scored)"
                    f"{outliers.kept_note(ctx.dataset)}; "
-                   f"saved view '{outliers.OUTLIERS_VIEW}'")
+                   f"saved view '{outliers.OUTLIERS_VIEW}'. {grid_now_shows(outliers.OUTLIERS_VIEW)}")
         ctx.ops.reload_dataset()  # the App refetches its saved views...
         ctx.trigger(f"{self.plugin_name}/{SELECT_SAVED_VIEW}", params={"name": outliers.OUTLIERS_VIEW})
         ctx.ops.notify(message, variant="success")

@@ -10,7 +10,7 @@ import fiftyone.operators.types as types
 from faceaudit import params
 from faceaudit.attributes import ATTRIBUTES
 
-from .common import Form, form_check
+from .common import Form, form_check, grid_now_shows, refused_in_form_words, rounded
 from .outliers import SELECT_SAVED_VIEW
 
 
@@ -38,11 +38,11 @@ class RebalanceSyntheticSource(foo.Operator):
         synthetic = sorted(s for s, i in info.items() if i.get("domain") == "synthetic")
         inputs.enum("source", synthetic, default=synthetic[0] if synthetic else None, required=True,
                     label="Synthetic source")
-        attributes = types.AutocompleteView()
+        attributes = types.DropdownView(multiple=True)  # picked from the list (free text was all it offered)
         for a in ATTRIBUTES:
             attributes.add_choice(a, label=a)
         inputs.list("attributes", types.String(), required=True, label="Attributes",
-                    description="their joint distribution is matched to the pooled real sources'",
+                    description="pick from the list; their joint distribution is matched to the pooled real sources'",
                     view=attributes,
                     **form_check(ctx, "attributes", rebalance.check_attributes))
         inputs.float("keep", default=0.5, min=0.0, max=1.0, label="Keep at least this share of the samples",
@@ -56,14 +56,16 @@ class RebalanceSyntheticSource(foo.Operator):
         from fiftyone_plugin import rebalance
 
         p = ctx.params
-        report = rebalance.rebalance_source(ctx.dataset, p.get("source"), p.get("attributes"), keep=p.get("keep"),
-                                            unit=p.get("unit"), tag=p.get("tag") or rebalance.DEFAULT_TAG)
+        with refused_in_form_words(lambda: self.resolve_input(ctx)):
+            report = rebalance.rebalance_source(ctx.dataset, p.get("source"), p.get("attributes"), keep=p.get("keep"),
+                                                unit=p.get("unit"), tag=p.get("tag") or rebalance.DEFAULT_TAG)
         message = "; ".join(rebalance.summary(report)[:2])
         ctx.ops.reload_dataset()
         ctx.trigger(f"{self.plugin_name}/{SELECT_SAVED_VIEW}", params={"name": report["view"]})
         ctx.ops.notify(message, variant="success")
+        message += f". {grid_now_shows(report['view'])}"
         return {"message": message, "kept_units": report["kept_units"],
-                "kl_before": report["kl_joint"]["before"], "kl_after": report["kl_joint"]["after"]}
+                "kl_before": rounded(report["kl_joint"]["before"]), "kl_after": rounded(report["kl_joint"]["after"])}
 
     def resolve_output(self, ctx):
         outputs = types.Object()

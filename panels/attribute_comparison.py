@@ -226,6 +226,8 @@ class AttributeComparisonPanel(foo.Panel):
         _plot(panel, "attribute_plot", data, self.on_bar_click)
         _choices(panel, "sort", list(SORT_KEYS), "Sort KL table by", settings["sort"], self.on_control)
         panel.md(data["kl_table"], name="kl_table_text", componentsProps=_COMPACT_TABLE)
+        if data["kl_table"]:  # new-user review C9: a click on a row did nothing (a table to read)
+            panel.md(TABLE_HINT, name="kl_table_hint")
         _plot(panel, "kl_plot", data)
         _plot(panel, "pairwise", data)
         if data.get("realness"):
@@ -259,13 +261,14 @@ def _stepper(panel, name: str, choices: list, label: str, current, on_click, not
         row.md(note, name=f"{name}_note", componentsProps=_WRAPPED_ITEM)
 
 
-def panel_view():
+def panel_view(padded: bool = False):
     """The panel's layout: one column as wide as the panel. FiftyOne 1.22's vertical GridView is
     a CSS grid whose implicit column grows to its widest item: a chart drawn at the panel's
     width of an earlier moment (492 px in a 490 px split) then kept every item 2 px too wide,
-    and the panel scrolled sideways (issue 15.7)."""
-    return types.GridView(orientation="vertical", gap=2,
-                          componentsProps={"grid": {"sx": {"gridTemplateColumns": "minmax(0, 1fr)"}}})
+    and the panel scrolled sideways (issue 15.7). ``padded``: a margin at the panel's edges
+    (the identity panel's text stood flush at its left edge)."""
+    sx = {"gridTemplateColumns": "minmax(0, 1fr)", **({"px": 1.5, "boxSizing": "border-box"} if padded else {})}
+    return types.GridView(orientation="vertical", gap=2, componentsProps={"grid": {"sx": sx}})
 
 
 #: a control row that wraps: FiftyOne 1.22's h_stack is a CSS grid of one row (a row wider than
@@ -277,7 +280,11 @@ _WRAPPED_ITEM = {"item": {"sx": {"width": "auto", "maxWidth": "100%"}}}
 
 #: the KL table's cells with less padding than MUI's 16 px: at its narrowest (an attribute
 #: like Fully_Visible_Forehead does not wrap) the table was 2 px wider than a 490 px panel
-_COMPACT_TABLE = {"item": {"sx": {"& .MuiTableCell-root": {"padding": "6px 8px"}}}}
+_COMPACT_TABLE = {"item": {"sx": {"& .MuiTableCell-root": {"padding": "6px 8px"},
+                                   "& .MuiTableRow-root": {"cursor": "default"},
+                                   "& .MuiTableRow-root:hover": {"backgroundColor": "transparent"}}}}
+#: under the KL table, whose rows are not buttons
+TABLE_HINT = "*The table's rows are not buttons: pick the attribute charted above with ◂ Attribute / Attribute ▸.*"
 
 
 def _row(panel, name: str, label: str, current):
@@ -342,6 +349,8 @@ def _panel_data(ctx, view, settings: dict) -> dict:
     attribute = settings["attribute"] if settings["attribute"] in result["attributes"] else "Male"
     state = settings["shown_state"] if settings["shown_state"] in result["states"] else "positive"
     overview = report.overview_figure(result, state, category, top)
+    if not any(i["domain"] == "real" for i in result["sources"].values()):  # no ranking by a real source
+        overview["layout"]["title"]["text"] = overview["layout"]["title"]["text"].replace(", by KL(real || synth)", "")
     _fit_title(overview["layout"])  # "click a bar" is a line of the panel's (a title does not wrap)
     plot = report.attribute_figure(result, attribute)
     for trace in overview["data"] + plot["data"]:  # what a click reports: [source, attribute, state]
@@ -632,8 +641,8 @@ def _summary(result: dict, category: str | None) -> str:
     parts = [f"{md_escape(s)} ({i['domain']}, {i['labelled']:,} labelled)" for s, i in result["sources"].items()]
     text = (f"{' · '.join(parts)}  \nstates: {'/'.join(result['states'])}; shares are raw, alpha "
             f"{result['alpha']} smooths the divergences only; KL in nats, `inf` where alpha = 0 meets an empty state")
-    for note in result.get("notes") or []:
-        text += f"  \n**Missing:** {md_escape(note)}; the charts show the rest"
+    for note in result.get("notes") or []:  # a code span: it may hold a source's name, which the
+        text += f"  \n**Missing:** {md_escape(note)}; the charts show the rest"  # App would autolink
     unlabelled = report.not_labelled(result, category)
     if unlabelled:
         text += f"  \n**{report.NOT_LABELLED}** (no source has a positive or negative label): {', '.join(unlabelled)}"
@@ -641,5 +650,16 @@ def _summary(result: dict, category: str | None) -> str:
     if consistency:
         cells = [f"{md_escape(s)}: {c['mean_disagreement']:.3f} ({c['identities']} ids)" if c["applicable"]
                  and c["mean_disagreement"] is not None else f"{md_escape(s)}: n/a" for s, c in consistency.items()]
-        text += "  \nidentity disagreement (Male, Asian, White, Black): " + " · ".join(cells)
+        from faceaudit.outliers import STABLE_ATTRIBUTES
+
+        unlabelled_all = set(report.not_labelled(result))
+        named = [a for a in STABLE_ATTRIBUTES if a not in unlabelled_all]  # not those listed as not labelled
+        text += f"  \nidentity disagreement ({', '.join(named) or 'no labelled attribute'}): " + " · ".join(cells)
     return text
+
+
+def md_plain(text: str) -> str:
+    """``text`` (a sentence of faceaudit's that holds no user's name: the App links a bare URL
+    even when escaped, see :func:`md_escape`) as plain markdown text, every markdown character
+    escaped."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~:/])", r"\\\1", str(text))

@@ -24,6 +24,7 @@ from .attribute_comparison import (
     _restore_filters,
     _stage_key,
     md_escape,
+    md_plain,
     panel_view,
     px,
 )
@@ -75,11 +76,17 @@ class IdentityAuditPanel(foo.Panel):
         from fiftyone_plugin.views import identities_view
 
         try:
-            a, b, what = json.loads(ctx.params.get("pair") or "null")
+            a, b, kind = json.loads(ctx.params.get("pair") or "null")
             pairs = [(str(a[0]), str(a[1])), (str(b[0]), str(b[1]))]
         except (TypeError, ValueError, IndexError):
             return
-        _drill_down(ctx, identities_view(ctx.dataset, pairs), str(what))
+        (sa, ia), (sb, ib) = [(md_escape(s), md_escape(i)) for s, i in pairs]
+        na, nb = (_faces(identities_view(ctx.dataset, [p]).count()) for p in pairs)
+        if kind == "leak":
+            text = f"Showing {sa} / {ia} ({na}) beside its real match {sb} / {ib} ({nb})"
+        else:
+            text = f"Showing the collision of {sa}: {ia} ({na}) and {ib} ({nb})"
+        _drill_down(ctx, identities_view(ctx.dataset, pairs), text, "leak" if kind == "leak" else "collision")
 
     def on_outliers_click(self, ctx):
         """The identity outliers, lowest ``identity_similarity`` first."""
@@ -89,7 +96,9 @@ class IdentityAuditPanel(foo.Panel):
         if not result:
             return
         view = identity_outlier_view(ctx.dataset, result["threshold"], tagged="tagged" in result)
-        _drill_down(ctx, view, "the identity outliers, lowest identity_similarity first")
+        n = view.count()
+        _drill_down(ctx, view, ("Showing the identity outlier (1 face)" if n == 1 else
+                                f"Showing the {n:,} identity outliers, lowest identity_similarity first"), "outliers")
 
     def back_to_dataset(self, ctx):
         ctx.panel.state.set("drilldown", None)
@@ -104,12 +113,11 @@ class IdentityAuditPanel(foo.Panel):
         result = _result(ctx)
         if not result:
             panel.md(NOT_COMPUTED, name="not_computed_text")
-            return types.Property(panel, view=panel_view())
+            return types.Property(panel, view=panel_view(padded=True))
         panel.md(_summary(result), name="summary_text")
         drill = _drilldown_of(ctx)
         if drill is not None:
-            panel.md(drill["text"], name="drilldown_text")
-            panel.btn("back", label="Back to the whole dataset", variant="contained", on_click=self.back_to_dataset)
+            self._back(panel, drill, "")
         for kind in ("genuine", "impostor"):
             missing = _no_pairs(result, kind)
             if missing:  # a chart without bars (and a -100%..100% axis) would explain nothing
@@ -117,12 +125,22 @@ class IdentityAuditPanel(foo.Panel):
             else:
                 _plot(panel, f"{kind}_plot", _histogram(result, kind))
         panel.md(_metrics_table(result), name="metrics_text")
-        self._leakage(panel, result)
-        self._collisions(panel, result)
-        self._outliers(panel, result)
-        return types.Property(panel, view=panel_view())
+        self._leakage(panel, result, drill)
+        self._collisions(panel, result, drill)
+        self._outliers(panel, result, drill)
+        return types.Property(panel, view=panel_view(padded=True))
 
-    def _leakage(self, panel, result: dict) -> None:
+    def _back(self, panel, drill: dict | None, where: str) -> None:
+        """What the grid shows and the way back: at the top, and again above the list clicked
+        (new-user review C3: the top was out of sight of a click far down the panel)."""
+        if drill is None or (where and drill.get("where") != where):
+            return
+        suffix = f"_{where}" if where else ""
+        panel.md(drill["text"], name=f"drilldown{suffix}_text")
+        panel.btn(f"back{suffix}", label="Back to the whole dataset", variant="contained",
+                  on_click=self.back_to_dataset)
+
+    def _leakage(self, panel, result: dict, drill: dict | None = None) -> None:
         leakage = result.get("leakage") or {}
         lines = [("**Leakage of real identities** (each synthetic identity's most similar real identity; "
                   "click a pair: the grid shows both identities)")]
@@ -135,30 +153,28 @@ class IdentityAuditPanel(foo.Panel):
         if not leakage:
             lines.append("- no synthetic source")
         panel.md("\n".join(lines), name="leakage_text")
+        self._back(panel, drill, "leak")
         rows = [(source, p) for source, leak in leakage.items() for p in leak.get("top") or []]
         rows.sort(key=lambda r: -r[1]["similarity"])
         for k, (source, p) in enumerate(rows[:ROWS_SHOWN]):
             a, b = [source, p["identity"]], [p["real_source"], p["real_identity"]]
-            what = f"{md_escape(source)} / {md_escape(str(p['identity']))} beside its real match " \
-                   f"{md_escape(p['real_source'])} / {md_escape(str(p['real_identity']))}"
             _row(panel, f"leak_{k}", f"{_mark(p['similarity'], result)}{source} / {p['identity']}  ->  "
                  f"{p['real_source']} / {p['real_identity']}: cosine {p['similarity']:.3f}",
-                 json.dumps([a, b, what]), self.on_pair_click)
+                 json.dumps([a, b, "leak"]), self.on_pair_click)
 
-    def _collisions(self, panel, result: dict) -> None:
+    def _collisions(self, panel, result: dict, drill: dict | None = None) -> None:
         rows = [(source, c) for source, s in result["sources"].items() for c in s.get("collisions") or []]
         rows.sort(key=lambda r: -r[1]["similarity"])
         total = sum(s.get("collision_pairs") or 0 for s in result["sources"].values())
         panel.md(f"**Collisions** (identity pairs of one source at or above the threshold: {total})"
                  + ("" if rows else "  \nnone"), name="collisions_text")
+        self._back(panel, drill, "collision")
         for k, (source, c) in enumerate(rows[:ROWS_SHOWN]):
             a, b = [source, c["identity_a"]], [source, c["identity_b"]]
-            what = f"the collision {md_escape(str(c['identity_a']))} / {md_escape(str(c['identity_b']))} " \
-                   f"of {md_escape(source)}"
             _row(panel, f"collision_{k}", f"{source}: {c['identity_a']}  =  {c['identity_b']}: "
-                 f"cosine {c['similarity']:.3f}", json.dumps([a, b, what]), self.on_pair_click)
+                 f"cosine {c['similarity']:.3f}", json.dumps([a, b, "collision"]), self.on_pair_click)
 
-    def _outliers(self, panel, result: dict) -> None:
+    def _outliers(self, panel, result: dict, drill: dict | None = None) -> None:
         lowest = sorted(((source, o) for source, s in result["sources"].items() for o in s.get("outliers") or []),
                         key=lambda r: r[1]["identity_similarity"])
         tagged = (result.get("tagged") or {}).get("identity_outlier")
@@ -167,10 +183,21 @@ class IdentityAuditPanel(foo.Panel):
             source, o = lowest[0]
             text += (f"  \nlowest: {md_escape(source)} / {md_escape(str(o['identity']))} at "
                      f"{o['identity_similarity']:.3f}")
-        text += (f"  \n{tagged} tagged `identity_outlier` (below the threshold)" if tagged is not None
-                 else "  \nnot tagged (run the audit with --tag): the button shows those below the threshold")
+        if tagged is not None:
+            text += f"  \n{tagged} tagged `identity_outlier` (below the threshold)"
+            shown = bool(tagged)
+        else:
+            below = bool(lowest) and lowest[0][1]["identity_similarity"] < result["threshold"]
+            text += ("  \nnot tagged (the audit ran without \"Tag leaks, collisions and outliers\"): "
+                     + ("the button shows those below the threshold" if below else "none is below the threshold"))
+            shown = below
+        if not shown:  # new-user review C4: the button showed an empty grid
+            text += ": nothing to show"
         panel.md(text, name="outliers_text")
-        panel.btn("outliers", label="Show the identity outliers", variant="outlined", on_click=self.on_outliers_click)
+        self._back(panel, drill, "outliers")
+        if shown:
+            panel.btn("outliers", label="Show the identity outliers", variant="contained",
+                      on_click=self.on_outliers_click)
 
 
 def _result(ctx) -> dict | None:
@@ -181,9 +208,12 @@ def _result(ctx) -> dict | None:
 
 def _summary(result: dict) -> str:
     at = f", computed {result['at']}" if result.get("at") else ""
-    text = (f"model {md_escape(str(result.get('model')))}; threshold **{result['threshold']:.3f}** "
-            f"({md_escape(str(result.get('threshold_rule')))}){at}")
-    skipped = [f"{md_escape(n)} ({md_escape(str(s.get('reason', '')))})" for n, s in result["sources"].items()
+    from ..operators.common import rule_words
+
+    rule = rule_words(result.get("threshold_rule"))
+    text = (f"model {md_escape(str(result.get('model')))}; threshold **{result['threshold']:.3f}**"
+            + (f" ({md_plain(rule)})" if rule else "") + at)  # a sentence: plain text, not a code span
+    skipped = [f"{md_escape(n)} ({md_plain(str(s.get('reason', '')))})" for n, s in result["sources"].items()
                if not s.get("applicable")]
     if skipped:
         text += "  \nnot applicable: " + ", ".join(skipped)
@@ -269,11 +299,14 @@ def _drilldown_of(ctx) -> dict | None:
     return drill if drill["stage"] in stages else None
 
 
-def _drill_down(ctx, view, what: str) -> None:
-    """Set the App's grid to the faces behind a click, remembering the match stage it adds."""
-    n = view.count()
-    faces = "Showing 1 face" if n == 1 else f"Showing the {n:,} faces"
+def _faces(n: int) -> str:
+    return "1 face" if n == 1 else f"{n:,} faces"
+
+
+def _drill_down(ctx, view, text: str, where: str) -> None:
+    """Set the App's grid to the faces behind a click (``text`` says which), remembering the
+    match stage it adds and the list clicked (``where``: its status and Back are shown there)."""
     match = next(s for s in reversed(view._stages) if type(s).__name__ in ("Match", "MatchTags"))
-    ctx.panel.state.set("drilldown", {"stage": _stage_key(match._serialize()), "text": f"{faces} of {what}"})
+    ctx.panel.state.set("drilldown", {"stage": _stage_key(match._serialize()), "text": text, "where": where})
     ctx.ops.set_view(view)
 

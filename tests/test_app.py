@@ -109,6 +109,11 @@ def _drive(page, ds, session, url):
     top = report.kl_rows(result)[0]
     first_row = page.locator("table", has_text="KL(real || synth)").first.locator("tr").nth(1).inner_text()
     assert first_row.split()[0] == top["attribute"] and report.fmt(top["kl_real_synth"]) in first_row
+    # new-user review C9: the table is to read (a click on a row did nothing, while it looked
+    # like a button): its rows do not look clickable and a line says how to pick an attribute
+    row = page.locator("table", has_text="KL(real || synth)").first.locator("tbody tr").first
+    assert row.evaluate("r => getComputedStyle(r).cursor") == "default"
+    page.get_by_text("The table's rows are not buttons", exact=False).wait_for(timeout=60_000)
 
     # the overview's first bar: source real-faces, the attribute at the top, state positive
     overview.locator("g.point path").first.click(force=True)

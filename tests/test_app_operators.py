@@ -112,6 +112,11 @@ def _open_app(page, url: str, samples: int) -> None:
     firing while the operator browser is open would close the browser."""
     page.goto(url)
     page.get_by_text(f"{samples} samples", exact=True).wait_for(timeout=WAIT)
+    _dismiss_offer(page)
+
+
+def _dismiss_offer(page) -> None:
+    """Wait for the App's Enterprise pop-up and dismiss it (it shows some seconds after a load)."""
     try:
         page.get_by_text("Dismiss", exact=True).click(timeout=20_000)
     except Exception:  # the pop-up did not show this time

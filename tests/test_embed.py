@@ -267,6 +267,43 @@ def test_operator_embeds_now_delegated_and_in_shards(models, faces, tmp_path, da
             "model": "onnx", "checkpoint": models["not_face"], "delegate": "false"}})
     assert ds.exists(FIELD).count() == 6
 
+    # new-user review B4: another model over the stored vectors is refused in the form, on the
+    # Overwrite box the form now has, in the form's words (the CLI's say --overwrite); ticked,
+    # it embeds every sample again, as `faceaudit embed --overwrite` does
+    onnx = {"model": "onnx", "checkpoint": models["onnx"], "device": "cpu", "batch_size": 4, "delegate": "false"}
+    form = _form(ds, onnx)
+    assert form["overwrite"].invalid and not any(p.invalid for k, p in form.items() if k != "overwrite")
+    refusal = form["overwrite"].error_message
+    assert "other settings: model 'iresnet' (now 'onnx')" in refusal
+    assert refusal.endswith('run with the stored settings, or tick "Overwrite" to embed every sample again')
+    assert "--" not in refusal, refusal
+    with pytest.raises(ExecutionError, match="other settings"):
+        foo.execute_operator(EMBED_URI, ctx={"dataset": ds, "params": onnx})
+    split = _form(ds, {**onnx, "overwrite": True, "shards": 2})["overwrite"]  # each shard would drop the others'
+    assert split.invalid and split.error_message == ('Overwrite: drops every stored vector first: embed in one job '
+                                                     '("Split into N jobs" 1), then split later runs')
+    not_a_model = tmp_path / "notes.pth"
+    not_a_model.write_text("notes")  # a file (the form's check): the run refuses it; a Python caller is told
+    with pytest.raises(ExecutionError, match="notes.pth is not a torch checkpoint"):
+        foo.execute_operator(EMBED_URI, ctx={"dataset": ds, "params": {
+            "model": "iresnet", "checkpoint": str(not_a_model), "overwrite": True, "delegate": "false"}})
+    ds.reload()
+    assert ds.exists(FIELD).count() == 6 and ds.info["faceaudit"]["embedding"]["model"] == "iresnet"
+    assert not any(p.invalid for p in _form(ds, {**onnx, "overwrite": True}).values())
+    result = foo.execute_operator(EMBED_URI, ctx={"dataset": ds, "params": {**onnx, "overwrite": True}})
+    assert result.error is None, result.error
+    ds.reload()
+    assert ds.exists(FIELD).count() == 6 and ds.info["faceaudit"]["embedding"]["model"] == "onnx"
+
+
+def _form(ds, p: dict) -> dict:
+    """The embed form's fields for parameters ``p``, as the App resolves them."""
+    from fiftyone.operators.executor import ExecutionContext
+    from fiftyone.operators.registry import OperatorRegistry
+
+    ctx = ExecutionContext(request_params={"dataset_name": ds.name, "params": p})
+    return OperatorRegistry().get_operator(EMBED_URI).resolve_input(ctx).type.properties
+
 
 def test_a_relative_model_file_is_queued_absolute(models, faces, tmp_path, dataset_name, monkeypatch):
     """The App's form takes a model file relative to the App server's folder (its check does);

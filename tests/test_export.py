@@ -203,6 +203,31 @@ def test_refusals_write_nothing(loaded, tmp_path, case):
     r = as_process(args, dict(os.environ)) if case == "non-empty" else in_process(args)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert (sorted(os.listdir(out)) == ["notes.txt"]) if case == "non-empty" else not out.exists()
+    if case in ("non-empty", "tag"):  # new-user review C7: the App's form refuses both, in the CLI's words
+        _form_refuses(ds, {"out": str(out), "exclude_tags": options.get("exclude_tags", [])},
+                      "out" if case == "non-empty" else "exclude_tags", str(e.value))
+        assert (sorted(os.listdir(out)) == ["notes.txt"]) if case == "non-empty" else not out.exists()
+
+
+def _form_refuses(ds, p: dict, field: str, refusal: str) -> None:
+    """The export operator's form marks ``field`` invalid with ``refusal`` (the core's words, the
+    field named by its label, the CLI's --overwrite as the form's box), and Execute is refused."""
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext, ExecutionError
+    from fiftyone.operators.registry import OperatorRegistry
+
+    uri = "@faceaudit/face-audit/export_training_set"
+    ctx = ExecutionContext(request_params={"dataset_name": ds.name, "params": p})
+    fields = OperatorRegistry().get_operator(uri).resolve_input(ctx).type.properties
+    assert [k for k, v in fields.items() if v.invalid] == [field]
+    words = refusal.replace("pass --overwrite", 'tick "Empty a non-empty folder first"')
+    assert fields[field].error_message == ("Folder: " + words if field == "out" else words)
+    with pytest.raises(ExecutionError, match="Validation error"):
+        foo.execute_operator(uri, ctx={"dataset": ds, "params": {**p, "delegate": "false"}})
+    assert not fields["overwrite"].invalid
+    if field == "out":  # ticked, the folder is accepted
+        ctx = ExecutionContext(request_params={"dataset_name": ds.name, "params": {**p, "overwrite": True}})
+        assert not OperatorRegistry().get_operator(uri).resolve_input(ctx).type.properties["out"].invalid
 
 
 def test_unsafe_identity_names_stay_inside_and_collisions_are_deterministic(tmp_path, faces):
@@ -268,6 +293,24 @@ def test_rebalance_planted_imbalance_whole_identities(tmp_path, faces, dataset_n
     out = tmp_path / "out"
     result = drive(export_dataset(ds, str(out), view_name="rebalanced"))
     assert result.images == len(tagged) and result.identities == len(per_identity)
+
+    # the App's operator (new-user review C8, C10, and its raw floats): the attributes are picked
+    # from a list, the result says which view the grid now shows, the KLs are rounded
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+    from fiftyone.operators.registry import OperatorRegistry
+
+    uri = "@faceaudit/face-audit/rebalance_synthetic_source"
+    ctx = ExecutionContext(request_params={"dataset_name": ds.name, "params": {}})
+    field = OperatorRegistry().get_operator(uri).resolve_input(ctx).type.properties["attributes"]
+    assert isinstance(field.view, fo.operators.types.DropdownView) and field.view.to_json()["multiple"] is True
+    assert [c.value for c in field.view.choices] == list(ATTRIBUTES)
+    done = foo.execute_operator(uri, ctx={"dataset": ds, "params": {"source": "syn", "attributes": ["Male"],
+                                                                    "keep": 0.5, "tag": "rebalanced-app"}})
+    assert done.result["message"].endswith(". The grid now shows the saved view rebalanced-app; choose another "
+                                           "in the saved-view menu above the grid, or clear it there for the "
+                                           "whole dataset")
+    assert done.result["kl_before"] == float(f"{before:.4g}") and done.result["kl_after"] == float(f"{after:.4g}")
 
 
 def test_greedy_close_to_the_exhaustive_optimum():

@@ -406,6 +406,60 @@ def test_operator(world):
     assert cleared.result["cleared"] > 0
 
 
+def _identity_form(ds, p: dict) -> dict:
+    from fiftyone.operators.executor import ExecutionContext
+    from fiftyone.operators.registry import OperatorRegistry
+
+    ctx = ExecutionContext(request_params={"dataset_name": ds.name, "params": p})
+    return OperatorRegistry().get_operator("@faceaudit/face-audit/compute_identity_audit").resolve_input(ctx).type
+
+
+def test_the_operator_form_as_a_new_user_reads_it(world):
+    """New-user review C6: clearing is an action of its own, not a threshold rule; the default
+    rule names the stored model's threshold; the cosine field starts at it; the similarity index
+    can be left out. C5: no CLI option in the App's words (the FMR refusal is the form's, the
+    result's rule has no "(--threshold)"). C8: the result says which view the grid now shows."""
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionError
+
+    name, _, _ = world
+    ds = fo.load_dataset(name)
+    form = _identity_form(ds, {})
+    assert form.properties["action"].type.values == ["audit", "clear"]
+    assert form.properties["rule"].type.values == ["default", "threshold", "fmr"]
+    default = form.properties["rule"].view.choices[0]
+    assert default.description == f"{core.MODEL_THRESHOLDS['dlib'][0]:g} for dlib"
+    assert form.properties["similarity_index"].default is True
+    assert _identity_form(ds, {"rule": "threshold"}).properties["threshold"].default == core.MODEL_THRESHOLDS["dlib"][0]
+    assert list(_identity_form(ds, {"action": "clear"}).properties) == ["action"]
+
+    fields = _identity_form(ds, {"rule": "fmr", "fmr": 1e-6}).properties
+    assert fields["fmr"].invalid and [k for k, v in fields.items() if v.invalid] == ["fmr"]
+    with pytest.raises(core.IdentityError) as refused:  # what `faceaudit identity --fmr 1e-6` says
+        adapter.check_audit(ds, adapter.options(fmr=1e-6))
+    assert "needs at least 10,000,000" in str(refused.value)
+    words = str(refused.value).replace("--max-pairs", '"Impostor pairs per source"').replace(
+        "give --threshold", 'give "A cosine threshold"')
+    assert fields["fmr"].error_message == words and "--" not in words
+    before = _snapshot(ds)
+    with pytest.raises(ExecutionError, match="Validation error"):
+        foo.execute_operator("@faceaudit/face-audit/compute_identity_audit",
+                             ctx={"dataset": ds, "params": {"rule": "fmr", "fmr": 1e-6, "delegate": "false"}})
+    assert _snapshot(ds) == before
+
+    result = foo.execute_operator("@faceaudit/face-audit/compute_identity_audit", ctx={"dataset": ds, "params": {
+        "rule": "threshold", "threshold": THRESHOLD, "max_pairs": 1000, "tag": True, "similarity_index": False,
+        "delegate": "false"}})
+    message = result.result["message"]
+    assert message.startswith(f"threshold {THRESHOLD:.4g} (given") and "--" not in message, message
+    assert "((" not in message and "))" not in message, message
+    assert message.endswith(". The grid now shows the saved view identity_leaks; choose another in the "
+                            "saved-view menu above the grid, or clear it there for the whole dataset")
+    cleared = foo.execute_operator("@faceaudit/face-audit/compute_identity_audit",
+                                   ctx={"dataset": ds, "params": {"action": "clear"}})
+    assert cleared.result["cleared"] > 0 and not ds.match_tags(list(adapter.TAGS)).count()
+
+
 @pytest.mark.parametrize("bad, problem", [
     (np.ones(64, np.float32) / 8, "has 64 components but dataset.info's embedding (dlib) says 128"),
     (np.full(128, np.nan, np.float32), "not finite"),

@@ -299,6 +299,10 @@ def test_operator_form_defaults_come_from_the_data(world):
     assert result.error is None, result.error
     assert result.result["tagged"] == synthetic.match(fo.ViewField(outliers.SCORE_FIELD) >= t).count() >= k
     assert result.result["message"].startswith(f"{result.result['tagged']} synthetic faces tagged 'outlier'")
+    # new-user review C8: the grid moves to the saved view; the result says so
+    assert result.result["message"].endswith(f"The grid now shows the saved view {outliers.OUTLIERS_VIEW}; choose "
+                                             "another in the saved-view menu above the grid, or clear it there for "
+                                             "the whole dataset")
     outliers.clear_outliers(ds)
 
 

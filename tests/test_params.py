@@ -59,3 +59,25 @@ def test_devices():
     assert P.device("cuda:1") == "cuda:1" and P.device(None) == "auto"
     with pytest.raises(P.ParamError, match="^device: "):
         P.device("gpu; rm -rf /")
+
+
+def test_export_folder_refuses_a_folder_that_holds_something_else(tmp_path):
+    """The export form's check (new-user review C7): a new or empty folder, or one holding an
+    export's own file (the run compares it with the view), passes; a non-empty one only with
+    overwrite; the words are the run's (faceaudit.export._state says params.not_empty)."""
+    assert P.export_folder(str(tmp_path / "new")) == str(tmp_path / "new")
+    assert P.export_folder(str(tmp_path)) == str(tmp_path)  # empty
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(P.ParamError) as refused:
+        P.export_folder(str(tmp_path))
+    assert refused.value.param == "out" and refused.value.problem == P.not_empty(str(tmp_path), 1)
+    assert P.export_folder(str(tmp_path), overwrite="true") == str(tmp_path)
+    assert P.export_folder(str(tmp_path), resumable=("notes.txt",)) == str(tmp_path)
+    with pytest.raises(P.ParamError, match="is a file, not a folder"):
+        P.export_folder(str(tmp_path / "notes.txt"))
+
+
+def test_overwrite_is_one_job():
+    assert P.overwrite("true") is True and P.overwrite(None) is False and P.overwrite(False, shards=4) is False
+    with pytest.raises(P.ParamError, match="embed in one job"):
+        P.overwrite(True, shards=2)

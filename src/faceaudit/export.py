@@ -365,8 +365,17 @@ def _state(out: str, plan: _Plan, options: Options) -> str:
     if MARKER in entries:
         raise ExportError(f"{out} holds an unfinished export with other options or another view; run "
                           "that one again to finish it, or pass --overwrite to replace it")
-    raise ExportError(f"{out} is not empty and holds something else than this export "
-                      f"({len(entries)} entries); choose an empty folder or pass --overwrite to replace it")
+    from . import params
+
+    raise ExportError(params.not_empty(out, len(entries)))
+
+
+def check_folder(out, overwrite=False) -> str:
+    """The folder ``out`` as a form can check it before the view is read: refused where it is
+    not empty and holds no export of faceaudit's (that one the run compares with the view)."""
+    from . import params
+
+    return params.export_folder(out, overwrite, resumable=(MANIFEST, MARKER))
 
 
 def _intact(out: str) -> bool:

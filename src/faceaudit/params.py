@@ -601,4 +601,36 @@ def out_folder(value: Any, param: str = "out") -> str:
     return path
 
 
-__all__ += ["out_folder"]
+def not_empty(path: str, entries: int) -> str:
+    """Why an export does not write into ``path``, a folder of ``entries`` entries that holds
+    something else than this export (the words of every door)."""
+    return (f"{path} is not empty and holds something else than this export ({entries} entries); "
+            "choose an empty folder or pass --overwrite to replace it")
+
+
+def export_folder(value: Any, overwrite: Any = False, resumable=(), param: str = "out") -> str:
+    """:func:`out_folder`, and not a non-empty folder unless ``overwrite``, or it holds one of
+    the files named ``resumable`` (an export's own: the run compares it with the view)."""
+    path = out_folder(value, param)
+    if to_bool("overwrite", overwrite, False) or not os.path.isdir(path):
+        return path
+    entries = os.listdir(path)
+    if entries and not set(resumable) & set(entries):
+        raise ParamError(param, not_empty(path, len(entries)))
+    return path
+
+
+__all__ += ["out_folder", "not_empty", "export_folder"]
+
+
+def overwrite(value: Any, shards: int = 1, param: str = "overwrite") -> bool:
+    """Whether an embedding run drops every stored vector first (needed to change the model,
+    its file, detect or flip). Only in one job: each of N shards would drop the others' vectors."""
+    wanted = bool(to_bool(param, value, False))
+    if wanted and shards > 1:
+        raise ParamError(param, "drops every stored vector first: embed in one job (--shards 1), "
+                                "then split later runs")
+    return wanted
+
+
+__all__ += ["overwrite"]
