@@ -18,12 +18,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if args.delegate:
         if args.shard is not None:
             raise params.ParamError("shard", "--delegate queues every shard itself: leave --shard out")
+        overwrite = params.overwrite(args.overwrite, shards)
         fiftyone_env()
         from fiftyone_plugin.embed import fan_out_embed
 
         operator_params = {"model": args.model, "checkpoint": args.checkpoint, "detect": args.detect,
                            "flip": args.flip, "device": device, "batch_size": args.batch_size,
-                           "workers": args.workers}
+                           "workers": args.workers, "overwrite": overwrite}
         report = fan_out_embed(args.dataset, shards, operator_params, source=args.source)
         print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
         return 0

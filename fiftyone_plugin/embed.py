@@ -301,21 +301,31 @@ def _checked_params(p: dict) -> dict:
     return {**p, "model": o.model, "checkpoint": o.checkpoint, "detect": o.detect, "flip": o.flip}
 
 
-def embed_job():
+def _readable_view(view):
+    """Every sample of ``view`` an overwriting run embeds again (readable, not known faceless:
+    the run drops the stored vectors first)."""
+    return view.match_tags([schema.UNREADABLE_TAG, NO_FACE_TAG], bool=False)
+
+
+def embed_job(overwrite: bool = False):
+    """The sharded embed job; with ``overwrite`` every readable sample is left to do (the queued
+    operation drops the stored vectors first), not only those without a vector."""
     from .fanout import Job
 
-    return Job(EMBED_URI, todo_view, _checked_params, verb="embed")
+    return Job(EMBED_URI, _readable_view if overwrite else todo_view, _checked_params, verb="embed")
 
 
 def fan_out_embed(dataset_name: str, count: int, operator_params: dict, view=None, source: str | None = None,
                   stale_after: float | None = None):
-    """Queue one delegated ``compute_face_embeddings`` operation per shard that has samples left."""
+    """Queue one delegated ``compute_face_embeddings`` operation per shard that has samples left
+    (with ``overwrite``: one operation, which embeds every sample again)."""
     from .fanout import STALE_AFTER, fan_out
 
     dataset = schema.open_dataset(dataset_name, create=False)
+    overwrite = params.overwrite(operator_params.get("overwrite"), params.shards(count))
     o = embed_options(operator_params.get("model"), operator_params.get("checkpoint"), source,
                       operator_params.get("detect"), operator_params.get("flip"), operator_params.get("device"),
-                      operator_params.get("batch_size"), operator_params.get("workers"))
+                      operator_params.get("batch_size"), operator_params.get("workers"), overwrite)
     check_settings(dataset, o)
-    return fan_out(dataset_name, count, operator_params, view=view, source=source,
-                   stale_after=stale_after or STALE_AFTER, job=embed_job())
+    return fan_out(dataset_name, count, {**operator_params, "overwrite": overwrite}, view=view, source=source,
+                   stale_after=stale_after or STALE_AFTER, job=embed_job(overwrite))

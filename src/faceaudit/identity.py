@@ -579,8 +579,8 @@ class IdentityAudit:
             available = sum(min(p.impostor_pairs(), options.max_pairs) for p in real)
             need = int(np.ceil(MIN_PER_FALSE_MATCH / options.fmr))
             if available < need:
-                raise IdentityError(f"fmr: the real sources have {available:,} impostor pairs (at most max-pairs "
-                                    f"per source); FMR {options.fmr!r} needs at least {need:,}: give a threshold, "
+                raise IdentityError(f"fmr: the real sources have {available:,} impostor pairs (each source's count "
+                                    f"capped at max-pairs); FMR {options.fmr!r} needs at least {need:,}: give a threshold, "
                                     "a larger FMR, or more real identities")
             return None, ""
         if model in MODEL_THRESHOLDS:
