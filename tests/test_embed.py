@@ -17,7 +17,7 @@ import torch
 
 from faceaudit import params
 from faceaudit.embedders import (DlibEmbedder, EmbedderError, IResNetEmbedder, OnnxEmbedder, check_onnx,
-                                 dlib_model_files)
+                                 dlib_model_files, onnx_normalisation)
 from faceaudit.model.iresnet import TINY_WIDTHS, IResNet
 from faceaudit.progress import drive
 from fiftyone_plugin import identity, locks
@@ -47,9 +47,34 @@ def models(tmp_path_factory):
     onnx_path = root / "r-tiny.onnx"
     torch.onnx.export(net, torch.zeros(2, 3, 112, 112), str(onnx_path), input_names=["input"],
                       output_names=["embedding"], dynamic_axes={"input": {0: "n"}, "embedding": {0: "n"}}, dynamo=False)
+    mxnet = root / "r-tiny-mxnet.onnx"
+    _normalising_in_graph(str(onnx_path), str(mxnet))
     not_face = root / "linear.onnx"
     torch.onnx.export(torch.nn.Linear(10, 2).eval(), torch.zeros(1, 10), str(not_face), dynamo=False)
-    return {"net": net, "pth": str(pth), "onnx": str(onnx_path), "not_face": str(not_face)}
+    return {"net": net, "pth": str(pth), "onnx": str(onnx_path), "mxnet": str(mxnet), "not_face": str(not_face)}
+
+
+def _normalising_in_graph(src: str, dst: str) -> None:
+    """``src`` with the first nodes a model converted from MXNet has (InsightFace's older zoo):
+    ``_minus0`` subtracts 127.5 and ``_mul0`` scales by 1/127.5 inside the graph, so the model
+    takes raw 0..255 pixels."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(src)
+    graph = model.graph
+    inner = graph.input[0].name
+    raw = helper.make_tensor_value_info("data", TensorProto.FLOAT, [None, 3, 112, 112])
+    graph.initializer.extend([helper.make_tensor("mean", TensorProto.FLOAT, [], [127.5]),
+                              helper.make_tensor("scale", TensorProto.FLOAT, [], [1 / 127.5])])
+    nodes = [helper.make_node("Sub", ["data", "mean"], ["centred"], name="_minus0"),
+             helper.make_node("Mul", ["centred", "scale"], [inner], name="_mul0"), *graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.input[:]
+    graph.input.extend([raw])
+    onnx.checker.check_model(model)
+    onnx.save(model, dst)
 
 
 def reference_dlib(images: np.ndarray) -> np.ndarray:
@@ -110,6 +135,12 @@ def test_iresnet_and_its_onnx_export_give_the_same_embeddings(models, faces):
     assert np.allclose(o.embed(batch), ref, atol=1e-4)
     assert np.allclose(IResNetEmbedder(models["pth"], flip=True).embed(batch), ref_flip, atol=1e-5)
     assert np.allclose(OnnxEmbedder(models["onnx"], flip=True).embed(batch), ref_flip, atol=1e-4)
+    # a model converted from MXNet normalises in its graph: it is given raw pixels (InsightFace's
+    # rule), not pixels normalised twice
+    m = OnnxEmbedder(models["mxnet"])
+    assert np.allclose(m.embed(batch), ref, atol=1e-4) and "raw 0..255" in m.preprocessing
+    assert onnx_normalisation(models["onnx"]) == (127.5, 127.5)
+    assert onnx_normalisation(models["mxnet"]) == (0.0, 1.0)
     # images of another size are resized to the model's input, as the engine does
     assert t.embed([torch.from_numpy(f).permute(2, 0, 1) for f in faces.arrays[:2]]).shape == (2, 64)
 

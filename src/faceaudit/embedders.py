@@ -17,7 +17,9 @@ batch ``(n, 3, H, W)`` (RGB) or a sequence of ``(3, H, W)`` uint8 tensors of any
   image's embedding (the evaluation convention).
 * ``onnx``: an ONNX face-recognition model (InsightFace's ``w600k_r50.onnx``, ...) in onnxruntime
   (CUDA provider where present), input size read from the model, the same preprocessing as
-  InsightFace's ``ArcFaceONNX`` (RGB, mean 127.5, std 127.5). A file that is not a face model
+  InsightFace's ``ArcFaceONNX``: RGB, mean 127.5, std 127.5, except for a model converted from
+  MXNet (InsightFace's older zoo, e.g. ``glintr100.onnx``), which subtracts and scales in its own
+  first nodes and takes raw 0..255 pixels (:func:`onnx_normalisation`). A file that is not a face model
   (input not NCHW 3 x H x W, output not ``(N, d)``) is refused by :func:`check_onnx`.
 
 :class:`EmbedEngine` runs an embedder over image files with the inference engine's batching
@@ -282,6 +284,26 @@ def check_onnx(path: str, session=None) -> tuple[int, int]:
     return int(inputs[0].shape[2]), int(outputs[0].shape[1])
 
 
+def onnx_normalisation(path: str) -> tuple[float, float]:
+    """``(mean, std)`` the ONNX face model at ``path`` wants its RGB pixels normalised with,
+    by InsightFace's rule (``ArcFaceONNX``): a model converted from MXNet normalises in its graph
+    (a ``Sub``/``_minus`` and a ``Mul``/``_mul`` node among its first 8, or ``bn_data`` among its
+    first 3) and takes raw pixels, ``(0, 1)``; any other (``w600k_r50.onnx``, a torch export)
+    takes ``(x - 127.5) / 127.5``. Normalising twice would give vectors of noise, silently."""
+    try:
+        import onnx
+    except ImportError:
+        raise EmbedderError("model onnx needs the onnx package to read the model's input normalisation: "
+                            "pip install onnx") from None
+    nodes = onnx.load(path, load_external_data=False).graph.node
+    names = [n.name or "" for n in nodes[:8]]
+    sub = any(n.startswith(("Sub", "_minus")) for n in names)
+    mul = any(n.startswith(("Mul", "_mul")) for n in names)
+    if (sub and mul) or "bn_data" in names[:3]:
+        return 0.0, 1.0
+    return 127.5, 127.5
+
+
 class OnnxEmbedder(Embedder):
     name, threshold = "onnx", THRESHOLDS["onnx"]
 
@@ -298,13 +320,16 @@ class OnnxEmbedder(Embedder):
         self.input_size, self.dim = check_onnx(checkpoint, self.session)
         self.input_name = self.session.get_inputs()[0].name
         self.provider = self.session.get_providers()[0]
+        self.mean, self.std = onnx_normalisation(checkpoint)
         s = self.input_size
-        self.preprocessing = (f"RGB {s}x{s} (resized if not), (x - 127.5) / 127.5"
+        scale = ("(x - 127.5) / 127.5" if self.std != 1 else
+                 "raw 0..255 pixels (the model normalises in its graph: converted from MXNet)")
+        self.preprocessing = (f"RGB {s}x{s} (resized if not), {scale}"
                               + (", plus the horizontally flipped image's embedding" if flip else "")
                               + f"; onnxruntime {self.provider}; L2-normalised")
 
     def embed(self, images) -> np.ndarray:
-        x = (_as_batch(images, self.input_size).cpu().numpy().astype(np.float32) - 127.5) / 127.5
+        x = (_as_batch(images, self.input_size).cpu().numpy().astype(np.float32) - self.mean) / self.std
         out = self.session.run(None, {self.input_name: x})[0].astype(np.float32)
         if self.flip:
             out = out + self.session.run(None, {self.input_name: np.ascontiguousarray(x[..., ::-1])})[0]
