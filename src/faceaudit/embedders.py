@@ -319,6 +319,8 @@ class OnnxEmbedder(Embedder):
         self.session = _onnx_session(checkpoint, providers)
         self.input_size, self.dim = check_onnx(checkpoint, self.session)
         self.input_name = self.session.get_inputs()[0].name
+        n = self.session.get_inputs()[0].shape[0]
+        self.fixed_batch = n if isinstance(n, int) and n > 0 else None  # many exports fix it at 1
         self.provider = self.session.get_providers()[0]
         self.mean, self.std = onnx_normalisation(checkpoint)
         s = self.input_size
@@ -330,10 +332,23 @@ class OnnxEmbedder(Embedder):
 
     def embed(self, images) -> np.ndarray:
         x = (_as_batch(images, self.input_size).cpu().numpy().astype(np.float32) - self.mean) / self.std
-        out = self.session.run(None, {self.input_name: x})[0].astype(np.float32)
+        out = self._run(x)
         if self.flip:
-            out = out + self.session.run(None, {self.input_name: np.ascontiguousarray(x[..., ::-1])})[0]
+            out = out + self._run(np.ascontiguousarray(x[..., ::-1]))
         return normalise(out)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        """The model's outputs for ``x``, in pieces of the model's fixed batch size if it has one
+        (the last piece padded with zeros, their outputs dropped)."""
+        if self.fixed_batch is None or len(x) == self.fixed_batch:
+            return self.session.run(None, {self.input_name: x})[0].astype(np.float32)
+        k, out = self.fixed_batch, []
+        for i in range(0, len(x), k):
+            piece = x[i:i + k]
+            if len(piece) < k:
+                piece = np.concatenate([piece, np.zeros((k - len(piece), *x.shape[1:]), np.float32)])
+            out.append(self.session.run(None, {self.input_name: piece})[0][:len(x) - i])
+        return np.concatenate(out).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- building and running
