@@ -3,6 +3,7 @@ its ONNX export; resumable, sharded, delegated; refusals before anything is writ
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -50,12 +51,16 @@ def models(tmp_path_factory):
     batch_one = root / "r-tiny-batch1.onnx"  # many exports fix the batch size at 1
     torch.onnx.export(net, torch.zeros(1, 3, 112, 112), str(batch_one), input_names=["input"],
                       output_names=["embedding"], dynamo=False)
+    half = root / "r-tiny-fp16.onnx"  # float16 in and out
+    torch.onnx.export(copy.deepcopy(net).half(), torch.zeros(2, 3, 112, 112, dtype=torch.half), str(half),
+                      input_names=["input"], output_names=["embedding"],
+                      dynamic_axes={"input": {0: "n"}, "embedding": {0: "n"}}, dynamo=False)
     mxnet = root / "r-tiny-mxnet.onnx"
     _normalising_in_graph(str(onnx_path), str(mxnet))
     not_face = root / "linear.onnx"
     torch.onnx.export(torch.nn.Linear(10, 2).eval(), torch.zeros(1, 10), str(not_face), dynamo=False)
     return {"net": net, "pth": str(pth), "onnx": str(onnx_path), "mxnet": str(mxnet), "batch_one": str(batch_one),
-            "not_face": str(not_face)}
+            "half": str(half), "not_face": str(not_face)}
 
 
 def _normalising_in_graph(src: str, dst: str) -> None:
@@ -144,6 +149,8 @@ def test_iresnet_and_its_onnx_export_give_the_same_embeddings(models, faces):
     m = OnnxEmbedder(models["mxnet"])
     assert np.allclose(m.embed(batch), ref, atol=1e-4) and "raw 0..255" in m.preprocessing
     assert np.allclose(OnnxEmbedder(models["batch_one"], flip=True).embed(batch), ref_flip, atol=1e-4)
+    half = OnnxEmbedder(models["half"]).embed(batch)  # a float16 model is given float16 pixels
+    assert half.dtype == np.float32 and np.all(np.sum(half * ref, axis=1) > 0.999)
     assert onnx_normalisation(models["onnx"]) == (127.5, 127.5)
     assert onnx_normalisation(models["mxnet"]) == (0.0, 1.0)
     # images of another size are resized to the model's input, as the engine does
