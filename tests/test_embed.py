@@ -180,6 +180,12 @@ def test_onnx_that_is_not_a_face_model_and_missing_checkpoints_are_refused(model
     (tmp_path / "model.pth").write_bytes(b"\x00" * 100)
     with pytest.raises(EmbedderError, match="is not a torch checkpoint"):  # told from its first bytes
         IResNetEmbedder(str(tmp_path / "model.pth"))
+    # AdaFace's released .ckpt: face.evoLVe's IR layout under "model." in a Lightning state_dict
+    adaface = {f"model.{k}": torch.zeros(2) for k in ("input_layer.0.weight", "body.0.res_layer.1.weight",
+                                                       "output_layer.3.weight")}
+    torch.save({"state_dict": adaface, "epoch": 26}, tmp_path / "adaface_ir50.ckpt")
+    with pytest.raises(EmbedderError, match="an AdaFace / face.evoLVe IR checkpoint .* not supported yet"):
+        IResNetEmbedder(str(tmp_path / "adaface_ir50.ckpt"))
 
 
 def _dataset(faces, root: Path, name: str, layout: dict[str, int]) -> fo.Dataset:

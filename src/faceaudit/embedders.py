@@ -10,7 +10,7 @@ batch ``(n, 3, H, W)`` (RGB) or a sequence of ``(3, H, W)`` uint8 tensors of any
   shape predictor, then ``dlib.get_face_chip(img, shape, 150)`` and ``compute_face_descriptor``.
   ``detect=True``: dlib's HOG detector first (photos), its largest face; an image without a face
   gives a row of NaN, which :class:`EmbedEngine` reports as ``no_face``.
-* ``iresnet``: an InsightFace ``backbone.pth`` (ArcFace / ElasticFace / AdaFace IR-18..200) read
+* ``iresnet``: an InsightFace ``backbone.pth`` (arcface_torch's IR-18..200: ArcFace, CosFace, ...) read
   with ``torch.load(weights_only=True)`` into the project's IResNet, strictly; its architecture
   (depths, widths, input size, dimension) is read from the tensors' names and shapes. RGB,
   ``(x - 127.5) / 127.5``, bf16 autocast on CUDA; ``flip=True`` adds the horizontally flipped
@@ -166,6 +166,11 @@ def iresnet_arch(state: dict, name: str) -> dict:
     """The IResNet a ``backbone.pth`` state dict describes: ``{layers, widths, num_features,
     input_size}``, from its tensors' names and shapes; :class:`EmbedderError` if it is none."""
     state = {str(k).removeprefix("module."): v for k, v in state.items()}
+    keys = {k.removeprefix("model.").split(".")[0] for k in state}
+    if {"input_layer", "body", "output_layer"} <= keys:
+        raise EmbedderError(f"{name}: an AdaFace / face.evoLVe IR checkpoint (input_layer, body, output_layer "
+                            "tensors; it takes BGR pixels), not an InsightFace IResNet backbone.pth: this "
+                            "layout is not supported yet")
     try:
         widths = tuple(int(state[f"layer{k}.0.conv2.weight"].shape[0]) for k in range(1, 5))
         layers = tuple(1 + max(int(m.group(1)) for key in state
