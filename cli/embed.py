@@ -46,8 +46,9 @@ def register(sub) -> None:
     emb.add_argument("--dataset", default=DEFAULT_DATASET)
     emb.add_argument("--source", help="only this source")
     emb.add_argument("--model", default="dlib", choices=["dlib", "iresnet", "onnx"],
-                     help="dlib (offline, 128-d), iresnet (an InsightFace backbone.pth) or onnx (a face model)")
-    emb.add_argument("--checkpoint", help="iresnet: backbone.pth; onnx: the .onnx file")
+                     help="dlib (offline, 128-d), iresnet (an InsightFace backbone.pth or an AdaFace .ckpt) "
+                          "or onnx (a face model)")
+    emb.add_argument("--checkpoint", help="iresnet: backbone.pth (or AdaFace's .ckpt); onnx: the .onnx file")
     emb.add_argument("--detect", action="store_true",
                      help="dlib: detect the face first (photos, not aligned crops); no face: tagged no_face")
     emb.add_argument("--flip", action="store_true", help="iresnet/onnx: add the flipped image's embedding")

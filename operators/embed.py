@@ -68,7 +68,8 @@ class ComputeFaceEmbeddings(foo.Operator):
         inputs.view_target(ctx)
         models = types.RadioGroup(orientation="horizontal")
         models.add_choice("dlib", label="dlib", description="offline, 128-d, weights from face_recognition_models")
-        models.add_choice("iresnet", label="IResNet", description="an InsightFace backbone.pth (ArcFace, ElasticFace...)")
+        models.add_choice("iresnet", label="IResNet",
+                          description="an InsightFace backbone.pth (ArcFace, ElasticFace...) or an AdaFace .ckpt")
         models.add_choice("onnx", label="ONNX", description="an ONNX face-recognition model (e.g. w600k_r50.onnx)")
         inputs.enum("model", list(params.EMBED_MODELS), default="dlib", label="Model", view=models,
                     **form_check(ctx, "model", params.embed_model))

@@ -180,12 +180,81 @@ def test_onnx_that_is_not_a_face_model_and_missing_checkpoints_are_refused(model
     (tmp_path / "model.pth").write_bytes(b"\x00" * 100)
     with pytest.raises(EmbedderError, match="is not a torch checkpoint"):  # told from its first bytes
         IResNetEmbedder(str(tmp_path / "model.pth"))
-    # AdaFace's released .ckpt: face.evoLVe's IR layout under "model." in a Lightning state_dict
-    adaface = {f"model.{k}": torch.zeros(2) for k in ("input_layer.0.weight", "body.0.res_layer.1.weight",
-                                                       "output_layer.3.weight")}
-    torch.save({"state_dict": adaface, "epoch": 26}, tmp_path / "adaface_ir50.ckpt")
-    with pytest.raises(EmbedderError, match="an AdaFace / face.evoLVe IR checkpoint .* not supported yet"):
-        IResNetEmbedder(str(tmp_path / "adaface_ir50.ckpt"))
+
+
+class _EvolveUnit(torch.nn.Module):
+    """face.evoLVe's BasicBlockIR as AdaFace's net.py builds it (the test's reference)."""
+
+    def __init__(self, cin: int, depth: int, stride: int):
+        super().__init__()
+        nn = torch.nn
+        self.shortcut_layer = (nn.MaxPool2d(1, stride) if cin == depth else
+                               nn.Sequential(nn.Conv2d(cin, depth, 1, stride, bias=False), nn.BatchNorm2d(depth)))
+        self.res_layer = nn.Sequential(nn.BatchNorm2d(cin), nn.Conv2d(cin, depth, 3, 1, 1, bias=False),
+                                       nn.BatchNorm2d(depth), nn.PReLU(depth),
+                                       nn.Conv2d(depth, depth, 3, stride, 1, bias=False), nn.BatchNorm2d(depth))
+
+    def forward(self, x):
+        return self.res_layer(x) + self.shortcut_layer(x)
+
+
+class _EvolveIR(torch.nn.Module):
+    """AdaFace's Backbone (mode 'ir', 112x112) at test widths: BGR pixels in, unit vectors out."""
+
+    def __init__(self, widths=(8, 16, 32, 64), units=(2, 1, 2, 1), dim: int = 32):
+        super().__init__()
+        nn = torch.nn
+        self.input_layer = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
+                                         nn.PReLU(widths[0]))
+        body, cin = [], widths[0]
+        for width, n in zip(widths, units):
+            body += [_EvolveUnit(cin, width, 2)] + [_EvolveUnit(width, width, 1) for _ in range(n - 1)]
+            cin = width
+        self.body = nn.Sequential(*body)
+        self.output_layer = nn.Sequential(nn.BatchNorm2d(widths[-1]), nn.Dropout(0.4), nn.Flatten(),
+                                          nn.Linear(widths[-1] * 7 * 7, dim), nn.BatchNorm1d(dim, affine=False))
+
+    def features(self, bgr):
+        return self.output_layer(self.body(self.input_layer(bgr)))
+
+    def forward(self, bgr):
+        x = self.features(bgr)
+        return x / x.norm(dim=1, keepdim=True)
+
+
+def test_an_adaface_checkpoint_embeds_as_adaface_does(tmp_path):
+    """AdaFace's released .ckpt (face.evoLVe's IR under "model." in a Lightning state_dict, its
+    head beside it), fed RGB here, gives the vectors AdaFace's own network gives the BGR image."""
+    torch.manual_seed(1)
+    ref_net = _EvolveIR().eval()
+    for m in ref_net.modules():
+        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            if m.affine:
+                m.weight.data.uniform_(0.5, 1.5)
+                m.bias.data.uniform_(-0.1, 0.1)
+    state = {f"model.{k}": v for k, v in ref_net.state_dict().items()}
+    torch.save({"state_dict": {**state, "head.kernel": torch.randn(32, 10)}, "epoch": 26}, tmp_path / "ada.ckpt")
+    from skimage.data import astronaut
+
+    colour = astronaut()  # LFW's faces are grey: BGR and RGB would be the same image
+    batch = chw(np.stack([colour[y:y + 112, x:x + 112] for y, x in [(30, 170), (60, 180), (0, 0), (200, 300)]]))
+    bgr = (batch[:, [2, 1, 0]].float() / 255 - 0.5) / 0.5  # AdaFace's to_input
+    with torch.no_grad():
+        ref = ref_net(bgr).numpy()
+        # the flip convention as for every IResNet: the two unnormalised embeddings summed
+        ref_flip = ref_net.features(bgr).numpy() + ref_net.features(torch.flip(bgr, dims=[3])).numpy()
+    ref_flip /= np.linalg.norm(ref_flip, axis=1, keepdims=True)
+    e = IResNetEmbedder(str(tmp_path / "ada.ckpt"))
+    assert (e.dim, e.input_size) == (32, 112) and "AdaFace's BGR stem" in e.preprocessing
+    assert np.allclose(e.embed(batch), ref, atol=1e-5)
+    assert np.allclose(IResNetEmbedder(str(tmp_path / "ada.ckpt"), flip=True).embed(batch), ref_flip, atol=1e-5)
+    # IR-SE (a squeeze-excitation module in each unit) is another network: refused, naming it
+    torch.save({"state_dict": {**state, "model.body.0.res_layer.6.fc1.weight": torch.zeros(1, 8, 1, 1)}},
+               tmp_path / "ada-se.ckpt")
+    with pytest.raises(EmbedderError, match="ada-se.ckpt: body.0 has res_layer.6 .*IR-SE"):
+        IResNetEmbedder(str(tmp_path / "ada-se.ckpt"))
 
 
 def _dataset(faces, root: Path, name: str, layout: dict[str, int]) -> fo.Dataset:

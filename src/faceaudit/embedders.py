@@ -10,7 +10,8 @@ batch ``(n, 3, H, W)`` (RGB) or a sequence of ``(3, H, W)`` uint8 tensors of any
   shape predictor, then ``dlib.get_face_chip(img, shape, 150)`` and ``compute_face_descriptor``.
   ``detect=True``: dlib's HOG detector first (photos), its largest face; an image without a face
   gives a row of NaN, which :class:`EmbedEngine` reports as ``no_face``.
-* ``iresnet``: an InsightFace ``backbone.pth`` (arcface_torch's IR-18..200: ArcFace, CosFace, ...) read
+* ``iresnet``: an InsightFace ``backbone.pth`` (arcface_torch's IR-18..200: ArcFace, CosFace, ...;
+  AdaFace's IR-18..100 ``.ckpt`` files, renamed by :mod:`faceaudit.model.evolve_ir`) read
   with ``torch.load(weights_only=True)`` into the project's IResNet, strictly; its architecture
   (depths, widths, input size, dimension) is read from the tensors' names and shapes. RGB,
   ``(x - 127.5) / 127.5``, bf16 autocast on CUDA; ``flip=True`` adds the horizontally flipped
@@ -166,11 +167,6 @@ def iresnet_arch(state: dict, name: str) -> dict:
     """The IResNet a ``backbone.pth`` state dict describes: ``{layers, widths, num_features,
     input_size}``, from its tensors' names and shapes; :class:`EmbedderError` if it is none."""
     state = {str(k).removeprefix("module."): v for k, v in state.items()}
-    keys = {k.removeprefix("model.").split(".")[0] for k in state}
-    if {"input_layer", "body", "output_layer"} <= keys:
-        raise EmbedderError(f"{name}: an AdaFace / face.evoLVe IR checkpoint (input_layer, body, output_layer "
-                            "tensors; it takes BGR pixels), not an InsightFace IResNet backbone.pth: this "
-                            "layout is not supported yet")
     try:
         widths = tuple(int(state[f"layer{k}.0.conv2.weight"].shape[0]) for k in range(1, 5))
         layers = tuple(1 + max(int(m.group(1)) for key in state
@@ -188,6 +184,7 @@ def iresnet_arch(state: dict, name: str) -> dict:
 def load_iresnet(path: str):
     """An IResNet with the weights of ``path`` (an InsightFace ``backbone.pth``), loaded strictly
     and without executing pickled code; eval mode, on the CPU."""
+    from .model import evolve_ir
     from .model.checkpoint import CheckpointError, load_state, read_weights
     from .model.iresnet import IResNet
 
@@ -199,7 +196,13 @@ def load_iresnet(path: str):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise EmbedderError(f"{path}: expected a state dict of tensors")
-    arch = iresnet_arch(state, path)
+    layout = "insightface"
+    if evolve_ir.is_evolve_ir(state):  # AdaFace's .ckpt
+        try:
+            state, layout = evolve_ir.as_iresnet_state(state, path), "adaface"
+        except evolve_ir.LayoutError as e:
+            raise EmbedderError(str(e)) from None
+    arch = {**iresnet_arch(state, path), "layout": layout}
     net = IResNet(arch["layers"], arch["widths"], arch["num_features"], arch["input_size"])
     try:
         load_state(net, state, path)
@@ -224,7 +227,8 @@ class IResNetEmbedder(Embedder):
         if self.cuda:
             self.net = self.net.to(memory_format=torch.channels_last)
         s = self.input_size
-        self.preprocessing = (f"RGB {s}x{s} (resized if not), (x - 127.5) / 127.5"
+        bgr = "; AdaFace's BGR stem read as RGB (its input channels permuted)" if arch["layout"] == "adaface" else ""
+        self.preprocessing = (f"RGB {s}x{s} (resized if not), (x - 127.5) / 127.5{bgr}"
                               + (", plus the horizontally flipped image's embedding" if flip else "")
                               + ("; bf16 autocast" if self.cuda else "; float32") + "; L2-normalised")
 
