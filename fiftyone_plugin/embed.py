@@ -105,10 +105,16 @@ class EmbedReport:
 
 def todo_view(view, shard: tuple[int, int] | None = None):
     """The samples of ``view`` (of ``shard``) without a vector, readable and not known faceless."""
-    todo = view.exists(FIELD, False).match_tags([schema.UNREADABLE_TAG, NO_FACE_TAG], bool=False)
+    todo = _readable_view(view.exists(FIELD, False))
     if shard is not None and shard[1] > 1:
         todo = todo.mongo([{"$match": shard_match(shard)}])
     return todo
+
+
+def _readable_view(view):
+    """The samples of ``view`` an embed run can embed: readable and not known faceless (what an
+    overwriting run embeds again, since it drops the stored vectors first)."""
+    return view.match_tags([schema.UNREADABLE_TAG, NO_FACE_TAG], bool=False)
 
 
 def stored_settings(dataset: fo.Dataset) -> dict | None:
@@ -299,12 +305,6 @@ def _checked_params(p: dict) -> dict:
     if o.model != "dlib":
         build_engine(EmbedOptions(o.model, o.checkpoint, device="cpu", flip=o.flip))
     return {**p, "model": o.model, "checkpoint": o.checkpoint, "detect": o.detect, "flip": o.flip}
-
-
-def _readable_view(view):
-    """Every sample of ``view`` an overwriting run embeds again (readable, not known faceless:
-    the run drops the stored vectors first)."""
-    return view.match_tags([schema.UNREADABLE_TAG, NO_FACE_TAG], bool=False)
 
 
 def embed_job(overwrite: bool = False):

@@ -38,11 +38,7 @@ def models(tmp_path_factory):
     export, and an ONNX file that is no face model (a linear layer on 10 numbers)."""
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
-    net = IResNet((1, 1, 1, 1), TINY_WIDTHS, num_features=64, input_size=112).eval()
-    for m in net.modules():  # non-trivial BatchNorm statistics, as a trained network has
-        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
+    net = _trained_batchnorm(IResNet((1, 1, 1, 1), TINY_WIDTHS, num_features=64, input_size=112).eval())
     pth = root / "backbone.pth"
     torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, pth)  # as DataParallel saves it
     onnx_path = root / "r-tiny.onnx"
@@ -61,6 +57,19 @@ def models(tmp_path_factory):
     torch.onnx.export(torch.nn.Linear(10, 2).eval(), torch.zeros(1, 10), str(not_face), dynamo=False)
     return {"net": net, "pth": str(pth), "onnx": str(onnx_path), "mxnet": str(mxnet), "batch_one": str(batch_one),
             "half": str(half), "not_face": str(not_face)}
+
+
+def _trained_batchnorm(net: torch.nn.Module, affine: bool = False) -> torch.nn.Module:
+    """``net`` with non-trivial BatchNorm statistics (and, with ``affine``, scales and shifts), as
+    a trained network has: a conversion that mixes up BatchNorm layers then shows."""
+    for m in net.modules():
+        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            if affine and m.affine:
+                m.weight.data.uniform_(0.5, 1.5)
+                m.bias.data.uniform_(-0.1, 0.1)
+    return net
 
 
 def _normalising_in_graph(src: str, dst: str) -> None:
@@ -226,14 +235,7 @@ def test_an_adaface_checkpoint_embeds_as_adaface_does(tmp_path):
     """AdaFace's released .ckpt (face.evoLVe's IR under "model." in a Lightning state_dict, its
     head beside it), fed RGB here, gives the vectors AdaFace's own network gives the BGR image."""
     torch.manual_seed(1)
-    ref_net = _EvolveIR().eval()
-    for m in ref_net.modules():
-        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-            if m.affine:
-                m.weight.data.uniform_(0.5, 1.5)
-                m.bias.data.uniform_(-0.1, 0.1)
+    ref_net = _trained_batchnorm(_EvolveIR().eval(), affine=True)
     state = {f"model.{k}": v for k, v in ref_net.state_dict().items()}
     torch.save({"state_dict": {**state, "head.kernel": torch.randn(32, 10)}, "epoch": 26}, tmp_path / "ada.ckpt")
     from skimage.data import astronaut

@@ -327,9 +327,10 @@ class OnnxEmbedder(Embedder):
         self.checkpoint, self.flip = checkpoint, flip
         self.session = _onnx_session(checkpoint, providers)
         self.input_size, self.dim = check_onnx(checkpoint, self.session)
-        self.input_name = self.session.get_inputs()[0].name
-        self.input_dtype = np.float16 if "float16" in self.session.get_inputs()[0].type else np.float32
-        n = self.session.get_inputs()[0].shape[0]
+        first = self.session.get_inputs()[0]
+        self.input_name = first.name
+        self.input_dtype = np.float16 if "float16" in first.type else np.float32
+        n = first.shape[0]
         self.fixed_batch = n if isinstance(n, int) and n > 0 else None  # many exports fix it at 1
         self.provider = self.session.get_providers()[0]
         self.mean, self.std = onnx_normalisation(checkpoint)
@@ -351,7 +352,7 @@ class OnnxEmbedder(Embedder):
         """The model's float32 outputs for ``x``, in the model's input type, in pieces of its fixed
         batch size if it has one (the last piece padded with zeros, their outputs dropped)."""
         x = x.astype(self.input_dtype, copy=False)  # a float16 model takes float16 pixels
-        if self.fixed_batch is None or len(x) == self.fixed_batch:
+        if self.fixed_batch is None:
             return self.session.run(None, {self.input_name: x})[0].astype(np.float32)
         k, out = self.fixed_batch, []
         for i in range(0, len(x), k):

@@ -23,6 +23,9 @@ import torch
 PARTS = ("input_layer", "body", "output_layer")
 #: res_layer's positions and IBasicBlock's names for them
 RES = {"0": "bn1", "1": "conv1", "2": "bn2", "3": "prelu", "4": "conv2", "5": "bn3"}
+#: the stem's and the head's positions and IResNet's names for them
+OUTER = {"input_layer": {"0": "conv1", "1": "bn1", "2": "prelu"},
+         "output_layer": {"0": "bn2", "3": "fc", "4": "features"}}
 BN_EPS = 1e-05
 
 
@@ -49,23 +52,14 @@ def as_iresnet_state(state: dict, name: str) -> dict:
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         part, _, rest = key.partition(".")
+        pos, _, leaf = rest.partition(".")
         if part == "body":
-            index, _, inner = rest.partition(".")
-            units.setdefault(int(index), {})[inner] = value
-        elif part == "input_layer":
-            pos, _, leaf = rest.partition(".")
-            target = {"0": "conv1", "1": "bn1", "2": "prelu"}.get(pos)
-            if target is None:
-                raise LayoutError(f"{name}: unexpected tensor {key}")
-            out[f"{target}.{leaf}"] = value[:, [2, 1, 0]] if target == "conv1" else value  # BGR stem -> RGB
-        elif part == "output_layer":
-            pos, _, leaf = rest.partition(".")
-            target = {"0": "bn2", "3": "fc", "4": "features"}.get(pos)
-            if target is None:
-                raise LayoutError(f"{name}: unexpected tensor {key}")
-            out[f"{target}.{leaf}"] = value
-        else:
+            units.setdefault(int(pos), {})[leaf] = value
+            continue
+        target = OUTER.get(part, {}).get(pos)
+        if target is None:
             raise LayoutError(f"{name}: unexpected tensor {key}")
+        out[f"{target}.{leaf}"] = value[:, [2, 1, 0]] if target == "conv1" else value  # BGR stem -> RGB
     if "features.running_mean" in out and "features.weight" not in out:  # BatchNorm1d(affine=False)
         n = out["features.running_mean"].shape[0]
         out["features.weight"], out["features.bias"] = torch.ones(n), torch.zeros(n)
